@@ -1,0 +1,22 @@
+# The two commands of the README, plus their parts. Everything runs in the git-ignored .comfyui/
+# environment that scripts/setup_env.sh creates on first use (a few seconds when it already exists).
+PYTHON := .comfyui/venv/bin/python
+
+.PHONY: setup demo test lint pytest clean
+
+setup:
+	bash scripts/setup_env.sh
+
+demo: setup
+	$(PYTHON) scripts/demo.py
+
+test: setup lint pytest
+
+lint: setup
+	$(PYTHON) -m ruff check .
+
+pytest: setup
+	$(PYTHON) -m pytest
+
+clean:
+	rm -rf .comfyui demo_output test_artifacts

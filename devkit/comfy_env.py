@@ -1,0 +1,73 @@
+"""Make the real ComfyUI (``.comfyui/ComfyUI``, made by ``scripts/setup_env.sh``) importable in-process.
+
+Handles the two ordering traps of ``../shared/docs/comfyui-setup.md``:
+
+1. ``comfy.cli_args`` parses ``[]`` when imported as a library, so ``args.cpu = True`` must be set
+   before anything imports ``comfy.model_management`` (which otherwise asserts CUDA).
+2. ``nodes.py`` puts ``ComfyUI/comfy/`` first on ``sys.path``; a later bare ``import utils`` would then
+   find ``comfy/utils.py`` and ``import server`` fails. Binding ``utils`` to ``ComfyUI/utils/`` first
+   (as ``main.py`` does) avoids it.
+
+It also loads this repository as the package ``tokenmerge``, exactly as ComfyUI loads a custom node
+pack (a package whose name is not its folder's), so tests never import it by directory name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import COMFYUI_DIR, REPO_ROOT
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+PACK_MODULE_NAME = "tokenmerge"
+
+
+def comfyui_dir() -> Path:
+    """The ComfyUI checkout to use: ``$COMFYUI_DIR`` or the one ``scripts/setup_env.sh`` made."""
+    path = Path(os.environ.get("COMFYUI_DIR", COMFYUI_DIR))
+    if not (path / "comfy" / "model_management.py").is_file():
+        raise RuntimeError(f"No ComfyUI at {path}: run `bash scripts/setup_env.sh` (or `make test`) first.")
+    return path
+
+
+def bootstrap_comfyui(threads: int = 2) -> Path:
+    """Import the real ComfyUI in-process, forced onto the CPU. Idempotent; returns its directory."""
+    path = comfyui_dir()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    from comfy.cli_args import args
+
+    if "comfy.model_management" not in sys.modules:
+        args.cpu = True
+    import comfy.model_management
+    import utils.extra_config  # noqa: F401  binds 'utils' to ComfyUI/utils/ before nodes.py runs
+
+    if comfy.model_management.get_torch_device().type != "cpu":
+        raise RuntimeError("ComfyUI was imported before bootstrap_comfyui() could force the CPU")
+    import torch
+
+    torch.set_num_threads(threads)
+    return path
+
+
+def import_pack() -> ModuleType:
+    """Import this repository as the package ``tokenmerge`` (the way ComfyUI imports a node pack)."""
+    if PACK_MODULE_NAME in sys.modules:
+        return sys.modules[PACK_MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_MODULE_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[PACK_MODULE_NAME]
+        raise
+    return module

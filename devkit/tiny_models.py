@@ -1,0 +1,228 @@
+"""Tiny, seeded, random-weight models of the supported families, built from ComfyUI's own classes.
+
+Two ways in:
+
+* :func:`build_patcher` constructs a family directly through ``comfy.supported_models`` with a small
+  config and wraps it in the ``ModelPatcher`` a loader would return (every family, any size).
+* :func:`loader_state_dict` gives a state dict that ``UNETLoader`` (``comfy.sd.load_diffusion_model_state_dict``)
+  detects as the family, for files a real server loads. Detection reads sizes from tensor shapes,
+  which only some families allow at a tiny size (SD1.5 with 320 channels, SD3/MMDiT).
+
+Weights: ComfyUI builds layers with ``comfy.ops.disable_weight_init`` (uninitialised memory), so
+:func:`random_init_` re-runs torch's own ``reset_parameters`` for every layer, under a forked RNG so
+the caller's global RNG is untouched. Images from these models are noise: assert shapes,
+finiteness and determinism, never content. ComfyUI must be bootstrapped first (``devkit.comfy_env``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def random_init_(module: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> torch.nn.Module:
+    """Give every parameter sane random values; ``scale`` < 1 shrinks matrices for tamer outputs."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        owned: set[int] = set()
+        for sub in module.modules():
+            for cls in type(sub).__mro__:
+                if cls.__module__.startswith("torch.nn") and "reset_parameters" in cls.__dict__:
+                    cls.reset_parameters(sub)  # skips comfy.ops' no-op override
+                    owned.update(id(p) for p in sub.parameters(recurse=False))
+                    break
+        for param in list(module.parameters()) + list(module.buffers()):
+            if id(param) not in owned and param.is_floating_point():
+                param.normal_(0.0, 0.02)  # free parameters: pos-embeds, modulation tables, ...
+            elif scale != 1.0 and param.ndim >= 2:
+                param.mul_(scale)
+    return module
+
+
+# ----------------------------------------------------------------------------------------- configs
+_UNET_COMMON = {
+    "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "use_checkpoint": False, "image_size": 32, "use_temporal_resblock": False,
+    "use_temporal_attention": False, "num_heads": -1, "num_head_channels": 16,
+}
+
+# SD1.x: attention at every level, the full-resolution level included.
+SD15_TINY = {
+    **_UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+    "context_dim": 64, "use_linear_in_transformer": False, "adm_in_channels": None,
+}
+
+# SDXL: no attention at the full-resolution level (depth 0), as in the real model; linear proj_in,
+# and the 2816-wide ADM vector that model_base.SDXL builds from a 1280 pooled output and size ids.
+SDXL_TINY = {
+    **_UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": [1, 1, 1],
+    "transformer_depth": [0, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1],
+    "transformer_depth_middle": 1, "context_dim": 64, "use_linear_in_transformer": True,
+    "adm_in_channels": 2816, "num_classes": "sequential",
+}
+
+# SD3 / MMDiT: hidden = 64 * depth, heads = depth (what model_detection derives).
+SD3_TINY = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "adm_in_channels": 64,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}},
+    "num_patches": 64 * 64, "pos_embed_max_size": 64, "pos_embed_scaling_factor": None,
+    "input_size": None, "x_block_self_attn_layers": [],
+}
+
+# Flux: the RoPE axes fix the head dim at 128, so 2 heads of 128.
+FLUX_TINY = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "hidden_size": 256,
+    "num_heads": 2, "mlp_ratio": 4.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
+    "theta": 10000, "qkv_bias": True, "guidance_embed": True, "context_in_dim": 64, "vec_in_dim": 64,
+}
+
+PIXART_ALPHA_TINY = {
+    "image_model": "pixart_alpha", "in_channels": 4, "patch_size": 2, "hidden_size": 96, "num_heads": 2,
+    "depth": 2, "caption_channels": 64, "model_max_length": 120, "micro_condition": True,
+}
+
+# Wan 2.1 t2v: heads = dim // 128 (what model_detection derives).
+WAN21_TINY = {
+    "image_model": "wan2.1", "model_type": "t2v", "dim": 256, "ffn_dim": 512, "num_heads": 2,
+    "num_layers": 2, "in_dim": 16, "out_dim": 16, "text_dim": 64, "freq_dim": 256,
+    "patch_size": (1, 2, 2), "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+}
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How to build one tiny family and feed it: latent layout and conditioning shapes."""
+
+    name: str
+    model_config: str  # class name in comfy.supported_models
+    unet_config: dict[str, Any]
+    latent_channels: int
+    context_dim: int
+    pooled_dim: int = 0
+    video: bool = False  # latent [B, C, T, H, W]
+    # Smallest image side (pixels) the upstream model accepts: PixArt's sin-cos position embedding
+    # divides by round(mean latent side / 64), which is 0 below 256 px.
+    min_side: int = 64
+    cond_extras: dict[str, Any] = field(default_factory=dict)
+
+    def empty_latent(self, height: int, width: int, batch: int = 1, frames: int = 1) -> torch.Tensor:
+        """Zero latent for an image of ``height`` x ``width`` pixels (1/8 scale), like the Empty*Latent nodes."""
+        spatial = (height // 8, width // 8)
+        if self.video:
+            return torch.zeros(batch, self.latent_channels, (frames - 1) // 4 + 1, *spatial)
+        return torch.zeros(batch, self.latent_channels, *spatial)
+
+    def conditioning(self, seed: int, tokens: int = 16) -> list:
+        """Random CONDITIONING of this family's shapes: ``[[context[1, tokens, dim], extras]]``."""
+        gen = torch.Generator().manual_seed(seed)
+        extras = dict(self.cond_extras)
+        if self.pooled_dim:
+            extras["pooled_output"] = torch.randn(1, self.pooled_dim, generator=gen)
+        return [[torch.randn(1, tokens, self.context_dim, generator=gen), extras]]
+
+
+FAMILIES: dict[str, TinyFamily] = {
+    family.name: family
+    for family in (
+        TinyFamily("sd15", "SD15", SD15_TINY, latent_channels=4, context_dim=64),
+        TinyFamily("sdxl", "SDXL", SDXL_TINY, latent_channels=4, context_dim=64, pooled_dim=1280),
+        TinyFamily("sd3", "SD3", SD3_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
+        TinyFamily("flux", "Flux", FLUX_TINY, latent_channels=16, context_dim=64, pooled_dim=64,
+                   cond_extras={"guidance": 3.5}),
+        TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
+                   min_side=256),
+        TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),
+    )
+}
+
+
+def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0):
+    """A ``ModelPatcher`` around a freshly built, randomly initialised tiny model of ``family``."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    fam = FAMILIES[family] if isinstance(family, str) else family
+    model_config = getattr(comfy.supported_models, fam.model_config)(fam.unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    random_init_(model.diffusion_model, seed, scale)
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+# ------------------------------------------------------------------- files for UNETLoader / VAELoader
+# Detected as SD15 by comfy.model_detection: model_channels=320, context_dim=768, conv proj_in, no ADM.
+# Only one resolution level, so ~26M params instead of 860M.
+SD15_LOADABLE = {
+    **_UNET_COMMON, "model_channels": 320, "channel_mult": [1], "num_res_blocks": [1],
+    "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
+    "context_dim": 768, "use_linear_in_transformer": False, "adm_in_channels": None,
+    "num_heads": 8, "num_head_channels": -1,
+}
+
+
+def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """State dict that ComfyUI's loaders detect.
+
+    ``sd15`` / ``sd3``: diffusion models for ``UNETLoader``; ``clip_l``: a text encoder for ``CLIPLoader``;
+    ``taesd4`` / ``taesd16``: VAEs for ``VAELoader``.
+    """
+    import comfy.ops
+
+    if kind == "sd15":
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        module = UNetModel(**SD15_LOADABLE, operations=comfy.ops.disable_weight_init, device="cpu")
+        random_init_(module, seed, scale=0.5)
+    elif kind == "sd3":
+        from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+        module = OpenAISignatureMMDITWrapper(**SD3_TINY, operations=comfy.ops.disable_weight_init, device="cpu")
+        random_init_(module, seed)
+    elif kind == "clip_l":
+        # CLIP-L's size is fixed by comfy/sd1_clip_config.json (123.7M params); random weights still
+        # let the stock CLIPLoader + CLIPTextEncode produce [1, 77, 768] conditioning for SD1.x.
+        import comfy.sd1_clip
+
+        module = random_init_(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32).transformer, seed)
+    elif kind in ("taesd4", "taesd16"):
+        from comfy.taesd.taesd import TAESD
+
+        module = random_init_(TAESD(latent_channels=int(kind.removeprefix("taesd"))), seed)
+        dtype = torch.float32
+    else:
+        raise ValueError(f"unknown loader model kind {kind!r}")
+    return {k: v.to(dtype).contiguous() for k, v in module.state_dict().items()}
+
+
+# Stand-in files a test server or the demo writes: file name (under models/) -> loader_state_dict kind.
+STANDIN_FILES: dict[str, str] = {
+    "diffusion_models/tokenmerge_tiny_sd15.safetensors": "sd15",
+    "diffusion_models/tokenmerge_tiny_sd3.safetensors": "sd3",
+    "text_encoders/tokenmerge_random_clip_l.safetensors": "clip_l",
+    "vae/tokenmerge_tiny_taesd_4ch.safetensors": "taesd4",
+    "vae/tokenmerge_tiny_taesd_16ch.safetensors": "taesd16",
+}
+
+
+def write_standin_models(models_dir: str, files: dict[str, str] | None = None) -> list[str]:
+    """Write random stand-in model files under ``models_dir`` (skips files that already exist)."""
+    import os
+
+    import safetensors.torch
+
+    written = []
+    for rel, kind in (files or STANDIN_FILES).items():
+        path = os.path.join(models_dir, rel)
+        if os.path.exists(path):
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        safetensors.torch.save_file(loader_state_dict(kind), path + ".tmp")
+        os.replace(path + ".tmp", path)
+        written.append(path)
+    return written
+

@@ -1,0 +1,76 @@
+"""Shared fixtures: the real ComfyUI imported in-process, tiny models of each family, a real server.
+
+ComfyUI comes from ``.comfyui/ComfyUI`` (``make test`` creates it; ``COMFYUI_DIR`` overrides it). It is
+imported once, before any test module, with the CPU forced and the ``utils`` shadowing trap avoided
+(``devkit.comfy_env``). The pack itself is imported as the package ``tokenmerge``, the way ComfyUI
+loads it, never by its folder name.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from devkit import comfy_env, tiny_models
+from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
+
+if TYPE_CHECKING:
+    import torch
+
+comfy_env.bootstrap_comfyui()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected nothing is a broken suite, never a green one."""
+    if session.testscollected == 0 and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """This repository, imported as the node pack package ``tokenmerge``."""
+    return comfy_env.import_pack()
+
+
+@pytest.fixture(scope="session", params=sorted(tiny_models.FAMILIES))
+def family(request) -> tiny_models.TinyFamily:
+    """Each tiny family in turn (sd15, sdxl, sd3, flux, pixart_alpha, wan21)."""
+    return tiny_models.FAMILIES[request.param]
+
+
+def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: int = 3, cfg: float = 4.0,
+           sampler: str = "euler", scheduler: str = "normal", height: int | None = None,
+           width: int | None = None, batch: int = 1, frames: int = 5, denoise: float = 1.0) -> torch.Tensor:
+    """Sample through ``comfy.sample.sample`` (the KSampler path) with random conditioning of the family's shapes."""
+    import comfy.sample
+
+    side = max(family.min_side, 64)
+    latent = family.empty_latent(height or side, width or side, batch=batch, frames=frames)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(
+        patcher, noise, steps, cfg, sampler, scheduler, family.conditioning(1), family.conditioning(2),
+        latent, denoise=denoise, disable_pbar=True, seed=seed,
+    )
+
+
+@pytest.fixture(scope="session")
+def standin_models() -> Path:
+    """The folder of stand-in model files a server loads (written once, then reused)."""
+    tiny_models.write_standin_models(str(STANDIN_MODELS_DIR))
+    return STANDIN_MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, standin_models):
+    """A real ComfyUI server (``main.py --cpu --use-pytorch-cross-attention``) with this pack installed."""
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_base"), models_dir=standin_models)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

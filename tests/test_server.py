@@ -1,0 +1,78 @@
+"""The pack inside a real ComfyUI server: it imports cleanly, its JS is served, workflows run over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from devkit import REPO_ROOT
+from devkit.workflow_api import ui_to_api
+
+pytestmark = pytest.mark.server
+
+DEMO_WORKFLOW = REPO_ROOT / "example_workflows" / "tokenmerge_demo_tiny_sd15.json"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_server_imports_the_pack_without_errors(comfy_server):
+    log = comfy_server.log()
+    timings = log.split("Import times for custom nodes:", 1)[1].split("\n\n", 1)[0]
+    pack_lines = [line for line in timings.splitlines() if line.rstrip().endswith("/custom_nodes/tokenmerge")]
+    assert len(pack_lines) == 1
+    assert "IMPORT FAILED" not in pack_lines[0]
+    assert not [line for line in log.splitlines() if "Cannot import" in line and "tokenmerge" in line]
+    assert "custom_nodes/tokenmerge" not in log.replace(pack_lines[0], "")  # no traceback through the pack
+
+
+def test_server_serves_the_web_extension(comfy_server):
+    assert "/extensions/tokenmerge/tokenmerge.js" in comfy_server.get_json("/extensions")
+    script = comfy_server.request("/extensions/tokenmerge/tokenmerge.js").decode()
+    assert "app.registerExtension" in script
+    assert script == (REPO_ROOT / "web" / "tokenmerge.js").read_text()
+
+
+def test_object_info_lists_exactly_the_pack_nodes(comfy_server, pack):
+    extension = asyncio.run(pack.comfy_entrypoint())
+    pack_node_ids = {node.GET_SCHEMA().node_id for node in asyncio.run(extension.get_node_list())}
+    served = {name for name, info in comfy_server.object_info().items()
+              if info["python_module"] == "custom_nodes.tokenmerge"}
+    assert served == pack_node_ids
+
+
+def test_demo_workflow_runs_through_prompt(comfy_server):
+    prompt = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+    entry = comfy_server.run(prompt)
+    images = [image for out in entry["outputs"].values() for image in out.get("images", [])]
+    assert len(images) == 1
+    assert png_size(comfy_server.view(images[0])) == (256, 256)
+
+
+def test_prompt_with_a_bad_model_name_is_refused(comfy_server):
+    prompt = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+    loader = next(node for node in prompt.values() if node["class_type"] == "UNETLoader")
+    loader["inputs"]["unet_name"] = "does_not_exist.safetensors"
+    with pytest.raises(Exception, match="value_not_in_list"):
+        comfy_server.queue(prompt)
+
+
+def test_make_demo_produces_its_files(tmp_path, standin_models):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert png_size((out / "output.png").read_bytes()) == (256, 256)
+    timing = (out / "timing.txt").read_text()
+    assert re.search(r"prompt executed in \d+\.\d\d s on the server", timing)
+    assert "plain sampling" in timing  # says so until the merging nodes exist
+    assert f"files in {out}" in done.stdout
