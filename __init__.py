@@ -8,8 +8,8 @@ WEB_DIRECTORY = "./web"
 
 try:
     from .nodes import comfy_entrypoint
-except ImportError as exc:  # outside ComfyUI: comfy_api is not importable
-    if "comfy_api" not in str(exc):
+except ModuleNotFoundError as exc:  # outside ComfyUI: comfy / comfy_api are not importable
+    if (exc.name or "").split(".")[0] not in ("comfy", "comfy_api"):
         raise
     __all__ = ["WEB_DIRECTORY"]
 else:

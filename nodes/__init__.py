@@ -6,9 +6,10 @@ extension. Node ids are prefixed ``TokenMerge`` and never change (saved workflow
 
 from __future__ import annotations
 
+from . import importance
 from ._comfy_api import ComfyExtension, io
 
-NODE_MODULES: tuple = ()
+NODE_MODULES = (importance,)
 
 
 class TokenMergeExtension(ComfyExtension):

@@ -7,8 +7,8 @@ Run through ``make demo`` (which sets the environment up first). Steps:
 3. convert ``example_workflows/tokenmerge_demo_tiny_sd15.json`` to API format and queue it;
 4. write the output image and a timing line into the output folder (default ``demo_output/``).
 
-The merging nodes do not exist yet, so the demo runs plain sampling and says so; no importance
-heatmap can be written until the importance capture lands.
+The workflow merges tokens with the importance node (IBTM, ratio 0.5). The importance heatmap is
+not written yet: it needs the preview node, which has not landed; the demo says so.
 """
 
 from __future__ import annotations
@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         image_path.write_bytes(server.view(images[0]))
 
     sampler = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
-    timing = (f"plain sampling (no merging nodes yet): {sampler['steps']} steps, cfg {sampler['cfg']}, "
+    merge = next(node for node in prompt.values() if node["class_type"].startswith("TokenMerge"))
+    timing = (f"{merge['class_type']} ratio {merge['inputs']['ratio']}: "
+              f"{sampler['steps']} steps, cfg {sampler['cfg']}, "
               f"{sampler['sampler_name']}, tiny SD1.5 stand-in at 256x256 on CPU: "
               f"prompt executed in {execution_seconds(entry):.2f} s on the server, {wall:.2f} s wall")
     (out / "timing.txt").write_text(timing + "\n")
     print(f"[demo] {timing}")
-    print("[demo] importance heatmap: not written; the merging nodes that capture it have not landed yet")
+    print("[demo] importance heatmap: not written yet; it needs the heatmap preview node, which has not landed")
     print(f"[demo] files in {out}: {image_path.name}, timing.txt, workflow_api.json, server/server.log")
     return 0
 

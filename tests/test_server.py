@@ -48,11 +48,15 @@ def test_object_info_lists_exactly_the_pack_nodes(comfy_server, pack):
     served = {name for name, info in comfy_server.object_info().items()
               if info["python_module"] == "custom_nodes.tokenmerge"}
     assert served == pack_node_ids
+    assert {"TokenMergeImportance", "TokenMergeImportanceAdvanced", "TokenMergeSpatialToMe"} <= served
 
 
-def test_demo_workflow_runs_through_prompt(comfy_server):
+def test_demo_workflow_with_the_merging_node_runs_through_prompt(comfy_server):
     prompt = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+    assert {"class_type": "TokenMergeImportance", "inputs": {"model": ["1", 0], "ratio": 0.5}} in prompt.values()
     entry = comfy_server.run(prompt)
+    log = comfy_server.log()
+    assert "tokenmerge: merged" in log  # the end-of-run summary of the patch
     images = [image for out in entry["outputs"].values() for image in out.get("images", [])]
     assert len(images) == 1
     assert png_size(comfy_server.view(images[0])) == (256, 256)
@@ -74,5 +78,6 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     assert png_size((out / "output.png").read_bytes()) == (256, 256)
     timing = (out / "timing.txt").read_text()
     assert re.search(r"prompt executed in \d+\.\d\d s on the server", timing)
-    assert "plain sampling" in timing  # says so until the merging nodes exist
+    assert "TokenMergeImportance ratio 0.5" in timing
+    assert "heatmap: not written yet" in done.stdout  # says so until the preview node exists
     assert f"files in {out}" in done.stdout

@@ -1,0 +1,119 @@
+"""Merge plans: which tokens are kept, which are merged into which destination, and how to undo it.
+
+Shared by every method of the pack. ToMe (Bolya & Hoffman, "Token Merging for Fast Stable Diffusion",
+arXiv 2303.17604) introduced the merge/unmerge pair around a block's computation; IBTM (Wu et al.,
+arXiv 2411.16720) and SDTM (Fang et al., arXiv 2505.11707) only change how the plan is chosen.
+
+A plan partitions the N tokens of one latent sample into three disjoint sets:
+
+* ``dst`` (K tokens): destinations; each absorbs the tokens merged into it;
+* ``src`` (R tokens): merged away; ``src_to_dst`` names the destination (0..K-1) of each;
+* ``keep`` (U tokens): independent, passed through untouched.
+
+``merge`` turns ``[rows, N, C]`` into ``[rows, U + K, C]`` (keep first, then dst) and ``unmerge`` maps a
+block's output back to N tokens, giving every merged token its destination's output. A plan is built
+per latent sample and shared by every row of that sample in a model call (its cond, its uncond and
+any extra conds), so CFG differences never see merge artifacts. Plans are built under ``no_grad``
+once per block call; merge and unmerge reuse the indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+
+class MergeMode(str, Enum):
+    """How a destination combines the tokens merged into it."""
+
+    MEAN = "mean"  # average of the destination and its sources (ToMe's scatter_reduce mean)
+    PRUNE = "prune"  # sources are dropped, the destination keeps its own value
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Token partition of ``samples`` latent samples; indices are ``[samples, count]`` int64."""
+
+    keep_idx: torch.Tensor  # [S, U]
+    dst_idx: torch.Tensor  # [S, K]
+    src_idx: torch.Tensor  # [S, R]
+    src_to_dst: torch.Tensor  # [S, R], values in 0..K-1
+    num_tokens: int  # N
+
+    @property
+    def num_merged(self) -> int:
+        return self.src_idx.shape[1]
+
+    @property
+    def num_out(self) -> int:
+        """Tokens the merged computation sees: U + K."""
+        return self.keep_idx.shape[1] + self.dst_idx.shape[1]
+
+    def rows(self, chunks: int) -> MergePlan:
+        """The plan for a model call holding ``chunks`` row blocks of all samples ([uncond x S, cond x S, ...])."""
+        if chunks == 1:
+            return self
+        return MergePlan(*(t.repeat(chunks, 1) for t in (self.keep_idx, self.dst_idx, self.src_idx,
+                                                         self.src_to_dst)), num_tokens=self.num_tokens)
+
+    def to(self, device: torch.device) -> MergePlan:
+        return MergePlan(*(t.to(device) for t in (self.keep_idx, self.dst_idx, self.src_idx, self.src_to_dst)),
+                         num_tokens=self.num_tokens)
+
+
+def _expand(idx: torch.Tensor, channels: int) -> torch.Tensor:
+    return idx.unsqueeze(-1).expand(-1, -1, channels)  # [B, n] -> [B, n, C]
+
+
+def merge(x: torch.Tensor, plan: MergePlan, mode: MergeMode = MergeMode.MEAN) -> torch.Tensor:
+    """``x`` [B, N, C] -> [B, U + K, C]; ``plan`` must have B rows (see :meth:`MergePlan.rows`)."""
+    C = x.shape[-1]
+    kept = x.gather(1, _expand(plan.keep_idx, C))  # [B, U, C]
+    dst = x.gather(1, _expand(plan.dst_idx, C))  # [B, K, C]
+    if mode is MergeMode.MEAN and plan.num_merged:
+        src = x.gather(1, _expand(plan.src_idx, C))  # [B, R, C]
+        dst = dst.scatter_reduce(1, _expand(plan.src_to_dst, C), src, reduce="mean", include_self=True)
+    return torch.cat([kept, dst], dim=1)
+
+
+def unmerge(y: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """``y`` [B, U + K, C] -> [B, N, C]: kept and dst outputs go home, each src gets its dst's output."""
+    B, _, C = y.shape
+    U = plan.keep_idx.shape[1]
+    kept, dst = y[:, :U], y[:, U:]
+    out = y.new_empty(B, plan.num_tokens, C)
+    out.scatter_(1, _expand(plan.keep_idx, C), kept)
+    out.scatter_(1, _expand(plan.dst_idx, C), dst)
+    if plan.num_merged:
+        out.scatter_(1, _expand(plan.src_idx, C), dst.gather(1, _expand(plan.src_to_dst, C)))
+    return out
+
+
+@torch.no_grad()
+def split_destinations(is_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean ``is_dst`` [S, N] with the same count K per row -> (dst_idx [S, K], src_idx [S, N - K]),
+    both in ascending token order."""
+    K = int(is_dst[0].sum())
+    order = torch.argsort(is_dst.to(torch.int8), dim=1, stable=True)  # non-dst first, then dst; index order kept
+    return order[:, order.shape[1] - K:], order[:, : order.shape[1] - K]
+
+
+@torch.no_grad()
+def select_merges(dst_idx: torch.Tensor, src_idx: torch.Tensor, best_dst: torch.Tensor, priority: torch.Tensor,
+                  r: int, num_tokens: int, always_merge: torch.Tensor | None = None) -> MergePlan:
+    """Merge the ``r`` candidate sources of highest ``priority`` [S, Ns] into their ``best_dst`` [S, Ns];
+    sources flagged in ``always_merge`` [S, Ns] come first whatever their priority. The rest are kept."""
+    order = torch.argsort(priority, dim=1, descending=True, stable=True)  # [S, Ns]
+    if always_merge is not None:
+        flagged_last = (~always_merge.gather(1, order)).to(torch.int8)
+        order = order.gather(1, torch.argsort(flagged_last, dim=1, stable=True))  # flagged first, by priority
+    merged, kept = order[:, :r], order[:, r:]
+    return MergePlan(
+        keep_idx=src_idx.gather(1, kept),
+        dst_idx=dst_idx,
+        src_idx=src_idx.gather(1, merged),
+        src_to_dst=best_dst.gather(1, merged),
+        num_tokens=num_tokens,
+    )

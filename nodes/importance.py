@@ -1,0 +1,148 @@
+"""Token Merge (Importance): IBTM nodes, Simple and Advanced, plus the spatial ToMe baseline node.
+
+The nodes only validate, build a :class:`MergeConfig` and call :func:`apply_token_merge`; the patch
+logic lives in ``patching/`` and the algorithms in ``merging/``.
+"""
+
+from __future__ import annotations
+
+from ..merging.ibtm import DstMode
+from ..patching.apply import apply_token_merge, default_max_downsample, model_family
+from ..patching.config import DOWNSAMPLE_LEVELS, MergeConfig, Method
+from ._comfy_api import ADVANCED, io
+
+CATEGORY = "tokenmerge"
+AUTO = "auto"
+MAX_DOWNSAMPLE_CHOICES = [AUTO, *(str(level) for level in DOWNSAMPLE_LEVELS)]
+
+RATIO_TOOLTIP = ("Fraction of the tokens merged away in each merged block (0 = off, returns the model "
+                 "unpatched). Higher is faster and lossier; 0.5 is a good start.")
+MAX_DOWNSAMPLE_TOOLTIP = ("Merge in UNet levels whose token grid is at most this many times smaller than the "
+                          "latent. auto: the finest level with attention (1 for SD1.x/SD2.x, 2 for SDXL).")
+SEED_TOOLTIP = "Seed of the private generator that draws the destination tokens (the sampler's RNG is untouched)."
+
+
+def resolve_max_downsample(model, choice: str) -> int:
+    if choice == AUTO:
+        return default_max_downsample(model) if model_family(model) == "unet" else 1
+    return int(choice)
+
+
+def _ratio_input(default: float) -> io.Float.Input:
+    return io.Float.Input("ratio", default=default, min=0.0, max=0.9, step=0.05, tooltip=RATIO_TOOLTIP)
+
+
+class TokenMergeImportance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TokenMergeImportance",
+            display_name="Token Merge (Importance)",
+            category=CATEGORY,
+            description="Importance-based token merging (IBTM, arXiv 2411.16720): the CFG difference of the "
+                        "previous step marks the important tokens, and the unimportant ones are merged first. "
+                        "Settings come from a preset for the detected model family.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
+                _ratio_input(0.5),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
+        )
+
+    @classmethod
+    def execute(cls, model, ratio: float) -> io.NodeOutput:
+        config = MergeConfig(Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, AUTO))
+        return io.NodeOutput(apply_token_merge(model, config))
+
+
+class TokenMergeImportanceAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TokenMergeImportanceAdvanced",
+            display_name="Token Merge (Importance), Advanced",
+            category=CATEGORY,
+            description="Importance-based token merging (IBTM) with every setting exposed.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
+                _ratio_input(0.5),
+                io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
+                               tooltip=MAX_DOWNSAMPLE_TOOLTIP),
+                io.Float.Input("dst_fraction", default=0.25, min=0.05, max=0.9, step=0.05, **ADVANCED,
+                               tooltip="Destination tokens as a fraction of all tokens (paper: 0.25). The ratio "
+                                       "can be at most 1 - dst_fraction."),
+                io.Float.Input("pool_factor", default=1.4, min=1.0, max=4.0, step=0.1, **ADVANCED,
+                               tooltip="Pool of important tokens = pool_factor x (tokens kept); tokens outside it "
+                                       "are always merged (paper: 1.4 for UNets, 1.0 for PixArt)."),
+                io.Combo.Input("dst_mode", options=[mode.value for mode in DstMode], default=DstMode.RANDOM.value,
+                               **ADVANCED, tooltip="random: destinations drawn uniformly from the pool (paper); "
+                                                   "top_k: the most important tokens."),
+                io.Boolean.Input("merge_cross_attention", default=False, **ADVANCED,
+                                 tooltip="Also merge the cross-attention queries (faster, slightly lossier)."),
+                io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
+                                 tooltip="Also merge the feed-forward input (faster, lossier)."),
+                io.Float.Input("prune_until", default=0.1, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                               tooltip="Fraction of the steps that prune (drop merged tokens) instead of "
+                                       "averaging them, as the paper's warm-up does."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                               tooltip="Merging starts at this fraction of the sampling run."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                               tooltip="Merging stops after this fraction of the sampling run."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
+        )
+
+    @classmethod
+    def execute(cls, model, ratio: float, max_downsample: str, dst_fraction: float, pool_factor: float,
+                dst_mode: str, merge_cross_attention: bool, merge_feed_forward: bool, prune_until: float,
+                start_percent: float, end_percent: float, seed: int) -> io.NodeOutput:
+        config = MergeConfig(
+            Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, max_downsample),
+            dst_fraction=dst_fraction, pool_factor=pool_factor, dst_mode=DstMode(dst_mode),
+            merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward, prune_until=prune_until,
+            start_percent=start_percent, end_percent=end_percent, seed=seed,
+        )
+        return io.NodeOutput(apply_token_merge(model, config))
+
+
+class TokenMergeSpatialToMe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TokenMergeSpatialToMe",
+            display_name="Token Merge (Spatial ToMe)",
+            category=CATEGORY,
+            description="Spatial token merging (ToMeSD, arXiv 2303.17604): one random destination per window, "
+                        "the most similar tokens merged. The baseline for the importance nodes, on the same "
+                        "code path (it merges q, k and v, unlike the built-in TomePatchModel).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
+                _ratio_input(0.5),
+                io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
+                               tooltip=MAX_DOWNSAMPLE_TOOLTIP),
+                io.Int.Input("window_y", default=2, min=1, max=8, **ADVANCED,
+                             tooltip="Window height: one destination per window_y x window_x tokens. The ratio "
+                                     "can be at most 1 - 1/(window_y x window_x)."),
+                io.Int.Input("window_x", default=2, min=1, max=8, **ADVANCED, tooltip="Window width."),
+                io.Boolean.Input("merge_cross_attention", default=False, **ADVANCED,
+                                 tooltip="Also merge the cross-attention queries."),
+                io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
+                                 tooltip="Also merge the feed-forward input."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
+        )
+
+    @classmethod
+    def execute(cls, model, ratio: float, max_downsample: str, window_y: int, window_x: int,
+                merge_cross_attention: bool, merge_feed_forward: bool, seed: int) -> io.NodeOutput:
+        config = MergeConfig(
+            Method.TOME, ratio=ratio, max_downsample=resolve_max_downsample(model, max_downsample),
+            window=(window_y, window_x), merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward,
+            prune_until=0.0, seed=seed,
+        )
+        return io.NodeOutput(apply_token_merge(model, config))
+
+
+NODES = [TokenMergeImportance, TokenMergeImportanceAdvanced, TokenMergeSpatialToMe]

@@ -1,0 +1,63 @@
+"""Frozen, validated settings of one token-merging patch, built once by a node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..merging.ibtm import DstMode
+
+
+class Method(str, Enum):
+    IMPORTANCE = "importance"  # IBTM: partition from the CFG importance map (ToMe until a map exists)
+    TOME = "tome"  # spatial ToMe baseline
+
+
+DOWNSAMPLE_LEVELS = (1, 2, 4, 8)
+
+
+def _check_range(name: str, value: float, low: float, high: float, note: str = "") -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range: allowed {low} to {high}{note}")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Every setting of a merging patch; ``__post_init__`` refuses out-of-range values, naming the input."""
+
+    method: Method
+    ratio: float  # fraction of a block's tokens merged away
+    max_downsample: int  # merge in blocks whose grid is at most this many times smaller than the latent
+    dst_fraction: float = 0.25  # IBTM: destinations as a fraction of the tokens
+    pool_factor: float = 1.4  # IBTM: pool = pool_factor * (N - r) most important tokens
+    dst_mode: DstMode = DstMode.RANDOM
+    window: tuple[int, int] = (2, 2)  # ToMe: (sy, sx) window with one destination each
+    merge_attn2: bool = False  # also merge the cross-attention queries
+    merge_ff: bool = False  # also merge the feed-forward input
+    prune_until: float = 0.1  # fraction of the steps that prune (drop sources) instead of averaging
+    start_percent: float = 0.0  # merging is active for step fractions in [start_percent, end_percent]
+    end_percent: float = 1.0
+    seed: int = 0
+
+    @property
+    def max_ratio(self) -> float:
+        if self.method is Method.IMPORTANCE:
+            return round(1.0 - self.dst_fraction, 6)
+        sy, sx = self.window
+        return round(1.0 - 1.0 / (sy * sx), 6)
+
+    def __post_init__(self) -> None:
+        _check_range("dst_fraction", self.dst_fraction, 0.05, 0.9)
+        _check_range("pool_factor", self.pool_factor, 1.0, 4.0)
+        for name, size in zip(("window_y", "window_x"), self.window, strict=True):
+            _check_range(name, size, 1, 8)
+        note = (" (at most 1 - dst_fraction)" if self.method is Method.IMPORTANCE
+                else " (at most 1 - 1/(window_y*window_x))")
+        _check_range("ratio", self.ratio, 0.0, self.max_ratio, note)
+        if self.max_downsample not in DOWNSAMPLE_LEVELS:
+            raise ValueError(f"max_downsample={self.max_downsample} is not allowed: use one of {DOWNSAMPLE_LEVELS}")
+        for name in ("prune_until", "start_percent", "end_percent"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        if self.start_percent >= self.end_percent:
+            raise ValueError(f"start_percent={self.start_percent} must be below end_percent={self.end_percent}")
+        _check_range("seed", self.seed, 0, 2**63 - 1)

@@ -1,0 +1,47 @@
+"""Runtime data of one patched model: the latest importance map, per-run counters and warn-once flags."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..merging.plan import MergePlan
+
+logger = logging.getLogger(__name__)
+
+
+class MergeState:
+    """Owned by one patched clone (captured by its patches); ``reset()`` at the start of every sampling run.
+
+    ComfyUI 0.3.75 deep-copies ``model_options`` on every clone, the newest version shares leaves:
+    ``__deepcopy__`` returns ``self`` so both behave the same (a downstream LoRA clone keeps this state).
+    """
+
+    __slots__ = ("counters", "ff_plans", "importance", "no_uncond", "warned")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.importance: torch.Tensor | None = None  # [B, H, W] of the latest CFG step, latent resolution
+        self.no_uncond = False  # a CFG step ran without an uncond pass (cfg 1, BasicGuider, ...)
+        self.counters: Counter[str] = Counter()
+        self.ff_plans: dict[tuple, tuple[MergePlan, object]] = {}  # attn1 -> feed-forward hand-off per block
+        self.warned: set[str] = set()
+
+    def warn_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
+        """Log ``message`` the first time ``key`` comes up in this run."""
+        if key not in self.warned:
+            self.warned.add(key)
+            logger.log(level, message)
+
+    def __deepcopy__(self, memo: dict) -> MergeState:
+        return self
+
+    def __repr__(self) -> str:
+        shape = None if self.importance is None else tuple(self.importance.shape)
+        return f"MergeState(importance={shape}, no_uncond={self.no_uncond}, counters={dict(self.counters)})"

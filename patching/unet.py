@@ -1,0 +1,205 @@
+"""UNet adapter (SD1.x, SD2.x, SDXL): merges the tokens of ``BasicTransformerBlock``s through ComfyUI's
+list-style patch points, which stack with other packs' patches.
+
+* ``attn1_patch`` builds the block call's plan once (no_grad) and merges the self-attention input, the
+  tokens that become q, k and v; ``attn1_output_patch`` unmerges. The plan travels in the block call's
+  own ``extra_options`` dict, so patch and output patch can never pair across blocks or threads.
+* Optional: ``attn2_patch``/``attn2_output_patch`` merge the cross-attention queries with the same plan,
+  and an object patch on each block's ``ff.forward`` (chained to any previous one) merges the
+  feed-forward input.
+* A block is merged when its grid is at most ``max_downsample`` times smaller than the latent.
+* Anything unexpected (a foreign patch changed the token count, an odd batch layout) skips merging
+  for that call with one warning per run; sampling never fails because of this pack.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..merging.ibtm import importance_plan
+from ..merging.importance import to_token_grid
+from ..merging.plan import MergeMode, MergePlan, merge, unmerge
+from ..merging.tome import tome_plan
+from .config import MergeConfig, Method
+from .steps import step_position
+
+if TYPE_CHECKING:
+    from .state import MergeState
+
+logger = logging.getLogger(__name__)
+
+PLAN_KEY = "tokenmerge_plan"  # in a block call's extra_options: (rows plan, mode)
+ATTN2_KEY = "tokenmerge_attn2"
+
+
+def token_grid(original_shape: list[int], num_tokens: int, activations_shape: list[int] | None = None,
+               ) -> tuple[int, int, int] | None:
+    """(h, w, downsample) of a block's token grid, or ``None`` if ``num_tokens`` fits no grid of the latent."""
+    H, W = original_shape[-2:]
+    downsample = math.ceil(math.sqrt(H * W / num_tokens))
+    if activations_shape is not None and len(activations_shape) == 4:
+        h, w = activations_shape[-2:]
+    else:
+        h, w = math.ceil(H / downsample), math.ceil(W / downsample)
+    return (h, w, downsample) if h * w == num_tokens else None
+
+
+def block_key(extra_options: dict) -> tuple | None:
+    block = extra_options.get("block")
+    return None if block is None else (block[0], block[1], extra_options.get("block_index", 0))
+
+
+class UNetMerger:
+    """Patch callables of one patched UNet; shares its :class:`MergeState` with the importance capture."""
+
+    def __init__(self, config: MergeConfig, state: MergeState) -> None:
+        self.config = config
+        self.state = state
+
+    def __deepcopy__(self, memo: dict) -> UNetMerger:
+        return self
+
+    # ------------------------------------------------------------------------------------ planning
+    def _generator(self, step: int, key: tuple | None) -> torch.Generator:
+        # Seeded per (seed, step, block) rather than advanced per call: cond and uncond split into
+        # separate calls draw the same partition, and a rerun reproduces it exactly.
+        mix = zlib.crc32(repr((self.config.seed, step, key)).encode())
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + mix)
+
+    def _plan(self, n: torch.Tensor, extra: dict) -> tuple[MergePlan, MergeMode] | None:
+        cfg, state = self.config, self.state
+        rows, N, C = n.shape
+        original_shape = extra.get("original_shape")
+        chunks = len(extra.get("cond_or_uncond") or [0])
+        if original_shape is None or rows % chunks:
+            state.warn_once("layout", f"tokenmerge: unexpected batch layout ({rows} rows, {chunks} chunks); "
+                            "merging skipped for such calls")
+            state.counters["skipped"] += 1
+            return None
+        grid = token_grid(original_shape, N, extra.get("activations_shape"))
+        if grid is None:
+            state.warn_once("grid", f"tokenmerge: {N} tokens fit no grid of the {original_shape[-2:]} latent "
+                            "(a foreign patch changed the token count?); merging skipped for such calls")
+            state.counters["skipped"] += 1
+            return None
+        h, w, downsample = grid
+        if downsample > cfg.max_downsample:
+            return None
+        step, progress = step_position(extra)
+        if not cfg.start_percent <= progress <= cfg.end_percent:
+            return None
+        r = int(N * cfg.ratio)
+        if r == 0:
+            return None
+        samples = rows // chunks
+        metric = n.detach().view(chunks, samples, N, C).mean(0)  # [chunks*S, N, C] -> [S, N, C]
+        key = block_key(extra)
+        generator = self._generator(step, key)
+        importance = self._importance(samples, original_shape) if cfg.method is Method.IMPORTANCE else None
+        if importance is not None:
+            plan = importance_plan(metric, to_token_grid(importance, h, w).to(n.device), r, cfg.dst_fraction,
+                                   cfg.pool_factor, cfg.dst_mode, generator)
+            state.counters["importance_calls"] += 1
+        else:
+            plan = tome_plan(metric, h, w, r, *cfg.window, generator=generator)
+            if plan is None:
+                return None
+            state.counters["tome_calls"] += 1
+        mode = MergeMode.PRUNE if progress < cfg.prune_until else MergeMode.MEAN
+        state.counters["merged_calls"] += 1
+        state.counters["prune_calls"] += mode is MergeMode.PRUNE
+        state.counters["tokens_in"] += N
+        state.counters["tokens_out"] += plan.num_out
+        return plan.rows(chunks), mode
+
+    def _importance(self, samples: int, original_shape: list[int]) -> torch.Tensor | None:
+        importance = self.state.importance
+        if importance is None:
+            return None  # warm-up before the first CFG map, or no uncond at all: spatial ToMe
+        if importance.shape[0] != samples or list(importance.shape[-2:]) != list(original_shape[-2:]):
+            self.state.warn_once("importance_shape", f"tokenmerge: importance map {tuple(importance.shape)} does "
+                                 f"not match the call's latent {original_shape} (area conditioning?); spatial ToMe "
+                                 "is used for such calls", logging.INFO)
+            return None
+        return importance
+
+    # ------------------------------------------------------------------------------ patch points
+    def attn1_patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):
+        key = block_key(extra_options)
+        self.state.ff_plans.pop(key, None)
+        try:
+            planned = self._plan(n, extra_options)
+        except Exception:
+            logger.exception("tokenmerge: building the merge plan failed; merging skipped for this call")
+            planned = None
+        if planned is None:
+            return n, context, value
+        extra_options[PLAN_KEY] = planned
+        if self.config.merge_ff:
+            self.state.ff_plans[key] = planned
+        merged = merge(n, *planned)
+        if context is n and value is n:  # self-attention: merge q, k and v alike
+            return merged, merged, merged
+        return merged, context, value
+
+    def attn1_output_patch(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        planned = extra_options.get(PLAN_KEY)
+        if planned is None or n.shape[1] != planned[0].num_out:
+            return n
+        return unmerge(n, planned[0])
+
+    def attn2_patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):
+        planned = extra_options.get(PLAN_KEY)
+        if planned is None or n.shape[1] != planned[0].num_tokens:
+            return n, context, value
+        extra_options[ATTN2_KEY] = True
+        return merge(n, *planned), context, value
+
+    def attn2_output_patch(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        planned = extra_options.get(PLAN_KEY)
+        if not extra_options.pop(ATTN2_KEY, False) or n.shape[1] != planned[0].num_out:
+            return n
+        return unmerge(n, planned[0])
+
+    def feed_forward(self, previous, key: tuple):
+        """``ff.forward`` replacement for the block ``key``, chained to ``previous`` (the current forward)."""
+        state = self.state
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            planned = state.ff_plans.pop(key, None)
+            if planned is None or x.shape[1] != planned[0].num_tokens or x.shape[0] != planned[0].dst_idx.shape[0]:
+                return previous(x)
+            return unmerge(previous(merge(x, *planned)), planned[0])
+
+        return forward
+
+
+def transformer_blocks(diffusion_model: torch.nn.Module) -> dict[str, tuple]:
+    """``{module path: (block, id, block_index)}`` of every BasicTransformerBlock of a UNet, keyed as
+    ``transformer_options`` names them (("input", 1), ("middle", 0), ("output", 3))."""
+    from_path = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+    found = {}
+    for path, module in diffusion_model.named_modules():
+        parts = path.split(".")
+        if type(module).__name__ != "BasicTransformerBlock" or parts[0] not in from_path:
+            continue
+        block_id = 0 if parts[0] == "middle_block" else int(parts[1])
+        found[path] = (from_path[parts[0]], block_id, int(parts[parts.index("transformer_blocks") + 1]))
+    return found
+
+
+def attention_downsamples(diffusion_model: torch.nn.Module) -> list[int]:
+    """Downsample factors of the UNet levels that hold attention (SD1.x: [1, 2, 4]; SDXL: [2, 4])."""
+    levels, downsample = set(), 1
+    for block in diffusion_model.input_blocks:
+        for layer in block:
+            if type(layer).__name__ == "Downsample":
+                downsample *= 2
+            elif type(layer).__name__ == "SpatialTransformer":
+                levels.add(downsample)
+    return sorted(levels)

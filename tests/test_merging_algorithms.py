@@ -1,0 +1,156 @@
+"""Pure-torch merging algorithms (merging/): hand-computed cases and properties over shapes and ratios."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@pytest.fixture(scope="module")
+def m(pack):
+    from tokenmerge.merging import ibtm, importance, plan, similarity, tome
+
+    return type("M", (), {"ibtm": ibtm, "importance": importance, "plan": plan, "similarity": similarity,
+                          "tome": tome})
+
+
+def _sets(plan, row=0):
+    return (set(plan.dst_idx[row].tolist()), set(plan.src_idx[row].tolist()), set(plan.keep_idx[row].tolist()))
+
+
+def test_ibtm_on_a_4x4_grid_with_known_importance_and_features(m):
+    # importance: token 0 most important ... token 15 least; r = 8, K = 4, M = int(8 * 1.4) = 11.
+    importance = torch.arange(16, 0, -1, dtype=torch.float32).view(1, 16)
+    e = torch.eye(4)
+    feats = torch.zeros(16, 4)
+    feats[:4] = e  # the four destinations (top_k): orthogonal
+    feats[4] = e[0] + 0.1 * e[1]  # very close to dst 0
+    feats[5] = e[1] + 0.1 * e[2]  # very close to dst 1
+    feats[6] = e[2] + 0.2 * e[3]  # close to dst 2
+    feats[7:11] = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.9], [0.9, 1.0, 1.0, 1.0], [1.0, 0.9, 1.0, 1.0]])
+    feats[11:] = torch.tensor([[1.0, 1.0, 1.0, 1.0]]) + 0.01 * torch.arange(5.0).view(5, 1)  # unimportant
+    plan = m.ibtm.importance_plan(feats.unsqueeze(0), importance, r=8, dst_fraction=0.25, pool_factor=1.4,
+                                  dst_mode=m.ibtm.DstMode.TOP_K)
+    dst, src, keep = _sets(plan)
+    assert dst == {0, 1, 2, 3}
+    assert src == {4, 5, 6, 11, 12, 13, 14, 15}  # all 5 outside the pool + the 3 most similar pool tokens
+    assert keep == {7, 8, 9, 10}
+    pairs = dict(zip(plan.src_idx[0].tolist(), plan.dst_idx[0][plan.src_to_dst[0]].tolist(), strict=True))
+    assert (pairs[4], pairs[5], pairs[6]) == (0, 1, 2)
+
+
+def test_tome_windows_on_a_5x3_grid_leave_the_leftover_strip_as_sources(m):
+    is_dst = m.tome.window_destinations(1, 5, 3, sy=2, sx=2, generator=None)
+    # windows: rows {0,1},{2,3} x cols {0,1}; row 4 and col 2 are the leftover strip
+    assert set(is_dst[0].nonzero().flatten().tolist()) == {0, 6}
+    randomized = m.tome.window_destinations(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    for row in randomized:
+        chosen = row.nonzero().flatten().tolist()
+        assert len(chosen) == 2
+        assert all(t // 3 < 4 and t % 3 < 2 for t in chosen)  # never in the strip
+        assert {t // 3 // 2 for t in chosen} == {0, 1}  # one per window
+    assert m.tome.window_destinations(1, 1, 5) is None  # no 2x2 window fits
+
+
+def test_merge_mean_and_prune_on_a_hand_made_plan(m):
+    x = torch.tensor([[[1.0], [2.0], [3.0], [4.0], [10.0]]])  # [1, 5, 1]
+    # dst = {0, 3}; token 1 -> dst 0, token 2 -> dst 0, token 4 -> dst 3 (index 1); nothing kept
+    plan = m.plan.MergePlan(keep_idx=torch.zeros(1, 0, dtype=torch.long), dst_idx=torch.tensor([[0, 3]]),
+                            src_idx=torch.tensor([[1, 2, 4]]), src_to_dst=torch.tensor([[0, 0, 1]]), num_tokens=5)
+    assert m.plan.merge(x, plan).flatten().tolist() == [2.0, 7.0]  # (1+2+3)/3, (4+10)/2
+    assert m.plan.merge(x, plan, m.plan.MergeMode.PRUNE).flatten().tolist() == [1.0, 4.0]
+    assert m.plan.unmerge(torch.tensor([[[5.0], [6.0]]]), plan).flatten().tolist() == [5.0, 5.0, 5.0, 6.0, 6.0]
+
+
+def test_chunked_similarity_equals_the_full_matrix(m):
+    g = torch.Generator().manual_seed(0)
+    src, dst = torch.randn(2, 37, 8, generator=g), torch.randn(2, 11, 8, generator=g)
+    full = m.similarity.best_destination(src, dst)
+    chunked = m.similarity.best_destination(src, dst, max_elements=11 * 5)  # chunks of 5 rows
+    assert torch.equal(full[1], chunked[1])
+    assert torch.allclose(full[0], chunked[0])
+
+
+def test_importance_pooling_is_area_averaging_for_any_aspect_ratio(m):
+    imp = torch.arange(24, dtype=torch.float32).view(1, 4, 6)
+    pooled = m.importance.to_token_grid(imp, 2, 3)
+    assert pooled.tolist() == [[3.5, 5.5, 7.5, 15.5, 17.5, 19.5]]
+    assert m.importance.to_token_grid(imp, 4, 6).tolist() == [list(range(24))]
+    cond, uncond = torch.ones(2, 4, 3, 5), torch.zeros(2, 4, 3, 5)
+    cond[1] *= 3
+    assert m.importance.cfg_importance(cond, uncond, torch.tensor([1.0, 2.0])).tolist() == (
+        [[[1.0] * 5] * 3, [[1.5] * 5] * 3])
+
+
+grids = st.tuples(st.integers(2, 12), st.integers(2, 12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid=grids, ratio=st.floats(0.0, 0.75), samples=st.integers(1, 3), seed=st.integers(0, 2**16),
+       pool_factor=st.sampled_from([1.0, 1.4, 2.0]), prune=st.booleans())
+def test_ibtm_properties(pack, grid, ratio, samples, seed, pool_factor, prune):
+    from tokenmerge.merging import ibtm
+    from tokenmerge.merging import plan as P
+
+    h, w = grid
+    N = h * w
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, N, 5, generator=g)
+    importance = torch.rand(samples, N, generator=g)
+    r = int(N * ratio)
+    plan = ibtm.importance_plan(x, importance, r, 0.25, pool_factor, ibtm.DstMode.RANDOM, g)
+    K = max(1, int(N * 0.25))
+    r_eff = min(r, N - K)
+    assert plan.dst_idx.shape == (samples, K)
+    assert plan.num_merged == r_eff
+    assert plan.num_out == N - r_eff
+    mode = P.MergeMode.PRUNE if prune else P.MergeMode.MEAN
+    merged = P.merge(x, plan, mode)
+    assert merged.shape == (samples, N - r_eff, 5)
+    restored = P.unmerge(merged, plan)
+    for s in range(samples):
+        every = torch.cat([plan.keep_idx[s], plan.dst_idx[s], plan.src_idx[s]]).sort().values
+        assert torch.equal(every, torch.arange(N))  # disjoint and complete
+        keep = plan.keep_idx[s]
+        assert torch.equal(restored[s, keep], x[s, keep])  # independent tokens come back exactly
+        if prune:
+            assert torch.equal(restored[s, plan.dst_idx[s]], x[s, plan.dst_idx[s]])
+        rank = torch.argsort(torch.argsort(importance[s], descending=True))  # 0 = most important
+        merged_ranks = rank[plan.src_idx[s]]
+        M = max(K, ibtm.pool_size(N, r_eff, pool_factor))
+        assert set(torch.nonzero(rank >= M).flatten().tolist()) <= set(plan.src_idx[s].tolist())
+        if pool_factor == 1.0 and N - r_eff == M:
+            assert bool((merged_ranks >= N - r_eff).all())  # exactly the r least important are merged
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid=grids, ratio=st.floats(0.0, 0.9), seed=st.integers(0, 2**16))
+def test_tome_properties(pack, grid, ratio, seed):
+    from tokenmerge.merging import plan as P
+    from tokenmerge.merging import tome
+
+    h, w = grid
+    N = h * w
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, N, 3, generator=g)
+    plan = tome.tome_plan(x, h, w, int(N * ratio), generator=g)
+    K = (h // 2) * (w // 2)
+    assert plan.dst_idx.shape[1] == K
+    assert plan.num_merged == min(int(N * ratio), N - K)
+    restored = P.unmerge(P.merge(x, plan), plan)
+    merged_mean = P.merge(x, plan)[:, plan.keep_idx.shape[1]:]
+    for s in range(2):
+        assert torch.equal(restored[s, plan.keep_idx[s]], x[s, plan.keep_idx[s]])
+        for k in range(K):  # every destination holds the mean of itself and its sources
+            members = torch.cat([plan.dst_idx[s, k:k + 1], plan.src_idx[s][plan.src_to_dst[s] == k]])
+            assert torch.allclose(merged_mean[s, k], x[s, members].mean(0), atol=1e-6)
+
+
+def test_plan_rows_repeat_the_sample_partition_for_each_chunk(m):
+    plan = m.tome.tome_plan(torch.randn(2, 16, 3), 4, 4, 6, generator=torch.Generator().manual_seed(1))
+    rows = plan.rows(3)
+    assert rows.dst_idx.shape[0] == 6
+    for chunk in range(3):
+        assert torch.equal(rows.src_idx[chunk * 2:(chunk + 1) * 2], plan.src_idx)
