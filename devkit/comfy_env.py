@@ -36,8 +36,12 @@ def comfyui_dir() -> Path:
     return path
 
 
-def bootstrap_comfyui(threads: int = 2) -> Path:
-    """Import the real ComfyUI in-process, forced onto the CPU. Idempotent; returns its directory."""
+def bootstrap_comfyui(threads: int = 2, *, pytorch_attention: bool = False) -> Path:
+    """Import the real ComfyUI in-process, forced onto the CPU. Idempotent; returns its directory.
+
+    ``pytorch_attention`` selects PyTorch SDPA (``--use-pytorch-cross-attention``) instead of ComfyUI's CPU
+    default (sub-quadratic attention); like the flag, it only takes effect on the first import.
+    """
     path = comfyui_dir()
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
@@ -45,6 +49,7 @@ def bootstrap_comfyui(threads: int = 2) -> Path:
 
     if "comfy.model_management" not in sys.modules:
         args.cpu = True
+        args.use_pytorch_cross_attention = pytorch_attention
     import comfy.model_management
     import utils.extra_config  # noqa: F401  binds 'utils' to ComfyUI/utils/ before nodes.py runs
 

@@ -174,6 +174,7 @@ class UNetMerger:
             planned = state.ff_plans.pop(key, None)
             if planned is None or x.shape[1] != planned[0].num_tokens or x.shape[0] != planned[0].dst_idx.shape[0]:
                 return previous(x)
+            state.counters["ff_calls"] += 1
             return unmerge(previous(merge(x, *planned)), planned[0])
 
         return forward

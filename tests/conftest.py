@@ -46,7 +46,7 @@ def family(request) -> tiny_models.TinyFamily:
 def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: int = 3, cfg: float = 4.0,
            sampler: str = "euler", scheduler: str = "normal", height: int | None = None,
            width: int | None = None, batch: int = 1, frames: int = 5, latent: torch.Tensor | None = None,
-           **sample_kwargs) -> torch.Tensor:
+           positive: list | None = None, negative: list | None = None, **sample_kwargs) -> torch.Tensor:
     """Sample through ``comfy.sample.sample`` (the KSampler path) with random conditioning of the family's
     shapes; ``sample_kwargs`` go to it (``denoise``, ``start_step``, ``last_step``, ...)."""
     import comfy.sample
@@ -56,8 +56,8 @@ def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: in
         latent = family.empty_latent(height or side, width or side, batch=batch, frames=frames)
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(
-        patcher, noise, steps, cfg, sampler, scheduler, family.conditioning(1), family.conditioning(2),
-        latent, disable_pbar=True, seed=seed, **sample_kwargs,
+        patcher, noise, steps, cfg, sampler, scheduler, positive or family.conditioning(1),
+        negative or family.conditioning(2), latent, disable_pbar=True, seed=seed, **sample_kwargs,
     )
 
 

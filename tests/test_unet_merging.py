@@ -147,10 +147,12 @@ def test_sdxl_preset_merges_at_downsample_two_where_its_attention_starts(nodes, 
 
 def test_cross_attention_and_feed_forward_options_merge_more(nodes, sd15):
     attn_only = sample(importance_model(nodes, sd15), SD15, steps=3)
-    everything = sample(importance_model(nodes, sd15, merge_cross_attention=True, merge_feed_forward=True),
-                        SD15, steps=3)
+    patched = importance_model(nodes, sd15, merge_cross_attention=True, merge_feed_forward=True)
+    everything = sample(patched, SD15, steps=3)
+    counters = state_of(patched).counters
     assert torch.isfinite(everything).all()
     assert not torch.equal(attn_only, everything)
+    assert counters["ff_calls"] == counters["merged_calls"] > 0  # every merged block also merged its FF
 
 
 def test_spatial_tome_node_merges_with_the_same_code_path(nodes, sd15):
@@ -224,3 +226,38 @@ def test_step_position_counts_heun_midpoints_as_the_next_step(pack):
     assert step_position({"sample_sigmas": schedule, "sigmas": torch.tensor([5.0])}) == (1, pytest.approx(1 / 3))
     assert step_position({"sample_sigmas": schedule, "sigmas": torch.tensor([2.0])})[0] == 2
     assert step_position({}) == (0, 0.0)
+
+
+def test_two_positive_conds_and_an_area_cond_keep_merging(nodes, sd15, caplog):
+    import nodes as comfy_nodes
+
+    area = comfy_nodes.ConditioningSetArea().append(SD15.conditioning(3), 32, 32, 0, 0, 1.0)[0]
+    positive = SD15.conditioning(1) + SD15.conditioning(4) + area  # two full-size conds and a 4x4 latent area
+    patched = nodes.TokenMergeImportance.execute(sd15, 0.5)[0]
+    with caplog.at_level(logging.INFO, logger="tokenmerge"):
+        out = sample(patched, SD15, steps=4, batch=2, positive=positive)
+    counters = state_of(patched).counters
+    assert torch.isfinite(out).all()
+    assert counters["importance_calls"] > 0  # the full-size calls, three chunks of two rows
+    assert counters["skipped"] == 0
+    assert len([r for r in caplog.records if "does not match the call's latent" in r.getMessage()]) == 1
+
+
+def test_cond_and_uncond_in_separate_calls_get_the_same_destinations(pack):
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.state import MergeState
+    from tokenmerge.patching.unet import PLAN_KEY, UNetMerger
+
+    state = MergeState()
+    state.importance = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    merger = UNetMerger(MergeConfig(Method.IMPORTANCE, ratio=0.5, max_downsample=1), state)
+    timing = {"sample_sigmas": torch.tensor([10.0, 5.0, 1.0, 0.0]), "sigmas": torch.tensor([5.0, 5.0])}
+    plans = {}
+    for chunk in (1, 0):  # memory split: uncond first, then cond
+        n = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(chunk))
+        extra = {"original_shape": [2, 4, 8, 8], "cond_or_uncond": [chunk], "block": ("input", 1), "block_index": 0,
+                 **timing}
+        merger.attn1_patch(n, n, n, extra)
+        plans[chunk] = extra[PLAN_KEY][0]
+    assert torch.equal(plans[0].dst_idx, plans[1].dst_idx)
+    assert state.counters["importance_calls"] == 2
