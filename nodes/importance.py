@@ -28,25 +28,36 @@ def resolve_max_downsample(model, choice: str) -> int:
     return int(choice)
 
 
-def _ratio_input(default: float) -> io.Float.Input:
-    return io.Float.Input("ratio", default=default, min=0.0, max=0.9, step=0.05, tooltip=RATIO_TOOLTIP)
+def _schema(node_id: str, display_name: str, description: str, options: list) -> io.Schema:
+    """Every node of this module: a MODEL and a ratio in, the patched clone out, then its own options."""
+    return io.Schema(
+        node_id=node_id,
+        display_name=display_name,
+        category=CATEGORY,
+        description=description,
+        inputs=[
+            io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
+            io.Float.Input("ratio", default=0.5, min=0.0, max=0.9, step=0.05, tooltip=RATIO_TOOLTIP),
+            *options,
+        ],
+        outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
+    )
+
+
+def _max_downsample_input() -> io.Combo.Input:
+    return io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
+                          tooltip=MAX_DOWNSAMPLE_TOOLTIP)
 
 
 class TokenMergeImportance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TokenMergeImportance",
-            display_name="Token Merge (Importance)",
-            category=CATEGORY,
-            description="Importance-based token merging (IBTM, arXiv 2411.16720): the CFG difference of the "
-                        "previous step marks the important tokens, and the unimportant ones are merged first. "
-                        "Settings come from a preset for the detected model family.",
-            inputs=[
-                io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
-                _ratio_input(0.5),
-            ],
-            outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
+        return _schema(
+            "TokenMergeImportance", "Token Merge (Importance)",
+            "Importance-based token merging (IBTM, arXiv 2411.16720): the CFG difference of the previous step "
+            "marks the important tokens, and the unimportant ones are merged first. Settings come from a preset "
+            "for the detected model family.",
+            [],
         )
 
     @classmethod
@@ -58,16 +69,11 @@ class TokenMergeImportance(io.ComfyNode):
 class TokenMergeImportanceAdvanced(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TokenMergeImportanceAdvanced",
-            display_name="Token Merge (Importance), Advanced",
-            category=CATEGORY,
-            description="Importance-based token merging (IBTM) with every setting exposed.",
-            inputs=[
-                io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
-                _ratio_input(0.5),
-                io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
-                               tooltip=MAX_DOWNSAMPLE_TOOLTIP),
+        return _schema(
+            "TokenMergeImportanceAdvanced", "Token Merge (Importance), Advanced",
+            "Importance-based token merging (IBTM) with every setting exposed.",
+            [
+                _max_downsample_input(),
                 io.Float.Input("dst_fraction", default=0.25, min=0.05, max=0.9, step=0.05, **ADVANCED,
                                tooltip="Destination tokens as a fraction of all tokens (paper: 0.25). The ratio "
                                        "can be at most 1 - dst_fraction."),
@@ -90,7 +96,6 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                                tooltip="Merging stops after this fraction of the sampling run."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
             ],
-            outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
         )
 
     @classmethod
@@ -109,18 +114,13 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
 class TokenMergeSpatialToMe(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TokenMergeSpatialToMe",
-            display_name="Token Merge (Spatial ToMe)",
-            category=CATEGORY,
-            description="Spatial token merging (ToMeSD, arXiv 2303.17604): one random destination per window, "
-                        "the most similar tokens merged. The baseline for the importance nodes, on the same "
-                        "code path (it merges q, k and v, unlike the built-in TomePatchModel).",
-            inputs=[
-                io.Model.Input("model", tooltip="The model to accelerate; a patched clone is returned."),
-                _ratio_input(0.5),
-                io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
-                               tooltip=MAX_DOWNSAMPLE_TOOLTIP),
+        return _schema(
+            "TokenMergeSpatialToMe", "Token Merge (Spatial ToMe)",
+            "Spatial token merging (ToMeSD, arXiv 2303.17604): one random destination per window, the most "
+            "similar tokens merged. The baseline for the importance nodes, on the same code path (it merges q, "
+            "k and v, unlike the built-in TomePatchModel).",
+            [
+                _max_downsample_input(),
                 io.Int.Input("window_y", default=2, min=1, max=8, **ADVANCED,
                              tooltip="Window height: one destination per window_y x window_x tokens. The ratio "
                                      "can be at most 1 - 1/(window_y x window_x)."),
@@ -131,7 +131,6 @@ class TokenMergeSpatialToMe(io.ComfyNode):
                                  tooltip="Also merge the feed-forward input."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
             ],
-            outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
         )
 
     @classmethod
