@@ -43,19 +43,19 @@ def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_
     K = max(1, int(N * dst_fraction))
     r = min(r, N - K)
     M = max(K, pool_size(N, r, pool_factor))
-    by_importance = torch.argsort(importance.float().cpu(), dim=1, descending=True, stable=True)  # [S, N]
-    pool = by_importance[:, :M]
+    device = metric.device
+    by_importance = torch.argsort(importance.to(device, torch.float32), dim=1, descending=True, stable=True)
+    pool = by_importance[:, :M]  # [S, M]
     if dst_mode is DstMode.TOP_K:
-        dst_in_pool = torch.arange(K).expand(S, K)
-    else:
-        dst_in_pool = torch.rand(S, M, generator=generator).argsort(dim=1)[:, :K]  # K distinct pool slots
-    is_dst = torch.zeros(S, N, dtype=torch.bool)
+        dst_in_pool = torch.arange(K, device=device).expand(S, K)
+    else:  # K distinct pool slots per sample, drawn on the CPU generator
+        dst_in_pool = torch.rand(S, M, generator=generator).argsort(dim=1)[:, :K].to(device)
+    is_dst = torch.zeros(S, N, dtype=torch.bool, device=device)
     is_dst.scatter_(1, pool.gather(1, dst_in_pool), value=True)
-    outside_pool = torch.ones(S, N, dtype=torch.bool)
+    outside_pool = torch.ones(S, N, dtype=torch.bool, device=device)
     outside_pool.scatter_(1, pool, value=False)
-    dst_idx, src_idx = split_destinations(is_dst)
+    dst_idx, src_idx = split_destinations(is_dst, K)
     always = outside_pool.gather(1, src_idx)  # [S, N - K]
-    dst_idx, src_idx, always = (t.to(metric.device) for t in (dst_idx, src_idx, always))
     score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
                                    metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
     return select_merges(dst_idx, src_idx, best, score, r, N, always_merge=always)

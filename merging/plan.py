@@ -58,10 +58,6 @@ class MergePlan:
         return MergePlan(*(t.repeat(chunks, 1) for t in (self.keep_idx, self.dst_idx, self.src_idx,
                                                          self.src_to_dst)), num_tokens=self.num_tokens)
 
-    def to(self, device: torch.device) -> MergePlan:
-        return MergePlan(*(t.to(device) for t in (self.keep_idx, self.dst_idx, self.src_idx, self.src_to_dst)),
-                         num_tokens=self.num_tokens)
-
 
 def _expand(idx: torch.Tensor, channels: int) -> torch.Tensor:
     return idx.unsqueeze(-1).expand(-1, -1, channels)  # [B, n] -> [B, n, C]
@@ -92,10 +88,9 @@ def unmerge(y: torch.Tensor, plan: MergePlan) -> torch.Tensor:
 
 
 @torch.no_grad()
-def split_destinations(is_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean ``is_dst`` [S, N] with the same count K per row -> (dst_idx [S, K], src_idx [S, N - K]),
+def split_destinations(is_dst: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean ``is_dst`` [S, N] with K destinations per row -> (dst_idx [S, K], src_idx [S, N - K]),
     both in ascending token order."""
-    K = int(is_dst[0].sum())
     order = torch.argsort(is_dst.to(torch.int8), dim=1, stable=True)  # non-dst first, then dst; index order kept
     return order[:, order.shape[1] - K:], order[:, : order.shape[1] - K]
 

@@ -45,7 +45,7 @@ def tome_plan(metric: torch.Tensor, h: int, w: int, r: int, sy: int = 2, sx: int
     is_dst = window_destinations(S, h, w, sy, sx, generator)
     if is_dst is None:
         return None
-    dst_idx, src_idx = (t.to(metric.device) for t in split_destinations(is_dst))
+    dst_idx, src_idx = (t.to(metric.device) for t in split_destinations(is_dst, (h // sy) * (w // sx)))
     C = metric.shape[-1]
     score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
                                    metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
