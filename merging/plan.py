@@ -112,3 +112,19 @@ def select_merges(dst_idx: torch.Tensor, src_idx: torch.Tensor, best_dst: torch.
         src_to_dst=best_dst.gather(1, merged),
         num_tokens=num_tokens,
     )
+
+
+def stack_frames(plan: MergePlan, frames: int) -> MergePlan:
+    """Per-frame plans of ``S * frames`` rows (frame-major within each sample, n tokens each) -> one plan of
+    ``S`` rows over ``frames * n`` tokens that merges only within frames (video models)."""
+    if frames == 1:
+        return plan
+    n, K = plan.num_tokens, plan.dst_idx.shape[1]
+    token_offset = (torch.arange(frames, device=plan.dst_idx.device) * n).view(1, frames, 1)
+    dst_offset = (torch.arange(frames, device=plan.dst_idx.device) * K).view(1, frames, 1)
+
+    def join(idx: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return (idx.view(-1, frames, idx.shape[1]) + offset).flatten(1)  # [S*T, m] -> [S, T*m]
+
+    return MergePlan(join(plan.keep_idx, token_offset), join(plan.dst_idx, token_offset),
+                     join(plan.src_idx, token_offset), join(plan.src_to_dst, dst_offset), num_tokens=frames * n)

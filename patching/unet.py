@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..merging.ibtm import importance_plan
-from ..merging.importance import to_token_grid
 from ..merging.plan import MergeMode, MergePlan, merge, unmerge
-from ..merging.tome import tome_plan
-from .config import MergeConfig, Method
-from .steps import step_position
+from .planner import TokenPlanner
 
 if TYPE_CHECKING:
+    from .config import MergeConfig
     from .state import MergeState
 
 logger = logging.getLogger(__name__)
@@ -60,73 +56,25 @@ class UNetMerger:
     def __init__(self, config: MergeConfig, state: MergeState) -> None:
         self.config = config
         self.state = state
+        self.planner = TokenPlanner(config, state)
 
     def __deepcopy__(self, memo: dict) -> UNetMerger:
         return self
 
-    # ------------------------------------------------------------------------------------ planning
-    def _generator(self, step: int, key: tuple | None) -> torch.Generator:
-        # Seeded per (seed, step, block) rather than advanced per call: cond and uncond split into
-        # separate calls draw the same partition, and a rerun reproduces it exactly.
-        mix = zlib.crc32(repr((self.config.seed, step, key)).encode())
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + mix)
-
     def _plan(self, n: torch.Tensor, extra: dict) -> tuple[MergePlan, MergeMode] | None:
-        cfg, state = self.config, self.state
-        rows, N, C = n.shape
         original_shape = extra.get("original_shape")
-        chunks = len(extra.get("cond_or_uncond") or [0])
-        if original_shape is None or rows % chunks:
-            state.warn_once("layout", f"tokenmerge: unexpected batch layout ({rows} rows, {chunks} chunks); "
-                            "merging skipped for such calls")
-            state.counters["skipped"] += 1
+        if original_shape is None:
+            self.planner.skip("layout", "a transformer block ran without original_shape")
             return None
-        grid = token_grid(original_shape, N, extra.get("activations_shape"))
+        grid = token_grid(original_shape, n.shape[1], extra.get("activations_shape"))
         if grid is None:
-            state.warn_once("grid", f"tokenmerge: {N} tokens fit no grid of the {original_shape[-2:]} latent "
-                            "(a foreign patch changed the token count?); merging skipped for such calls")
-            state.counters["skipped"] += 1
+            self.planner.skip("grid", f"{n.shape[1]} tokens fit no grid of the {original_shape[-2:]} latent "
+                              "(a foreign patch changed the token count?)")
             return None
         h, w, downsample = grid
-        if downsample > cfg.max_downsample:
+        if downsample > self.config.max_downsample:
             return None
-        step, progress = step_position(extra)
-        if not cfg.start_percent <= progress <= cfg.end_percent:
-            return None
-        r = int(N * cfg.ratio)
-        if r == 0:
-            return None
-        samples = rows // chunks
-        metric = n.detach().view(chunks, samples, N, C).mean(0)  # [chunks*S, N, C] -> [S, N, C]
-        key = block_key(extra)
-        generator = self._generator(step, key)
-        importance = self._importance(samples, original_shape) if cfg.method is Method.IMPORTANCE else None
-        if importance is not None:
-            plan = importance_plan(metric, to_token_grid(importance, h, w).to(n.device), r, cfg.dst_fraction,
-                                   cfg.pool_factor, cfg.dst_mode, generator)
-            state.counters["importance_calls"] += 1
-        else:
-            plan = tome_plan(metric, h, w, r, *cfg.window, generator=generator)
-            if plan is None:
-                return None
-            state.counters["tome_calls"] += 1
-        mode = MergeMode.PRUNE if progress < cfg.prune_until else MergeMode.MEAN
-        state.counters["merged_calls"] += 1
-        state.counters["prune_calls"] += mode is MergeMode.PRUNE
-        state.counters["tokens_in"] += N
-        state.counters["tokens_out"] += plan.num_out
-        return plan.rows(chunks), mode
-
-    def _importance(self, samples: int, original_shape: list[int]) -> torch.Tensor | None:
-        importance = self.state.importance
-        if importance is None:
-            return None  # warm-up before the first CFG map, or no uncond at all: spatial ToMe
-        if importance.shape[0] != samples or list(importance.shape[-2:]) != list(original_shape[-2:]):
-            self.state.warn_once("importance_shape", f"tokenmerge: importance map {tuple(importance.shape)} does "
-                                 f"not match the call's latent {original_shape} (area conditioning?); spatial ToMe "
-                                 "is used for such calls", logging.INFO)
-            return None
-        return importance
+        return self.planner.plan(n, h, w, extra, original_shape[-2:], block_key(extra))
 
     # ------------------------------------------------------------------------------ patch points
     def attn1_patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):
