@@ -92,6 +92,14 @@ WAN21_TINY = {
 }
 
 
+# Lumina 2 (NextDiT): not supported by the merging nodes yet, used to test the pass-through path.
+LUMINA2_TINY = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 1,
+    "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512], "qk_norm": True,
+    "ffn_dim_multiplier": 4.0, "rope_theta": 10000.0,
+}
+
+
 @dataclass(frozen=True)
 class TinyFamily:
     """How to build one tiny family and feed it: latent layout and conditioning shapes."""
@@ -123,6 +131,8 @@ class TinyFamily:
             extras["pooled_output"] = torch.randn(1, self.pooled_dim, generator=gen)
         return [[torch.randn(1, tokens, self.context_dim, generator=gen), extras]]
 
+
+UNSUPPORTED_FAMILY = TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64)
 
 FAMILIES: dict[str, TinyFamily] = {
     family.name: family
@@ -165,6 +175,14 @@ SD15_LOADABLE = {
 }
 
 
+# Detected as SD3 from shapes; context and pooled widths of CLIP-L (768), so the stock CLIPLoader and
+# CLIPTextEncode can condition it in server tests.
+SD3_LOADABLE = {
+    **SD3_TINY, "adm_in_channels": 768,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 768, "out_features": 128}},
+}
+
+
 def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """State dict that ComfyUI's loaders detect.
 
@@ -181,7 +199,7 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
     elif kind == "sd3":
         from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
-        module = OpenAISignatureMMDITWrapper(**SD3_TINY, operations=comfy.ops.disable_weight_init, device="cpu")
+        module = OpenAISignatureMMDITWrapper(**SD3_LOADABLE, operations=comfy.ops.disable_weight_init, device="cpu")
         random_init_(module, seed)
     elif kind == "clip_l":
         # CLIP-L's size is fixed by comfy/sd1_clip_config.json (123.7M params); random weights still
@@ -202,7 +220,7 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
 # Stand-in files a test server or the demo writes: file name (under models/) -> loader_state_dict kind.
 STANDIN_FILES: dict[str, str] = {
     "diffusion_models/tokenmerge_tiny_sd15.safetensors": "sd15",
-    "diffusion_models/tokenmerge_tiny_sd3.safetensors": "sd3",
+    "diffusion_models/tokenmerge_tiny_sd3_clip_l.safetensors": "sd3",
     "text_encoders/tokenmerge_random_clip_l.safetensors": "clip_l",
     "vae/tokenmerge_tiny_taesd_4ch.safetensors": "taesd4",
     "vae/tokenmerge_tiny_taesd_16ch.safetensors": "taesd16",

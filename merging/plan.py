@@ -123,8 +123,27 @@ def stack_frames(plan: MergePlan, frames: int) -> MergePlan:
     token_offset = (torch.arange(frames, device=plan.dst_idx.device) * n).view(1, frames, 1)
     dst_offset = (torch.arange(frames, device=plan.dst_idx.device) * K).view(1, frames, 1)
 
+    samples = plan.dst_idx.shape[0] // frames
+
     def join(idx: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        return (idx.view(-1, frames, idx.shape[1]) + offset).flatten(1)  # [S*T, m] -> [S, T*m]
+        return (idx.view(samples, frames, idx.shape[1]) + offset).flatten(1)  # [S*T, m] -> [S, T*m]
 
     return MergePlan(join(plan.keep_idx, token_offset), join(plan.dst_idx, token_offset),
                      join(plan.src_idx, token_offset), join(plan.src_to_dst, dst_offset), num_tokens=frames * n)
+
+
+def kept_order(plan: MergePlan) -> torch.Tensor:
+    """Token index of each merged output position: [B, U + K] (keep first, then dst), e.g. to gather RoPE."""
+    return torch.cat([plan.keep_idx, plan.dst_idx], dim=1)
+
+
+def take_tokens(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """Gather ``idx`` [B, M] along token axis ``dim`` of ``t`` [B or 1, ...]; a batch of 1 is broadcast."""
+    rows, M = idx.shape
+    if t.shape[0] == 1 and rows > 1:
+        t = t.expand(rows, *t.shape[1:])
+    view = [rows] + [1] * (t.ndim - 1)
+    view[dim] = M
+    sizes = list(t.shape)
+    sizes[dim] = M
+    return t.gather(dim, idx.view(view).expand(sizes))  # [B, ..., L, ...] -> [B, ..., M, ...]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..merging.ibtm import DstMode
 from ..patching.apply import apply_token_merge, default_max_downsample, model_family
-from ..patching.config import DOWNSAMPLE_LEVELS, MergeConfig, Method
+from ..patching.config import DOWNSAMPLE_LEVELS, Fallback, MergeConfig, Method
 from ._comfy_api import ADVANCED, io
 
 CATEGORY = "tokenmerge"
@@ -17,9 +17,17 @@ MAX_DOWNSAMPLE_CHOICES = [AUTO, *(str(level) for level in DOWNSAMPLE_LEVELS)]
 
 RATIO_TOOLTIP = ("Fraction of the tokens merged away in each merged block (0 = off, returns the model "
                  "unpatched). Higher is faster and lossier; 0.5 is a good start.")
-MAX_DOWNSAMPLE_TOOLTIP = ("Merge in UNet levels whose token grid is at most this many times smaller than the "
+MAX_DOWNSAMPLE_TOOLTIP = ("UNets: merge in levels whose token grid is at most this many times smaller than the "
                           "latent. auto: the finest level with attention (1 for SD1.x/SD2.x, 2 for SDXL).")
 SEED_TOOLTIP = "Seed of the private generator that draws the destination tokens (the sampler's RNG is untouched)."
+
+
+def resolve_fallback(model, choice: str) -> Fallback:
+    """auto: spatial ToMe for UNets (the paper's behaviour), the x0-change signal for DiTs (Flux-dev and other
+    guidance-distilled DiTs usually run at cfg 1)."""
+    if choice != AUTO:
+        return Fallback(choice)
+    return Fallback.TOME if model_family(model) == "unet" else Fallback.X0_CHANGE
 
 
 def resolve_max_downsample(model, choice: str) -> int:
@@ -44,6 +52,17 @@ def _schema(node_id: str, display_name: str, description: str, options: list) ->
     )
 
 
+def _block_range_inputs() -> list[io.Float.Input]:
+    # Inputs added after a node's first release are optional, so saved API prompts without them still validate.
+    return [
+        io.Float.Input("block_start", default=0.25, min=0.0, max=1.0, step=0.05, optional=True, **ADVANCED,
+                       tooltip="DiTs: merge the blocks from this fraction of the depth on (IBTM on PixArt: the "
+                               "middle half). UNets ignore it."),
+        io.Float.Input("block_end", default=0.75, min=0.0, max=1.0, step=0.05, optional=True, **ADVANCED,
+                       tooltip="DiTs: merge the blocks before this fraction of the depth."),
+    ]
+
+
 def _max_downsample_input() -> io.Combo.Input:
     return io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
                           tooltip=MAX_DOWNSAMPLE_TOOLTIP)
@@ -62,7 +81,8 @@ class TokenMergeImportance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, ratio: float) -> io.NodeOutput:
-        config = MergeConfig(Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, AUTO))
+        config = MergeConfig(Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, AUTO),
+                             fallback=resolve_fallback(model, AUTO))
         return io.NodeOutput(apply_token_merge(model, config))
 
 
@@ -95,18 +115,27 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Merging stops after this fraction of the sampling run."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+                io.Combo.Input("fallback", options=[AUTO, *(f.value for f in Fallback)], default=AUTO, optional=True,
+                               **ADVANCED,
+                               tooltip="Importance when a step has no uncond pass (cfg 1, distilled models): "
+                                       "tome = none, spatial ToMe; x0_change = how much each token's x0 "
+                                       "prediction changed since the last step. auto: tome for UNets, "
+                                       "x0_change for DiTs."),
+                *_block_range_inputs(),
             ],
         )
 
     @classmethod
     def execute(cls, model, ratio: float, max_downsample: str, dst_fraction: float, pool_factor: float,
                 dst_mode: str, merge_cross_attention: bool, merge_feed_forward: bool, prune_until: float,
-                start_percent: float, end_percent: float, seed: int) -> io.NodeOutput:
+                start_percent: float, end_percent: float, seed: int, fallback: str = AUTO,
+                block_start: float = 0.25, block_end: float = 0.75) -> io.NodeOutput:
         config = MergeConfig(
             Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, max_downsample),
             dst_fraction=dst_fraction, pool_factor=pool_factor, dst_mode=DstMode(dst_mode),
             merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward, prune_until=prune_until,
             start_percent=start_percent, end_percent=end_percent, seed=seed,
+            fallback=resolve_fallback(model, fallback), block_range=(block_start, block_end),
         )
         return io.NodeOutput(apply_token_merge(model, config))
 
@@ -130,16 +159,18 @@ class TokenMergeSpatialToMe(io.ComfyNode):
                 io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
                                  tooltip="Also merge the feed-forward input."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+                *_block_range_inputs(),
             ],
         )
 
     @classmethod
     def execute(cls, model, ratio: float, max_downsample: str, window_y: int, window_x: int,
-                merge_cross_attention: bool, merge_feed_forward: bool, seed: int) -> io.NodeOutput:
+                merge_cross_attention: bool, merge_feed_forward: bool, seed: int, block_start: float = 0.25,
+                block_end: float = 0.75) -> io.NodeOutput:
         config = MergeConfig(
             Method.TOME, ratio=ratio, max_downsample=resolve_max_downsample(model, max_downsample),
             window=(window_y, window_x), merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward,
-            prune_until=0.0, seed=seed,
+            prune_until=0.0, seed=seed, block_range=(block_start, block_end),
         )
         return io.NodeOutput(apply_token_merge(model, config))
 

@@ -9,6 +9,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .capture import ImportanceCapture
 from .config import MergeConfig, Method
+from .dit import DiTMerger, block_keys, dit_family, selected_blocks, spatial_patch
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
@@ -16,13 +17,16 @@ logger = logging.getLogger(__name__)
 
 WRAPPER_KEY = "tokenmerge"
 STATE_ATTACHMENT = "tokenmerge_state"
+DIT_FAMILIES = ("sd3", "flux", "pixart", "wan")
 
 
 def model_family(model) -> str:
-    """``"unet"`` for SD1.x/SD2.x/SDXL-style UNets, else the model class name (not patchable yet)."""
-    if isinstance(model.model.diffusion_model, UNetModel):
+    """``"unet"`` (SD1.x/SD2.x/SDXL), a DiT family (``"sd3"``, ``"flux"``, ``"pixart"``, ``"wan"``), or the
+    model class name for families this pack cannot patch."""
+    diffusion_model = model.model.diffusion_model
+    if isinstance(diffusion_model, UNetModel):
         return "unet"
-    return type(model.model).__name__
+    return dit_family(diffusion_model) or type(model.model).__name__
 
 
 def default_max_downsample(model) -> int:
@@ -47,17 +51,22 @@ def _run_wrapper(state: MergeState):
     return outer_sample
 
 
-def apply_token_merge(model, config: MergeConfig):
-    """A clone of ``model`` that merges tokens as ``config`` says; ``model`` itself if nothing applies."""
-    if config.ratio == 0:
-        return model
-    family = model_family(model)
-    if family != "unet":
-        logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
-                       "unpatched", family)
-        return model
-    patched = model.clone()
-    state = MergeState()
+def _call_wrapper(state: MergeState):
+    """APPLY_MODEL wrapper: tells the DiT blocks the latent shape and step information of the call."""
+
+    def apply_model(executor, x, *args, **kwargs):
+        options = kwargs.get("transformer_options", args[4] if len(args) > 4 else {})
+        state.call = {"latent_shape": list(x.shape),
+                      **{k: options.get(k) for k in ("cond_or_uncond", "sigmas", "sample_sigmas")}}
+        try:
+            return executor(x, *args, **kwargs)
+        finally:
+            state.call = None
+
+    return apply_model
+
+
+def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
     merger = UNetMerger(config, state)
     patched.set_model_attn1_patch(merger.attn1_patch)
     patched.set_model_attn1_output_patch(merger.attn1_output_patch)
@@ -68,8 +77,38 @@ def apply_token_merge(model, config: MergeConfig):
         for path, key in transformer_blocks(model.model.diffusion_model).items():
             name = f"diffusion_model.{path}.ff.forward"
             patched.add_object_patch(name, merger.feed_forward(patched.get_model_object(name), key))
+
+
+def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeState) -> None:
+    diffusion_model = model.model.diffusion_model
+    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model))
+    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    for key in selected_blocks(block_keys(diffusion_model, family), config.block_range):
+        if family == "pixart":
+            name = f"diffusion_model.blocks.{key[1]}.forward"
+            patched.add_object_patch(name, merger.block_forward(patched.get_model_object(name), key))
+        else:
+            patched.set_model_patch_replace(merger.block_replace(key, existing.get(key)), "dit", *key)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state))
+
+
+def apply_token_merge(model, config: MergeConfig):
+    """A clone of ``model`` that merges tokens as ``config`` says; ``model`` itself if nothing applies."""
+    if config.ratio == 0:
+        return model
+    family = model_family(model)
+    if family != "unet" and family not in DIT_FAMILIES:
+        logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
+                       "unpatched", family)
+        return model
+    patched = model.clone()
+    state = MergeState()
+    if family == "unet":
+        _patch_unet(patched, model, config, state)
+    else:
+        _patch_dit(patched, model, family, config, state)
     if config.method is Method.IMPORTANCE:
-        patched.set_model_sampler_post_cfg_function(ImportanceCapture(state))
+        patched.set_model_sampler_post_cfg_function(ImportanceCapture(state, config.fallback))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_wrapper(state))
     patched.set_attachments(STATE_ATTACHMENT, state)
     return patched

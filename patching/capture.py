@@ -1,5 +1,9 @@
 """Importance capture: a post-CFG function (a list in ComfyUI, so it composes with other nodes) that keeps
-mean_C |cond_denoised - uncond_denoised| / sigma per latent sample. The map of step t drives step t + 1."""
+mean_C |cond_denoised - uncond_denoised| / sigma per latent sample. The map of step t drives step t + 1.
+
+Without an uncond pass the configured fallback applies: none (spatial ToMe), or mean_C |x0_t - x0_{t-1}| / sigma,
+how much each token's x0 prediction changed since the previous step (no map at the first step).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,37 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..merging.importance import cfg_importance
+from .config import Fallback
 
 if TYPE_CHECKING:
     from .state import MergeState
 
 
 class ImportanceCapture:
-    def __init__(self, state: MergeState) -> None:
+    def __init__(self, state: MergeState, fallback: Fallback) -> None:
         self.state = state
+        self.fallback = fallback
 
     def __call__(self, args: dict) -> object:
-        if args.get("uncond") is None:  # the uncond pass was skipped: no importance signal this step
-            self.state.no_uncond = True
-            self.state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
-                                 "importance merging falls back to spatial ToMe at the same ratio", logging.INFO)
-            return args["denoised"]
-        self.state.importance = cfg_importance(args["cond_denoised"], args["uncond_denoised"], args["sigma"])
-        self.state.counters["maps_captured"] += 1
-        return args["denoised"]
+        state = self.state
+        denoised = args["denoised"]
+        if args.get("uncond") is not None:
+            state.importance = cfg_importance(args["cond_denoised"], args["uncond_denoised"], args["sigma"])
+            state.counters["maps_captured"] += 1
+            return denoised
+        state.no_uncond = True  # the uncond pass was skipped: no CFG importance this step
+        if self.fallback is Fallback.X0_CHANGE:
+            state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
+                            "importance = change of the x0 prediction since the previous step", logging.INFO)
+            previous = state.previous_x0
+            if previous is not None and previous.shape == denoised.shape:
+                state.importance = cfg_importance(denoised, previous, args["sigma"])
+                state.counters["fallback_maps"] += 1
+            state.previous_x0 = denoised.detach().clone()
+        else:
+            state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
+                            "importance merging falls back to spatial ToMe at the same ratio", logging.INFO)
+        return denoised
 
     def __deepcopy__(self, memo: dict) -> ImportanceCapture:
         return self

@@ -13,6 +13,13 @@ class Method(str, Enum):
     TOME = "tome"  # spatial ToMe baseline
 
 
+class Fallback(str, Enum):
+    """Importance signal when a step has no uncond pass (cfg 1, guidance-distilled models, BasicGuider)."""
+
+    TOME = "tome"  # no importance: spatial ToMe at the same ratio (the UNet default, as in issue #3)
+    X0_CHANGE = "x0_change"  # how much each token's x0 prediction changed since the previous step
+
+
 DOWNSAMPLE_LEVELS = (1, 2, 4, 8)
 
 
@@ -38,6 +45,8 @@ class MergeConfig:
     start_percent: float = 0.0  # merging is active for step fractions in [start_percent, end_percent]
     end_percent: float = 1.0
     seed: int = 0
+    fallback: Fallback = Fallback.TOME
+    block_range: tuple[float, float] = (0.25, 0.75)  # DiTs: merged blocks, as fractions of the depth
 
     @property
     def max_ratio(self) -> float:
@@ -61,3 +70,7 @@ class MergeConfig:
         if self.start_percent >= self.end_percent:
             raise ValueError(f"start_percent={self.start_percent} must be below end_percent={self.end_percent}")
         _check_range("seed", self.seed, 0, 2**63 - 1)
+        for name, value in zip(("block_start", "block_end"), self.block_range, strict=True):
+            _check_range(name, value, 0.0, 1.0)
+        if self.block_range[0] >= self.block_range[1]:
+            raise ValueError(f"block_start={self.block_range[0]} must be below block_end={self.block_range[1]}")

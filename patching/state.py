@@ -21,7 +21,7 @@ class MergeState:
     ``__deepcopy__`` returns ``self`` so both behave the same (a downstream LoRA clone keeps this state).
     """
 
-    __slots__ = ("counters", "ff_plans", "importance", "no_uncond", "warned")
+    __slots__ = ("call", "counters", "ff_plans", "importance", "no_uncond", "previous_x0", "warned")
 
     def __init__(self) -> None:
         self.reset()
@@ -29,6 +29,8 @@ class MergeState:
     def reset(self) -> None:
         self.importance: torch.Tensor | None = None  # [B, H, W] of the latest CFG step, latent resolution
         self.no_uncond = False  # a CFG step ran without an uncond pass (cfg 1, BasicGuider, ...)
+        self.previous_x0: torch.Tensor | None = None  # last step's denoised output, for the x0-change fallback
+        self.call: dict | None = None  # the model call in progress: latent_shape, cond_or_uncond, sigmas, ...
         self.counters: Counter[str] = Counter()
         self.ff_plans: dict[tuple, tuple[MergePlan, object]] = {}  # attn1 -> feed-forward hand-off per block
         self.warned: set[str] = set()

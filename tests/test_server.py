@@ -81,3 +81,34 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     assert "TokenMergeImportance ratio 0.5" in timing
     assert "heatmap: not written yet" in done.stdout  # says so until the preview node exists
     assert f"files in {out}" in done.stdout
+
+
+@pytest.mark.parametrize(("node", "inputs"), [
+    ("TokenMergeImportance", {"ratio": 0.5}),
+    ("TokenMergeSpatialToMe", {"ratio": 0.5, "max_downsample": "auto", "window_y": 2, "window_x": 2,
+                               "merge_cross_attention": False, "merge_feed_forward": False, "seed": 0}),
+])
+def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
+                                                     "weight_dtype": "default"}},
+        "2": {"class_type": node, "inputs": {"model": ["1", 0], **inputs}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors",
+                                                     "type": "stable_diffusion"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a blue square"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 192, "height": 128, "batch_size": 2}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": 4, "cfg": 4.0,
+                                                   "sampler_name": "euler", "scheduler": "normal",
+                                                   "positive": ["4", 0], "negative": ["5", 0],
+                                                   "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": "tokenmerge_tiny_taesd_16ch.safetensors"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
+        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+    }
+    before = comfy_server.log().count("tokenmerge: merged")
+    entry = comfy_server.run(prompt)
+    images = entry["outputs"]["10"]["images"]
+    assert len(images) == 2
+    assert png_size(comfy_server.view(images[0])) == (192, 128)
+    assert comfy_server.log().count("tokenmerge: merged") == before + 1

@@ -73,7 +73,7 @@ def test_importance_merging_changes_the_result_a_little_and_deterministically(no
     plain = sample(sd15, SD15, steps=6, height=96, width=128)
     patched = nodes.TokenMergeImportance.execute(sd15, 0.5)[0]
     first = sample(patched, SD15, steps=6, height=96, width=128)
-    counters = dict(state_of(patched).counters)
+    counters = state_of(patched).counters.copy()
     second = sample(patched, SD15, steps=6, height=96, width=128)
     assert torch.isfinite(first).all()
     assert not torch.equal(first, plain)
@@ -174,11 +174,11 @@ def test_two_patched_clones_keep_separate_state(nodes, sd15):
 
 
 def test_unsupported_family_passes_through_with_one_warning(nodes, caplog):
-    sd3 = tiny_models.build_patcher("sd3")
+    lumina = tiny_models.build_patcher(tiny_models.UNSUPPORTED_FAMILY)
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
-        assert nodes.TokenMergeImportance.execute(sd3, 0.5)[0] is sd3
+        assert nodes.TokenMergeImportance.execute(lumina, 0.5)[0] is lumina
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "tokenmerge: SD3 models are not supported by this node yet; the model passes through unpatched"]
+        "tokenmerge: Lumina2 models are not supported by this node yet; the model passes through unpatched"]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
