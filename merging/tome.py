@@ -38,15 +38,21 @@ def window_destinations(samples: int, h: int, w: int, sy: int = 2, sx: int = 2,
 
 
 @torch.no_grad()
-def tome_plan(metric: torch.Tensor, h: int, w: int, r: int, sy: int = 2, sx: int = 2,
-              generator: torch.Generator | None = None) -> MergePlan | None:
-    """ToMeSD plan for ``metric`` [S, h * w, C] merging up to ``r`` tokens; ``None`` when the grid is too small."""
-    S, N, _ = metric.shape
-    is_dst = window_destinations(S, h, w, sy, sx, generator)
-    if is_dst is None:
-        return None
-    dst_idx, src_idx = (t.to(metric.device) for t in split_destinations(is_dst, (h // sy) * (w // sx)))
-    C = metric.shape[-1]
+def bipartite_plan(metric: torch.Tensor, is_dst: torch.Tensor, K: int, r: int) -> MergePlan:
+    """Every non-destination token finds its most similar destination (``is_dst`` [S, N], K per row);
+    the ``r`` most similar sources are merged (bipartite soft matching)."""
+    N, C = metric.shape[1:]
+    dst_idx, src_idx = (t.to(metric.device) for t in split_destinations(is_dst, K))
     score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
                                    metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
     return select_merges(dst_idx, src_idx, best, score, min(r, src_idx.shape[1]), N)
+
+
+@torch.no_grad()
+def tome_plan(metric: torch.Tensor, h: int, w: int, r: int, sy: int = 2, sx: int = 2,
+              generator: torch.Generator | None = None) -> MergePlan | None:
+    """ToMeSD plan for ``metric`` [S, h * w, C] merging up to ``r`` tokens; ``None`` when the grid is too small."""
+    is_dst = window_destinations(metric.shape[0], h, w, sy, sx, generator)
+    if is_dst is None:
+        return None
+    return bipartite_plan(metric, is_dst, (h // sy) * (w // sx), r)

@@ -154,3 +154,58 @@ def test_plan_rows_repeat_the_sample_partition_for_each_chunk(m):
     assert rows.dst_idx.shape[0] == 6
     for chunk in range(3):
         assert torch.equal(rows.src_idx[chunk * 2:(chunk + 1) * 2], plan.src_idx)
+
+
+def test_sdtm_windows_cover_whole_windows_of_an_odd_grid(m):
+    from tokenmerge.merging import sdtm
+
+    members = sdtm.window_members(5, 5, 2, 2)
+    assert members.tolist() == [[0, 1, 5, 6], [2, 3, 7, 8], [10, 11, 15, 16], [12, 13, 17, 18]]
+    assert sdtm.window_members(1, 4, 2, 2) is None
+
+
+def test_sdtm_structure_stage_collapses_the_most_uniform_windows(m):
+    from tokenmerge.merging import sdtm
+
+    # 4x4 grid, four 2x2 windows; windows 0 and 3 hold four identical tokens, windows 1 and 2 are noise
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, 16, 8, generator=g)
+    members = sdtm.window_members(4, 4, 2, 2)
+    feats[0, members[0]] = feats[0, members[0][0]].clone()
+    feats[0, members[3]] = feats[0, members[3][0]].clone()
+    plan = sdtm.structure_plan(feats, 4, 4, r=6, generator=g)  # 6 // 3 = 2 windows
+    merged_windows = set(plan.dst_idx[0].tolist()) | set(plan.src_idx[0].tolist())
+    assert merged_windows == set(members[0].tolist()) | set(members[3].tolist())
+    assert set(plan.keep_idx[0].tolist()) == set(members[1].tolist()) | set(members[2].tolist())
+    out = m.plan.merge(feats, plan)
+    assert out.shape == (1, 10, 8)
+    # the frequency priority can outweigh similarity: tokens long kept dependent pull their windows in
+    li = torch.zeros(1, 16)
+    li[0, members[1]] = 100.0
+    li[0, members[2]] = 100.0
+    prioritized = sdtm.structure_plan(feats, 4, 4, r=6, last_independent=li, similarity_weight=10.0, generator=g)
+    assert set(prioritized.keep_idx[0].tolist()) == set(members[0].tolist()) | set(members[3].tolist())
+
+
+def test_sdtm_detail_stage_takes_the_highest_priority_token_of_each_window(m):
+    from tokenmerge.merging import sdtm
+
+    feats = torch.randn(2, 24, 4, generator=torch.Generator().manual_seed(1))  # 4x6 grid: six windows
+    priority = torch.zeros(2, 24)
+    windows = sdtm.window_members(4, 6, 2, 2)
+    favourite = windows[:, 3]  # bottom-right member of every window
+    priority[:, favourite] = 5.0
+    plan = sdtm.detail_plan(feats, 4, 6, r=10, priority=priority)
+    assert all(set(row.tolist()) == set(favourite.tolist()) for row in plan.dst_idx)
+    assert plan.num_merged == 10
+    li = sdtm.update_last_independent(torch.full((2, 24), 3), plan)
+    assert li.gather(1, plan.keep_idx).eq(0).all()
+    assert li.gather(1, plan.src_idx).eq(4).all()
+
+
+def test_cosine_ratio_schedule_endpoints(m):
+    from tokenmerge.merging import sdtm
+
+    assert sdtm.cosine_ratio(0.5, 0.2, 0.0) == pytest.approx(0.7)
+    assert sdtm.cosine_ratio(0.5, 0.2, 1.0) == pytest.approx(0.3)
+    assert sdtm.cosine_ratio(0.5, 0.2, 0.5) == pytest.approx(0.3 + 0.4 * 2**-0.5)
