@@ -8,8 +8,8 @@ import comfy.patcher_extension
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .capture import ImportanceCapture
-from .config import MergeConfig, Method
-from .dit import DiTMerger, block_keys, dit_family, selected_blocks, spatial_patch
+from .config import DetailDestination, MergeConfig, Method
+from .dit import DiTMerger, block_keys, dit_family, mlp_path, selected_blocks, spatial_patch
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
@@ -44,9 +44,13 @@ def _run_wrapper(state: MergeState):
             c = state.counters
             if c["merged_calls"]:
                 kept = c["tokens_out"] / c["tokens_in"]
-                logger.info("tokenmerge: merged %d block calls (%d by importance, %d spatial ToMe, %d pruning); "
-                            "those blocks ran on %.0f%% of their tokens",
-                            c["merged_calls"], c["importance_calls"], c["tome_calls"], c["prune_calls"], 100 * kept)
+                logger.info("tokenmerge: merged %d block calls (%d by importance, %d spatial ToMe, %d SDTM structure, "
+                            "%d SDTM detail, %d pruning); those blocks ran on %.0f%% of their tokens",
+                            c["merged_calls"], c["importance_calls"], c["tome_calls"], c["structure_calls"],
+                            c["detail_calls"], c["prune_calls"], 100 * kept)
+            if c["protected_calls"]:
+                logger.info("tokenmerge: SDTM ran %d protected block calls in full; cache peak %.1f MB",
+                            c["protected_calls"], c["cache_peak_bytes"] / 2**20)
 
     return outer_sample
 
@@ -81,7 +85,10 @@ def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
 
 def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeState) -> None:
     diffusion_model = model.model.diffusion_model
-    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model))
+    switch_sigma = None
+    if config.method is Method.SDTM:  # the stage switch, converted to a sigma once
+        switch_sigma = float(model.get_model_object("model_sampling").percent_to_sigma(config.switch_percent))
+    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), switch_sigma)
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for key in selected_blocks(block_keys(diffusion_model, family), config.block_range):
         if family == "pixart":
@@ -89,6 +96,11 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
             patched.add_object_patch(name, merger.block_forward(patched.get_model_object(name), key))
         else:
             patched.set_model_patch_replace(merger.block_replace(key, existing.get(key)), "dit", *key)
+        path = mlp_path(family, key)
+        if config.method is Method.SDTM and config.detail_mlp_only and path is not None:
+            name = f"diffusion_model.{path}.forward"
+            patched.add_object_patch(name, merger.mlp_forward(patched.get_model_object(name), key))
+            merger.mlp_keys.add(key)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state))
 
 
@@ -97,6 +109,10 @@ def apply_token_merge(model, config: MergeConfig):
     if config.ratio == 0:
         return model
     family = model_family(model)
+    if config.method is Method.SDTM and family == "unet":
+        logger.warning("tokenmerge: SDTM is for diffusion transformers; this UNet passes through unpatched "
+                       "(use Token Merge (Importance) for UNets)")
+        return model
     if family != "unet" and family not in DIT_FAMILIES:
         logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
                        "unpatched", family)
@@ -107,7 +123,7 @@ def apply_token_merge(model, config: MergeConfig):
         _patch_unet(patched, model, config, state)
     else:
         _patch_dit(patched, model, family, config, state)
-    if config.method is Method.IMPORTANCE:
+    if config.method is Method.IMPORTANCE or config.detail_destination is DetailDestination.IMPORTANCE:
         patched.set_model_sampler_post_cfg_function(ImportanceCapture(state, config.fallback))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_wrapper(state))
     patched.set_attachments(STATE_ATTACHMENT, state)

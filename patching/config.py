@@ -11,6 +11,14 @@ from ..merging.ibtm import DstMode
 class Method(str, Enum):
     IMPORTANCE = "importance"  # IBTM: partition from the CFG importance map (ToMe until a map exists)
     TOME = "tome"  # spatial ToMe baseline
+    SDTM = "sdtm"  # structure-then-detail merging (DiTs)
+
+
+class DetailDestination(str, Enum):
+    """SDTM detail stage: which token of each window is the destination."""
+
+    DEPENDENT = "dependent"  # the token kept dependent the longest (the authors' code)
+    IMPORTANCE = "importance"  # the most important token by CFG importance (this pack's option)
 
 
 class Fallback(str, Enum):
@@ -47,11 +55,22 @@ class MergeConfig:
     seed: int = 0
     fallback: Fallback = Fallback.TOME
     block_range: tuple[float, float] = (0.25, 0.75)  # DiTs: merged blocks, as fractions of the depth
-
+    # SDTM (defaults of the authors' apply_SDTM / sample.py, see ../shared/docs/papers.md section 3.3)
+    deviation: float = 0.2  # ratio runs from ratio + deviation down to ratio - deviation (cosine)
+    switch_percent: float = 0.4  # structure stage before this fraction of the run, detail stage after
+    similarity_weight: float = 0.05  # a_s: weight of the frequency priority in the structure stage
+    detail_destination: DetailDestination = DetailDestination.DEPENDENT
+    detail_mlp_only: bool = True  # detail stage merges only the MLP input (attention runs in full)
+    protect_every: int = 3  # every k-th step runs in full and refreshes the cache (0 = never)
+    cache_weight: float = 0.2  # mcw: merged tokens take mcw x computed + (1 - mcw) x cached block update
+    cache_limit_mb: int = 2048  # upper bound of the protected-step cache
     @property
     def max_ratio(self) -> float:
         if self.method is Method.IMPORTANCE:
             return round(1.0 - self.dst_fraction, 6)
+        if self.method is Method.SDTM:
+            sy, sx = self.window
+            return round(1.0 - 1.0 / (sy * sx) - self.deviation, 6)
         sy, sx = self.window
         return round(1.0 - 1.0 / (sy * sx), 6)
 
@@ -60,8 +79,10 @@ class MergeConfig:
         _check_range("pool_factor", self.pool_factor, 1.0, 4.0)
         for name, size in zip(("window_y", "window_x"), self.window, strict=True):
             _check_range(name, size, 1, 8)
-        note = (" (at most 1 - dst_fraction)" if self.method is Method.IMPORTANCE
-                else " (at most 1 - 1/(window_y*window_x))")
+        _check_range("deviation", self.deviation, 0.0, 0.5)
+        note = {Method.IMPORTANCE: " (at most 1 - dst_fraction)",
+                Method.TOME: " (at most 1 - 1/(window_y*window_x))",
+                Method.SDTM: " (at most 1 - 1/(window_y*window_x) - deviation)"}[self.method]
         _check_range("ratio", self.ratio, 0.0, self.max_ratio, note)
         if self.max_downsample not in DOWNSAMPLE_LEVELS:
             raise ValueError(f"max_downsample={self.max_downsample} is not allowed: use one of {DOWNSAMPLE_LEVELS}")
@@ -70,6 +91,13 @@ class MergeConfig:
         if self.start_percent >= self.end_percent:
             raise ValueError(f"start_percent={self.start_percent} must be below end_percent={self.end_percent}")
         _check_range("seed", self.seed, 0, 2**63 - 1)
+        if self.method is Method.SDTM and self.deviation > self.ratio:
+            raise ValueError(f"deviation={self.deviation} is out of range: allowed 0.0 to ratio={self.ratio}")
+        _check_range("switch_percent", self.switch_percent, 0.0, 1.0)
+        _check_range("similarity_weight", self.similarity_weight, 0.0, 10.0)
+        _check_range("protect_every", self.protect_every, 0, 100)
+        _check_range("cache_weight", self.cache_weight, 0.0, 1.0)
+        _check_range("cache_limit_mb", self.cache_limit_mb, 0, 1 << 20)
         for name, value in zip(("block_start", "block_end"), self.block_range, strict=True):
             _check_range(name, value, 0.0, 1.0)
         if self.block_range[0] >= self.block_range[1]:

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..merging.plan import MergeMode, MergePlan, kept_order, merge, take_tokens, unmerge
-from .planner import TokenPlanner
+from ..merging.plan import MergePlan, kept_order, merge, take_tokens, unmerge
+from .config import Method
+from .planner import Planned, TokenPlanner
+from .steps import step_position
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,12 +69,14 @@ def selected_blocks(keys: list[tuple[str, int]], block_range: tuple[float, float
 class DiTMerger:
     """Block patches of one patched DiT; shares its :class:`MergeState` with the capture and the wrapper."""
 
-    def __init__(self, config: MergeConfig, state: MergeState, family: str, patch: tuple[int, int, int]) -> None:
+    def __init__(self, config: MergeConfig, state: MergeState, family: str, patch: tuple[int, int, int],
+                 switch_sigma: float | None = None) -> None:
         self.config = config
         self.state = state
         self.family = family
         self.patch = patch
-        self.planner = TokenPlanner(config, state)
+        self.planner = TokenPlanner(config, state, switch_sigma)
+        self.mlp_keys: set[tuple[str, int]] = set()  # blocks whose MLP carries an SDTM detail-stage patch
 
     def __deepcopy__(self, memo: dict) -> DiTMerger:
         return self
@@ -87,17 +91,60 @@ class DiTMerger:
     def _image_tokens(self) -> int:
         return math.prod(self._grid()) if self.state.call is not None else 0
 
-    def _plan(self, img: torch.Tensor, key: object) -> tuple[MergePlan, MergeMode] | None:
+    def _plan(self, img: torch.Tensor, key: object) -> Planned | None:
         call = self.state.call
         if call is None:
             return None
         frames, h, w = self._grid()
-        shape = call["latent_shape"]
         try:
-            return self.planner.plan(img, h, w, call, shape[-2:], key, frames=frames)
+            return self.planner.plan(img, h, w, call, call["latent_shape"][-2:], key, frames=frames)
         except Exception as exc:  # noqa: BLE001  never fail a run because of merging
             self.planner.skip("plan_error", f"building the merge plan failed ({exc!r})")
             return None
+
+    # ------------------------------------------------------------- SDTM protected steps and cache
+    def _cache_key(self, key: object, rows: int) -> tuple:
+        return key, rows, tuple(self.state.call.get("cond_or_uncond") or ())
+
+    def _protected(self) -> bool:
+        """SDTM: every ``protect_every``-th step runs in full and refreshes the cache."""
+        every = self.config.protect_every
+        if self.config.method is not Method.SDTM or not every or self.state.call is None:
+            return False
+        return step_position(self.state.call)[0] % every == 0
+
+    def _store(self, key: object, img_in: torch.Tensor, img_out: torch.Tensor) -> None:
+        state = self.state
+        state.counters["protected_calls"] += 1
+        cache_key = self._cache_key(key, img_in.shape[0])
+        update = (img_out - img_in).detach()
+        state.block_cache.pop(cache_key, None)
+        limit = self.config.cache_limit_mb * 2**20
+        if state.cache_bytes + update.numel() * update.element_size() > limit:
+            state.warn_once("cache_limit", f"tokenmerge: the SDTM cache reached cache_limit_mb="
+                            f"{self.config.cache_limit_mb}; further blocks run without cache fusion")
+            return
+        state.block_cache[cache_key] = update
+        state.counters["cache_peak_bytes"] = max(state.counters["cache_peak_bytes"], state.cache_bytes)
+
+    def _fuse(self, key: object, img_in: torch.Tensor, img_out: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+        """Merged tokens take cache_weight x computed + (1 - cache_weight) x cached block update."""
+        cached = self.state.block_cache.get(self._cache_key(key, img_in.shape[0]))
+        if self.config.method is not Method.SDTM or cached is None or cached.shape != img_in.shape:
+            return img_out
+        weight = self.config.cache_weight
+        merged = torch.cat([plan.src_idx, plan.dst_idx], dim=1).unsqueeze(-1).expand(-1, -1, img_in.shape[-1])
+        fused = img_in.gather(1, merged) + weight * (img_out - img_in).gather(1, merged) \
+            + (1 - weight) * cached.gather(1, merged)
+        self.state.counters["fused_calls"] += 1
+        return img_out.scatter(1, merged, fused)
+
+    def _stage_mlp(self, key: tuple[str, int], planned: Planned) -> bool:
+        """Hand the plan to the block's MLP patch (SDTM detail stage); ``False`` if the block has none."""
+        if key not in self.mlp_keys:
+            return False
+        self.state.ff_plans[key] = planned
+        return True
 
     # --------------------------------------------------------------------- patches_replace["dit"]
     def block_replace(self, key: tuple[str, int], previous: Callable[[dict, dict], dict] | None = None,
@@ -114,25 +161,34 @@ class DiTMerger:
             # Flux single blocks see cat(txt, img): the text length is what exceeds the image grid
             txt_len = args["img"].shape[1] - self._image_tokens() if kind == "single_block" else 0
             img = args["img"][:, txt_len:]
+            if self._protected():
+                out = original(args)
+                self._store(key, img, out["img"][:, txt_len:])
+                return out
             planned = self._plan(img, key)
             if planned is None:
                 return original(args)
-            plan, mode = planned
+            plan = planned.plan
+            if planned.mlp_only:
+                if not self._stage_mlp(key, planned):
+                    return original(args)
+                out = dict(original(args))
+                out["img"] = self._with_image(out["img"], txt_len, self._fuse(key, img, out["img"][:, txt_len:], plan))
+                return out
             new_args = dict(args)
-            merged = merge(img, plan, mode)
-            new_args["img"] = torch.cat([args["img"][:, :txt_len], merged], dim=1) if txt_len else merged
+            new_args["img"] = self._with_image(args["img"], txt_len, merge(img, plan, planned.mode))
             if args.get("pe") is not None:
                 new_args["pe"] = self._gather_positions(args["pe"], plan)
-            out = original(new_args)
-            result = dict(out)
-            out_img = out["img"]
-            if txt_len:
-                result["img"] = torch.cat([out_img[:, :txt_len], unmerge(out_img[:, txt_len:], plan)], dim=1)
-            else:
-                result["img"] = unmerge(out_img, plan)
-            return result
+            out = dict(original(new_args))
+            img_out = unmerge(out["img"][:, txt_len:], plan)
+            out["img"] = self._with_image(out["img"], txt_len, self._fuse(key, img, img_out, plan))
+            return out
 
         return replace
+
+    @staticmethod
+    def _with_image(tokens: torch.Tensor, txt_len: int, image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tokens[:, :txt_len], image], dim=1) if txt_len else image
 
     def _unsupported(self, args: dict) -> bool:
         if args.get("attn_mask") is not None:
@@ -160,10 +216,44 @@ class DiTMerger:
         """``blocks.<i>.forward`` replacement for PixArt, chained to ``previous``."""
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if self._protected():
+                out = previous(x, *args, **kwargs)
+                self._store(key, x, out)
+                return out
             planned = self._plan(x, key)
             if planned is None:
                 return previous(x, *args, **kwargs)
-            plan, mode = planned
-            return unmerge(previous(merge(x, plan, mode), *args, **kwargs), plan)
+            if planned.mlp_only:
+                if not self._stage_mlp(key, planned):
+                    return previous(x, *args, **kwargs)
+                return self._fuse(key, x, previous(x, *args, **kwargs), planned.plan)
+            out = unmerge(previous(merge(x, planned.plan, planned.mode), *args, **kwargs), planned.plan)
+            return self._fuse(key, x, out, planned.plan)
 
         return forward
+
+    def mlp_forward(self, previous: Callable[[torch.Tensor], torch.Tensor], key: tuple[str, int],
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """MLP ``forward`` replacement (SDTM detail stage), chained to ``previous``."""
+        state = self.state
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            planned = state.ff_plans.pop(key, None)
+            if planned is None or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
+                return previous(x)
+            state.counters["mlp_calls"] += 1
+            return unmerge(previous(merge(x, planned.plan, planned.mode)), planned.plan)
+
+        return forward
+
+
+# The image-token MLP of each family's block, for the SDTM detail stage (Flux single blocks fuse the MLP
+# with attention in one linear layer and have none).
+MLP_PATHS = {"sd3": "joint_blocks.{i}.x_block.mlp", "flux": "double_blocks.{i}.img_mlp",
+             "pixart": "blocks.{i}.mlp", "wan": "blocks.{i}.ffn"}
+
+
+def mlp_path(family: str, key: tuple[str, int]) -> str | None:
+    if family == "flux" and key[0] != "double_block":
+        return None
+    return MLP_PATHS[family].format(i=key[1])

@@ -9,26 +9,34 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from ..merging.ibtm import importance_plan
 from ..merging.importance import to_token_grid
 from ..merging.plan import MergeMode, MergePlan, stack_frames
+from ..merging.sdtm import cosine_ratio, detail_plan, structure_plan, update_last_independent
 from ..merging.tome import tome_plan
-from .config import Method
-from .steps import step_position
+from .config import DetailDestination, Method
+from .steps import current_sigma, step_position
 
 if TYPE_CHECKING:
     from .config import MergeConfig
     from .state import MergeState
 
 
+class Planned(NamedTuple):
+    plan: MergePlan  # for every row of the call
+    mode: MergeMode
+    mlp_only: bool = False  # SDTM detail stage: merge only the MLP input, attention runs in full
+
+
 class TokenPlanner:
-    def __init__(self, config: MergeConfig, state: MergeState) -> None:
+    def __init__(self, config: MergeConfig, state: MergeState, switch_sigma: float | None = None) -> None:
         self.config = config
         self.state = state
+        self.switch_sigma = switch_sigma  # SDTM: sigmas above it are the structure stage
 
     def generator(self, step: int, key: object) -> torch.Generator:
         # Seeded per (seed, step, block) rather than advanced per call: cond and uncond split into
@@ -41,7 +49,7 @@ class TokenPlanner:
         self.state.counters["skipped"] += 1
 
     def plan(self, x: torch.Tensor, h: int, w: int, options: dict, latent_hw: list[int], key: object,
-             frames: int = 1) -> tuple[MergePlan, MergeMode] | None:
+             frames: int = 1) -> Planned | None:
         """Plan for ``x`` [rows, frames * h * w, C] of one block call, or ``None`` to run it unmerged.
 
         ``options`` holds the call's ``cond_or_uncond``, ``sigmas`` and ``sample_sigmas``; ``latent_hw`` is
@@ -58,15 +66,22 @@ class TokenPlanner:
         if not cfg.start_percent <= progress <= cfg.end_percent:
             return None
         n = h * w
-        r = int(n * cfg.ratio)
+        ratio = cosine_ratio(cfg.ratio, cfg.deviation, progress) if cfg.method is Method.SDTM else cfg.ratio
+        r = int(n * ratio)
         if r == 0:
             return None
         samples = rows // chunks
         # [chunks*S, T*n, C] -> [S*T, n, C]: one partition per sample (and frame), from its rows' mean
         metric = x.detach().view(chunks, samples, N, C).mean(0).reshape(samples * frames, n, C)
         generator = self.generator(step, key)
+        mlp_only = False
         importance = self._importance(samples, frames, latent_hw) if cfg.method is Method.IMPORTANCE else None
-        if importance is not None:
+        if cfg.method is Method.SDTM:
+            planned = self._sdtm(metric, h, w, r, options, generator, samples, frames, latent_hw)
+            if planned is None:
+                return None
+            plan, mlp_only = planned
+        elif importance is not None:
             grid_importance = to_token_grid(importance.reshape(samples * frames, *latent_hw), h, w)
             plan = importance_plan(metric, grid_importance, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
                                    generator)
@@ -82,7 +97,31 @@ class TokenPlanner:
         state.counters["prune_calls"] += mode is MergeMode.PRUNE
         state.counters["tokens_in"] += N
         state.counters["tokens_out"] += plan.num_out
-        return plan.rows(chunks), mode
+        return Planned(plan.rows(chunks), mode, mlp_only)
+
+    def _sdtm(self, metric: torch.Tensor, h: int, w: int, r: int, options: dict, generator: torch.Generator,
+              samples: int, frames: int, latent_hw: list[int]) -> tuple[MergePlan, bool] | None:
+        cfg, state = self.config, self.state
+        sigma = current_sigma(options)
+        structure = sigma is None or self.switch_sigma is None or sigma > self.switch_sigma
+        last = state.last_independent
+        if last is None or last.shape != metric.shape[:2] or last.device != metric.device:
+            last = torch.zeros(metric.shape[:2], dtype=torch.long, device=metric.device)
+        if structure:
+            plan = structure_plan(metric, h, w, r, cfg.window, last, cfg.similarity_weight, generator)
+            state.counters["structure_calls"] += plan is not None
+        else:
+            priority = last
+            if cfg.detail_destination is DetailDestination.IMPORTANCE:
+                importance = self._importance(samples, frames, latent_hw)
+                if importance is not None:
+                    priority = to_token_grid(importance.reshape(samples * frames, *latent_hw), h, w)
+            plan = detail_plan(metric, h, w, r, cfg.window, priority, generator)
+            state.counters["detail_calls"] += plan is not None
+        if plan is None:
+            return None
+        state.last_independent = update_last_independent(last, plan)
+        return plan, not structure and cfg.detail_mlp_only
 
     def _importance(self, samples: int, frames: int, latent_hw: list[int]) -> torch.Tensor | None:
         importance = self.state.importance

@@ -21,7 +21,8 @@ class MergeState:
     ``__deepcopy__`` returns ``self`` so both behave the same (a downstream LoRA clone keeps this state).
     """
 
-    __slots__ = ("call", "counters", "ff_plans", "importance", "no_uncond", "previous_x0", "warned")
+    __slots__ = ("block_cache", "call", "counters", "ff_plans", "importance", "last_independent", "no_uncond",
+                 "previous_x0", "warned")
 
     def __init__(self) -> None:
         self.reset()
@@ -34,6 +35,12 @@ class MergeState:
         self.counters: Counter[str] = Counter()
         self.ff_plans: dict[tuple, tuple[MergePlan, object]] = {}  # attn1 -> feed-forward hand-off per block
         self.warned: set[str] = set()
+        self.last_independent: torch.Tensor | None = None  # SDTM: merge calls since each token was independent
+        self.block_cache: dict[tuple, torch.Tensor] = {}  # SDTM: block updates of the last protected step
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.block_cache.values())
 
     def warn_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
         """Log ``message`` the first time ``key`` comes up in this run."""

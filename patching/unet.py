@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..merging.plan import MergeMode, MergePlan, merge, unmerge
-from .planner import TokenPlanner
+from ..merging.plan import merge, unmerge
+from .planner import Planned, TokenPlanner
 
 if TYPE_CHECKING:
     from .config import MergeConfig
@@ -61,7 +61,7 @@ class UNetMerger:
     def __deepcopy__(self, memo: dict) -> UNetMerger:
         return self
 
-    def _plan(self, n: torch.Tensor, extra: dict) -> tuple[MergePlan, MergeMode] | None:
+    def _plan(self, n: torch.Tensor, extra: dict) -> Planned | None:
         original_shape = extra.get("original_shape")
         if original_shape is None:
             self.planner.skip("layout", "a transformer block ran without original_shape")
@@ -90,29 +90,29 @@ class UNetMerger:
         extra_options[PLAN_KEY] = planned
         if self.config.merge_ff:
             self.state.ff_plans[key] = planned
-        merged = merge(n, *planned)
+        merged = merge(n, planned.plan, planned.mode)
         if context is n and value is n:  # self-attention: merge q, k and v alike
             return merged, merged, merged
         return merged, context, value
 
     def attn1_output_patch(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
         planned = extra_options.get(PLAN_KEY)
-        if planned is None or n.shape[1] != planned[0].num_out:
+        if planned is None or n.shape[1] != planned.plan.num_out:
             return n
-        return unmerge(n, planned[0])
+        return unmerge(n, planned.plan)
 
     def attn2_patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):
         planned = extra_options.get(PLAN_KEY)
-        if planned is None or n.shape[1] != planned[0].num_tokens:
+        if planned is None or n.shape[1] != planned.plan.num_tokens:
             return n, context, value
         extra_options[ATTN2_KEY] = True
-        return merge(n, *planned), context, value
+        return merge(n, planned.plan, planned.mode), context, value
 
     def attn2_output_patch(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
         planned = extra_options.get(PLAN_KEY)
-        if not extra_options.pop(ATTN2_KEY, False) or n.shape[1] != planned[0].num_out:
+        if not extra_options.pop(ATTN2_KEY, False) or n.shape[1] != planned.plan.num_out:
             return n
-        return unmerge(n, planned[0])
+        return unmerge(n, planned.plan)
 
     def feed_forward(self, previous, key: tuple):
         """``ff.forward`` replacement for the block ``key``, chained to ``previous`` (the current forward)."""
@@ -120,10 +120,10 @@ class UNetMerger:
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             planned = state.ff_plans.pop(key, None)
-            if planned is None or x.shape[1] != planned[0].num_tokens or x.shape[0] != planned[0].dst_idx.shape[0]:
+            if planned is None or x.shape[1] != planned.plan.num_tokens or x.shape[0] != planned.plan.dst_idx.shape[0]:
                 return previous(x)
             state.counters["ff_calls"] += 1
-            return unmerge(previous(merge(x, *planned)), planned[0])
+            return unmerge(previous(merge(x, planned.plan, planned.mode)), planned.plan)
 
         return forward
 

@@ -208,7 +208,7 @@ def test_cond_and_uncond_rows_of_a_sample_share_one_partition(pack):
     n = torch.randn(6, 64, 8)  # 3 chunks (uncond, cond, cond) x 2 samples, an 8x8 grid
     extra = {"original_shape": [6, 4, 8, 8], "cond_or_uncond": [1, 0, 0], "block": ("input", 1), "block_index": 0}
     merged, k, v = merger.attn1_patch(n, n, n, extra)
-    plan, _ = extra[PLAN_KEY]
+    plan = extra[PLAN_KEY].plan
     assert merged.shape == (6, 32, 8)
     assert merged is k is v
     for sample_index in range(2):
@@ -258,6 +258,6 @@ def test_cond_and_uncond_in_separate_calls_get_the_same_destinations(pack):
         extra = {"original_shape": [2, 4, 8, 8], "cond_or_uncond": [chunk], "block": ("input", 1), "block_index": 0,
                  **timing}
         merger.attn1_patch(n, n, n, extra)
-        plans[chunk] = extra[PLAN_KEY][0]
+        plans[chunk] = extra[PLAN_KEY].plan
     assert torch.equal(plans[0].dst_idx, plans[1].dst_idx)
     assert state.counters["importance_calls"] == 2
