@@ -52,13 +52,13 @@ def _schema(node_id: str, display_name: str, description: str, options: list) ->
     )
 
 
-def _block_range_inputs() -> list[io.Float.Input]:
+def block_range_inputs(start: float = 0.25, end: float = 0.75) -> list[io.Float.Input]:
     # Inputs added after a node's first release are optional, so saved API prompts without them still validate.
     return [
-        io.Float.Input("block_start", default=0.25, min=0.0, max=1.0, step=0.05, optional=True, **ADVANCED,
+        io.Float.Input("block_start", default=start, min=0.0, max=1.0, step=0.05, optional=True, **ADVANCED,
                        tooltip="DiTs: merge the blocks from this fraction of the depth on (IBTM on PixArt: the "
                                "middle half). UNets ignore it."),
-        io.Float.Input("block_end", default=0.75, min=0.0, max=1.0, step=0.05, optional=True, **ADVANCED,
+        io.Float.Input("block_end", default=end, min=0.0, max=1.0, step=0.05, optional=True, **ADVANCED,
                        tooltip="DiTs: merge the blocks before this fraction of the depth."),
     ]
 
@@ -121,7 +121,7 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                                        "tome = none, spatial ToMe; x0_change = how much each token's x0 "
                                        "prediction changed since the last step. auto: tome for UNets, "
                                        "x0_change for DiTs."),
-                *_block_range_inputs(),
+                *block_range_inputs(),
             ],
         )
 
@@ -159,7 +159,7 @@ class TokenMergeSpatialToMe(io.ComfyNode):
                 io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
                                  tooltip="Also merge the feed-forward input."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
-                *_block_range_inputs(),
+                *block_range_inputs(),
             ],
         )
 

@@ -112,3 +112,22 @@ def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
     assert len(images) == 2
     assert png_size(comfy_server.view(images[0])) == (192, 128)
     assert comfy_server.log().count("tokenmerge: merged") == before + 1
+
+
+def test_sdtm_node_runs_through_prompt(comfy_server):
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
+                                                     "weight_dtype": "default"}},
+        "2": {"class_type": "TokenMergeSDTM", "inputs": {"model": ["1", 0], "ratio": 0.4}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors",
+                                                     "type": "stable_diffusion"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a red circle"}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 3, "steps": 6, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "normal",
+                                                   "positive": ["4", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/sdtm"}},
+    }
+    comfy_server.run(prompt)
+    assert "SDTM ran" in comfy_server.log()  # the run summary of the protected steps
