@@ -146,3 +146,30 @@ def test_a_foreign_block_replace_is_chained_not_clobbered(nodes, dits):
     assert calls  # the foreign replace still runs, and sees the merged token count
     assert min(calls) < 64
     assert state_of(patched).counters["merged_calls"] > 0
+
+
+def test_text_tokens_are_never_merged(nodes, dits):
+    """A hook on every SD3 joint block: the text stream keeps its token count in every merged block, and the
+    first block sees exactly the text the unpatched model gives it, while its image stream is merged."""
+    family = tiny_models.FAMILIES["sd3"]
+    blocks = dits["sd3"].model.diffusion_model.joint_blocks
+    seen: dict[str, list] = {"plain": [], "merged": []}
+    run = "plain"
+
+    def hook(module, args, kwargs):
+        seen[run].append((args[0].clone(), args[1].shape[1]))  # (txt, image token count)
+
+    handles = [block.register_forward_pre_hook(hook, with_kwargs=True) for block in blocks]
+    try:
+        sample(dits["sd3"], family, steps=1, height=64, width=64)
+        run = "merged"
+        patched = nodes.TokenMergeSpatialToMe.execute(dits["sd3"], 0.5, "auto", 2, 2, merge_cross_attention=False,
+                                                      merge_feed_forward=False, seed=0, block_start=0.0)[0]
+        sample(patched, family, steps=1, height=64, width=64)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [img for _, img in seen["plain"]] == [16, 16]
+    assert [img for _, img in seen["merged"]] == [8, 8]  # both blocks merged: 16 -> 8 image tokens
+    assert all(txt.shape == seen["plain"][0][0].shape for txt, _ in seen["merged"])
+    assert torch.equal(seen["merged"][0][0], seen["plain"][0][0])
