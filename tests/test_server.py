@@ -83,13 +83,9 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     assert f"files in {out}" in done.stdout
 
 
-@pytest.mark.parametrize(("node", "inputs"), [
-    ("TokenMergeImportance", {"ratio": 0.5}),
-    ("TokenMergeSpatialToMe", {"ratio": 0.5, "max_downsample": "auto", "window_y": 2, "window_x": 2,
-                               "merge_cross_attention": False, "merge_feed_forward": False, "seed": 0}),
-])
-def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
-    prompt = {
+def sd3_prompt(node: str, inputs: dict, *, cfg: float, steps: int, width: int, height: int, batch: int) -> dict:
+    """Stock nodes only: the SD3 stand-in through ``node``, conditioned by the random CLIP-L, decoded and previewed."""
+    return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
                                                      "weight_dtype": "default"}},
         "2": {"class_type": node, "inputs": {"model": ["1", 0], **inputs}},
@@ -97,8 +93,8 @@ def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
                                                      "type": "stable_diffusion"}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a blue square"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
-        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 192, "height": 128, "batch_size": 2}},
-        "7": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": 4, "cfg": 4.0,
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": steps, "cfg": cfg,
                                                    "sampler_name": "euler", "scheduler": "normal",
                                                    "positive": ["4", 0], "negative": ["5", 0],
                                                    "latent_image": ["6", 0], "denoise": 1.0}},
@@ -106,6 +102,15 @@ def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
         "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
     }
+
+
+@pytest.mark.parametrize(("node", "inputs"), [
+    ("TokenMergeImportance", {"ratio": 0.5}),
+    ("TokenMergeSpatialToMe", {"ratio": 0.5, "max_downsample": "auto", "window_y": 2, "window_x": 2,
+                               "merge_cross_attention": False, "merge_feed_forward": False, "seed": 0}),
+])
+def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
+    prompt = sd3_prompt(node, inputs, cfg=4.0, steps=4, width=192, height=128, batch=2)
     before = comfy_server.log().count("tokenmerge: merged")
     entry = comfy_server.run(prompt)
     images = entry["outputs"]["10"]["images"]
@@ -114,20 +119,9 @@ def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
     assert comfy_server.log().count("tokenmerge: merged") == before + 1
 
 
-def test_sdtm_node_runs_through_prompt(comfy_server):
-    prompt = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
-                                                     "weight_dtype": "default"}},
-        "2": {"class_type": "TokenMergeSDTM", "inputs": {"model": ["1", 0], "ratio": 0.4}},
-        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors",
-                                                     "type": "stable_diffusion"}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a red circle"}},
-        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 3, "steps": 6, "cfg": 1.0,
-                                                   "sampler_name": "euler", "scheduler": "normal",
-                                                   "positive": ["4", 0], "negative": ["4", 0],
-                                                   "latent_image": ["5", 0], "denoise": 1.0}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/sdtm"}},
-    }
-    comfy_server.run(prompt)
-    assert "SDTM ran" in comfy_server.log()  # the run summary of the protected steps
+def test_sdtm_node_runs_through_prompt_at_cfg_one(comfy_server):
+    before = comfy_server.log().count("SDTM ran")
+    entry = comfy_server.run(sd3_prompt("TokenMergeSDTM", {"ratio": 0.4}, cfg=1.0, steps=6, width=128, height=128,
+                                        batch=1))
+    assert len(entry["outputs"]["10"]["images"]) == 1
+    assert comfy_server.log().count("SDTM ran") == before + 1  # the run summary of the protected steps
