@@ -9,7 +9,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .capture import ImportanceCapture
 from .config import DetailDestination, MergeConfig, Method
-from .dit import DiTMerger, block_keys, dit_family, mlp_path, selected_blocks, spatial_patch
+from .dit import DIT_CLASSES, DiTMerger, block_keys, dit_family, mlp_path, selected_blocks, spatial_patch
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
@@ -17,7 +17,6 @@ logger = logging.getLogger(__name__)
 
 WRAPPER_KEY = "tokenmerge"
 STATE_ATTACHMENT = "tokenmerge_state"
-DIT_FAMILIES = ("sd3", "flux", "pixart", "wan")
 
 
 def model_family(model) -> str:
@@ -113,7 +112,7 @@ def apply_token_merge(model, config: MergeConfig):
         logger.warning("tokenmerge: SDTM is for diffusion transformers; this UNet passes through unpatched "
                        "(use Token Merge (Importance) for UNets)")
         return model
-    if family != "unet" and family not in DIT_FAMILIES:
+    if family != "unet" and family not in DIT_CLASSES.values():
         logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
                        "unpatched", family)
         return model

@@ -23,7 +23,7 @@ import torch
 
 from ..merging.plan import MergePlan, kept_order, merge, take_tokens, unmerge
 from .config import Method
-from .planner import Planned, TokenPlanner
+from .planner import Planned, TokenPlanner, merged_forward
 from .steps import step_position
 
 if TYPE_CHECKING:
@@ -42,10 +42,13 @@ def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
     return tuple(patch) if len(patch) == 3 else (1, *patch)
 
 
+DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "PixArtMS": "pixart",
+               "WanModel": "wan"}  # diffusion-model class name -> adapter family
+
+
 def dit_family(diffusion_model: torch.nn.Module) -> str | None:
     """Which adapter handles this diffusion model, by its class."""
-    return {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "PixArtMS": "pixart",
-            "PixArt": "pixart", "WanModel": "wan"}.get(type(diffusion_model).__name__)
+    return DIT_CLASSES.get(type(diffusion_model).__name__)
 
 
 def block_keys(diffusion_model: torch.nn.Module, family: str) -> list[tuple[str, int]]:
@@ -96,11 +99,7 @@ class DiTMerger:
         if call is None:
             return None
         frames, h, w = self._grid()
-        try:
-            return self.planner.plan(img, h, w, call, call["latent_shape"][-2:], key, frames=frames)
-        except Exception as exc:  # noqa: BLE001  never fail a run because of merging
-            self.planner.skip("plan_error", f"building the merge plan failed ({exc!r})")
-            return None
+        return self.planner.plan(img, h, w, call, call["latent_shape"][-2:], key, frames=frames)
 
     # ------------------------------------------------------------- SDTM protected steps and cache
     def _cache_key(self, key: object, rows: int) -> tuple:
@@ -235,16 +234,7 @@ class DiTMerger:
     def mlp_forward(self, previous: Callable[[torch.Tensor], torch.Tensor], key: tuple[str, int],
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """MLP ``forward`` replacement (SDTM detail stage), chained to ``previous``."""
-        state = self.state
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            planned = state.ff_plans.pop(key, None)
-            if planned is None or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
-                return previous(x)
-            state.counters["mlp_calls"] += 1
-            return unmerge(previous(merge(x, planned.plan, planned.mode)), planned.plan)
-
-        return forward
+        return merged_forward(self.state, key, previous, "mlp_calls")
 
 
 # The image-token MLP of each family's block, for the SDTM detail stage (Flux single blocks fuse the MLP

@@ -15,13 +15,15 @@ import torch
 
 from ..merging.ibtm import importance_plan
 from ..merging.importance import to_token_grid
-from ..merging.plan import MergeMode, MergePlan, stack_frames
+from ..merging.plan import MergeMode, MergePlan, merge, stack_frames, unmerge
 from ..merging.sdtm import cosine_ratio, detail_plan, structure_plan, update_last_independent
 from ..merging.tome import tome_plan
 from .config import DetailDestination, Method
 from .steps import current_sigma, step_position
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import MergeConfig
     from .state import MergeState
 
@@ -30,6 +32,21 @@ class Planned(NamedTuple):
     plan: MergePlan  # for every row of the call
     mode: MergeMode
     mlp_only: bool = False  # SDTM detail stage: merge only the MLP input, attention runs in full
+
+
+def merged_forward(state: MergeState, key: object, previous: Callable[[torch.Tensor], torch.Tensor],
+                   counter: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``forward`` of a block's feed-forward/MLP submodule, chained to ``previous``: it runs on the tokens merged
+    by the plan its block handed over in ``state.ff_plans[key]`` (taken once, so never reused stale)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        planned = state.ff_plans.pop(key, None)
+        if planned is None or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
+            return previous(x)
+        state.counters[counter] += 1
+        return unmerge(previous(merge(x, planned.plan, planned.mode)), planned.plan)
+
+    return forward
 
 
 class TokenPlanner:
@@ -53,8 +70,17 @@ class TokenPlanner:
         """Plan for ``x`` [rows, frames * h * w, C] of one block call, or ``None`` to run it unmerged.
 
         ``options`` holds the call's ``cond_or_uncond``, ``sigmas`` and ``sample_sigmas``; ``latent_hw`` is
-        the latent's spatial size, which an importance map must match.
+        the latent's spatial size, which an importance map must match. Never raises: a failure skips
+        merging for the call, with one warning per run.
         """
+        try:
+            return self._plan(x, h, w, options, latent_hw, key, frames)
+        except Exception as exc:  # noqa: BLE001  never fail a run because of merging
+            self.skip("plan_error", f"building the merge plan failed ({exc!r})")
+            return None
+
+    def _plan(self, x: torch.Tensor, h: int, w: int, options: dict, latent_hw: list[int], key: object,
+              frames: int) -> Planned | None:
         cfg, state = self.config, self.state
         rows, N, C = x.shape
         chunks = len(options.get("cond_or_uncond") or [0])
@@ -75,15 +101,15 @@ class TokenPlanner:
         metric = x.detach().view(chunks, samples, N, C).mean(0).reshape(samples * frames, n, C)
         generator = self.generator(step, key)
         mlp_only = False
-        importance = self._importance(samples, frames, latent_hw) if cfg.method is Method.IMPORTANCE else None
+        importance = self._importance_grid(samples, frames, latent_hw, h, w) if cfg.method is Method.IMPORTANCE \
+            else None
         if cfg.method is Method.SDTM:
             planned = self._sdtm(metric, h, w, r, options, generator, samples, frames, latent_hw)
             if planned is None:
                 return None
             plan, mlp_only = planned
         elif importance is not None:
-            grid_importance = to_token_grid(importance.reshape(samples * frames, *latent_hw), h, w)
-            plan = importance_plan(metric, grid_importance, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
+            plan = importance_plan(metric, importance, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
                                    generator)
             state.counters["importance_calls"] += 1
         else:
@@ -111,19 +137,19 @@ class TokenPlanner:
             plan = structure_plan(metric, h, w, r, cfg.window, last, cfg.similarity_weight, generator)
             state.counters["structure_calls"] += plan is not None
         else:
-            priority = last
+            priority = None
             if cfg.detail_destination is DetailDestination.IMPORTANCE:
-                importance = self._importance(samples, frames, latent_hw)
-                if importance is not None:
-                    priority = to_token_grid(importance.reshape(samples * frames, *latent_hw), h, w)
-            plan = detail_plan(metric, h, w, r, cfg.window, priority, generator)
+                priority = self._importance_grid(samples, frames, latent_hw, h, w)
+            plan = detail_plan(metric, h, w, r, cfg.window, last if priority is None else priority, generator)
             state.counters["detail_calls"] += plan is not None
         if plan is None:
             return None
         state.last_independent = update_last_independent(last, plan)
         return plan, not structure and cfg.detail_mlp_only
 
-    def _importance(self, samples: int, frames: int, latent_hw: list[int]) -> torch.Tensor | None:
+    def _importance_grid(self, samples: int, frames: int, latent_hw: list[int], h: int, w: int,
+                         ) -> torch.Tensor | None:
+        """The latest importance map on the block's token grid, [S * frames, h * w], or ``None``."""
         importance = self.state.importance
         if importance is None:
             return None  # warm-up before the first map, or no signal at all: spatial ToMe
@@ -133,4 +159,4 @@ class TokenPlanner:
                                  f"not match the call's latent {list(expected)} (area conditioning?); spatial "
                                  "ToMe is used for such calls", logging.INFO)
             return None
-        return importance
+        return to_token_grid(importance.reshape(samples * frames, *latent_hw), h, w)

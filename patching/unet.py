@@ -14,20 +14,17 @@ list-style patch points, which stack with other packs' patches.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..merging.plan import merge, unmerge
-from .planner import Planned, TokenPlanner
+from .planner import Planned, TokenPlanner, merged_forward
 
 if TYPE_CHECKING:
     from .config import MergeConfig
     from .state import MergeState
-
-logger = logging.getLogger(__name__)
 
 PLAN_KEY = "tokenmerge_plan"  # in a block call's extra_options: (rows plan, mode)
 ATTN2_KEY = "tokenmerge_attn2"
@@ -80,11 +77,7 @@ class UNetMerger:
     def attn1_patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):
         key = block_key(extra_options)
         self.state.ff_plans.pop(key, None)
-        try:
-            planned = self._plan(n, extra_options)
-        except Exception:
-            logger.exception("tokenmerge: building the merge plan failed; merging skipped for this call")
-            planned = None
+        planned = self._plan(n, extra_options)
         if planned is None:
             return n, context, value
         extra_options[PLAN_KEY] = planned
@@ -116,16 +109,7 @@ class UNetMerger:
 
     def feed_forward(self, previous, key: tuple):
         """``ff.forward`` replacement for the block ``key``, chained to ``previous`` (the current forward)."""
-        state = self.state
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            planned = state.ff_plans.pop(key, None)
-            if planned is None or x.shape[1] != planned.plan.num_tokens or x.shape[0] != planned.plan.dst_idx.shape[0]:
-                return previous(x)
-            state.counters["ff_calls"] += 1
-            return unmerge(previous(merge(x, planned.plan, planned.mode)), planned.plan)
-
-        return forward
+        return merged_forward(self.state, key, previous, "ff_calls")
 
 
 def transformer_blocks(diffusion_model: torch.nn.Module) -> dict[str, tuple]:
