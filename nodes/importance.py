@@ -63,6 +63,29 @@ def block_range_inputs(start: float = 0.25, end: float = 0.75) -> list[io.Float.
     ]
 
 
+def operation_inputs() -> list[io.Boolean.Input]:
+    """What besides self-attention runs on merged tokens (UNets; DiT blocks merge as a whole)."""
+    return [
+        io.Boolean.Input("merge_cross_attention", default=False, **ADVANCED,
+                         tooltip="Also merge the cross-attention queries (faster, slightly lossier)."),
+        io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
+                         tooltip="Also merge the feed-forward input (faster, lossier)."),
+    ]
+
+
+def run_window_inputs() -> list[io.Float.Input]:
+    return [
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                       tooltip="Merging starts at this fraction of the sampling run."),
+        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                       tooltip="Merging stops after this fraction of the sampling run."),
+    ]
+
+
+def seed_input() -> io.Int.Input:
+    return io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP)
+
+
 def _max_downsample_input() -> io.Combo.Input:
     return io.Combo.Input("max_downsample", options=MAX_DOWNSAMPLE_CHOICES, default=AUTO,
                           tooltip=MAX_DOWNSAMPLE_TOOLTIP)
@@ -103,18 +126,12 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                 io.Combo.Input("dst_mode", options=[mode.value for mode in DstMode], default=DstMode.RANDOM.value,
                                **ADVANCED, tooltip="random: destinations drawn uniformly from the pool (paper); "
                                                    "top_k: the most important tokens."),
-                io.Boolean.Input("merge_cross_attention", default=False, **ADVANCED,
-                                 tooltip="Also merge the cross-attention queries (faster, slightly lossier)."),
-                io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
-                                 tooltip="Also merge the feed-forward input (faster, lossier)."),
+                *operation_inputs(),
                 io.Float.Input("prune_until", default=0.1, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the steps that prune (drop merged tokens) instead of "
                                        "averaging them, as the paper's warm-up does."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
-                               tooltip="Merging starts at this fraction of the sampling run."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
-                               tooltip="Merging stops after this fraction of the sampling run."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+                *run_window_inputs(),
+                seed_input(),
                 io.Combo.Input("fallback", options=[AUTO, *(f.value for f in Fallback)], default=AUTO, optional=True,
                                **ADVANCED,
                                tooltip="Importance when a step has no uncond pass (cfg 1, distilled models): "
@@ -154,11 +171,8 @@ class TokenMergeSpatialToMe(io.ComfyNode):
                              tooltip="Window height: one destination per window_y x window_x tokens. The ratio "
                                      "can be at most 1 - 1/(window_y x window_x)."),
                 io.Int.Input("window_x", default=2, min=1, max=8, **ADVANCED, tooltip="Window width."),
-                io.Boolean.Input("merge_cross_attention", default=False, **ADVANCED,
-                                 tooltip="Also merge the cross-attention queries."),
-                io.Boolean.Input("merge_feed_forward", default=False, **ADVANCED,
-                                 tooltip="Also merge the feed-forward input."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+                *operation_inputs(),
+                seed_input(),
                 *block_range_inputs(),
             ],
         )

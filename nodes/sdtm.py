@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..patching.apply import apply_token_merge
 from ..patching.config import DetailDestination, MergeConfig, Method
 from ._comfy_api import ADVANCED, io
-from .importance import CATEGORY, SEED_TOOLTIP, block_range_inputs
+from .importance import CATEGORY, block_range_inputs, run_window_inputs, seed_input
 
 DESCRIPTION = ("Structure-then-detail token merging (SDTM, CVPR 2025, arXiv 2505.11707) for diffusion transformers "
                "(SD3/3.5, Flux, PixArt, Wan): whole similar windows collapse while the structure forms, then the "
@@ -75,11 +75,8 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
                                        "the rest from the last protected step (1 = no cache)."),
                 io.Int.Input("cache_limit_mb", default=2048, min=0, max=1 << 20, **ADVANCED,
                              tooltip="Upper bound of the protected-step cache; blocks beyond it run without it."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
-                               tooltip="Merging starts at this fraction of the sampling run."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
-                               tooltip="Merging stops after this fraction of the sampling run."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, **ADVANCED, tooltip=SEED_TOOLTIP),
+                *run_window_inputs(),
+                seed_input(),
                 *block_range_inputs(0.0, 1.0),
             ],
             outputs=_output(),

@@ -61,6 +61,13 @@ def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: in
     )
 
 
+def state_of(patched):
+    """The :class:`MergeState` a merging node attached to its patched clone (counters, maps, caches)."""
+    from tokenmerge.patching.apply import STATE_ATTACHMENT
+
+    return patched.get_attachment(STATE_ATTACHMENT)
+
+
 @pytest.fixture(scope="session")
 def standin_models() -> Path:
     """The folder of stand-in model files a server loads (written once, then reused)."""

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import sample
+from conftest import sample, state_of
 
 from devkit import tiny_models
 
@@ -23,12 +23,6 @@ def nodes(pack):
     from tokenmerge.nodes import importance
 
     return importance
-
-
-def state_of(patched):
-    from tokenmerge.patching.apply import STATE_ATTACHMENT
-
-    return patched.get_attachment(STATE_ATTACHMENT)
 
 
 def sizes(family):

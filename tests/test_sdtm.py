@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import sample
+from conftest import sample, state_of
 
 from devkit import tiny_models
 
@@ -25,12 +25,6 @@ def nodes(pack):
     from tokenmerge.nodes import sdtm
 
     return sdtm
-
-
-def state_of(patched):
-    from tokenmerge.patching.apply import STATE_ATTACHMENT
-
-    return patched.get_attachment(STATE_ATTACHMENT)
 
 
 def advanced(nodes, model, ratio=0.4, **overrides):
