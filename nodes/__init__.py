@@ -6,10 +6,10 @@ extension. Node ids are prefixed ``TokenMerge`` and never change (saved workflow
 
 from __future__ import annotations
 
-from . import importance, sdtm
+from . import importance, preview, sdtm
 from ._comfy_api import ComfyExtension, io
 
-NODE_MODULES = (importance, sdtm)
+NODE_MODULES = (importance, sdtm, preview)
 
 
 class TokenMergeExtension(ComfyExtension):

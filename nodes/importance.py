@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..merging.ibtm import DstMode
 from ..patching.apply import apply_token_merge, default_max_downsample, model_family
 from ..patching.config import DOWNSAMPLE_LEVELS, Fallback, MergeConfig, Method
+from ..patching.graph import preview_consumers
 from ._comfy_api import ADVANCED, io
 
 CATEGORY = "tokenmerge"
@@ -20,6 +21,17 @@ RATIO_TOOLTIP = ("Fraction of the tokens merged away in each merged block (0 = o
 MAX_DOWNSAMPLE_TOOLTIP = ("UNets: merge in levels whose token grid is at most this many times smaller than the "
                           "latent. auto: the finest level with attention (1 for SD1.x/SD2.x, 2 for SDXL).")
 SEED_TOOLTIP = "Seed of the private generator that draws the destination tokens (the sampler's RNG is untouched)."
+
+
+# Every merging node sees the queued prompt, to record heatmaps when a preview downstream reads its model.
+HIDDEN = [io.Hidden.prompt, io.Hidden.unique_id]
+
+
+def patched_output(node: type[io.ComfyNode], model, config: MergeConfig) -> io.NodeOutput:
+    """The node's output: ``model`` patched as ``config`` says, recording for the previews that read it."""
+    hidden = getattr(node, "hidden", None)
+    previews = preview_consumers(getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None))
+    return io.NodeOutput(apply_token_merge(model, config, previews))
 
 
 def resolve_fallback(model, choice: str) -> Fallback:
@@ -49,6 +61,7 @@ def _schema(node_id: str, display_name: str, description: str, options: list) ->
             *options,
         ],
         outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
+        hidden=HIDDEN,
     )
 
 
@@ -106,7 +119,7 @@ class TokenMergeImportance(io.ComfyNode):
     def execute(cls, model, ratio: float) -> io.NodeOutput:
         config = MergeConfig(Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, AUTO),
                              fallback=resolve_fallback(model, AUTO))
-        return io.NodeOutput(apply_token_merge(model, config))
+        return patched_output(cls, model, config)
 
 
 class TokenMergeImportanceAdvanced(io.ComfyNode):
@@ -154,7 +167,7 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
             start_percent=start_percent, end_percent=end_percent, seed=seed,
             fallback=resolve_fallback(model, fallback), block_range=(block_start, block_end),
         )
-        return io.NodeOutput(apply_token_merge(model, config))
+        return patched_output(cls, model, config)
 
 
 class TokenMergeSpatialToMe(io.ComfyNode):
@@ -186,7 +199,7 @@ class TokenMergeSpatialToMe(io.ComfyNode):
             window=(window_y, window_x), merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward,
             prune_until=0.0, seed=seed, block_range=(block_start, block_end),
         )
-        return io.NodeOutput(apply_token_merge(model, config))
+        return patched_output(cls, model, config)
 
 
 NODES = [TokenMergeImportance, TokenMergeImportanceAdvanced, TokenMergeSpatialToMe]

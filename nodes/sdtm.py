@@ -5,10 +5,9 @@ Thin nodes: validate, build a :class:`MergeConfig` with ``Method.SDTM``, call :f
 
 from __future__ import annotations
 
-from ..patching.apply import apply_token_merge
 from ..patching.config import DetailDestination, MergeConfig, Method
 from ._comfy_api import ADVANCED, io
-from .importance import CATEGORY, block_range_inputs, run_window_inputs, seed_input
+from .importance import CATEGORY, HIDDEN, block_range_inputs, patched_output, run_window_inputs, seed_input
 
 DESCRIPTION = ("Structure-then-detail token merging (SDTM, CVPR 2025, arXiv 2505.11707) for diffusion transformers "
                "(SD3/3.5, Flux, PixArt, Wan): whole similar windows collapse while the structure forms, then the "
@@ -33,14 +32,15 @@ class TokenMergeSDTM(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(node_id="TokenMergeSDTM", display_name="Token Merge (SDTM)", category=CATEGORY,
-                         description=DESCRIPTION, inputs=_model_inputs(), outputs=_output())
+                         description=DESCRIPTION, inputs=_model_inputs(), outputs=_output(),
+                         hidden=HIDDEN)
 
     @classmethod
     def execute(cls, model, ratio: float) -> io.NodeOutput:
         # The authors' defaults, for every DiT family: all blocks, deviation 0.2, switch at 40 %.
         config = MergeConfig(Method.SDTM, ratio=ratio, max_downsample=1, block_range=(0.0, 1.0),
                              deviation=min(0.2, ratio), prune_until=0.0)
-        return io.NodeOutput(apply_token_merge(model, config))
+        return patched_output(cls, model, config)
 
 
 class TokenMergeSDTMAdvanced(io.ComfyNode):
@@ -80,6 +80,7 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
                 *block_range_inputs(0.0, 1.0),
             ],
             outputs=_output(),
+            hidden=HIDDEN,
         )
 
     @classmethod
@@ -94,7 +95,7 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
             detail_destination=DetailDestination(detail_destination), detail_mlp_only=detail_mlp_only,
             protect_every=protect_every, cache_weight=cache_weight, cache_limit_mb=cache_limit_mb,
         )
-        return io.NodeOutput(apply_token_merge(model, config))
+        return patched_output(cls, model, config)
 
 
 NODES = [TokenMergeSDTM, TokenMergeSDTMAdvanced]

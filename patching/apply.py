@@ -10,6 +10,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from .capture import ImportanceCapture
 from .config import DetailDestination, MergeConfig, Method
 from .dit import DIT_CLASSES, DiTMerger, block_keys, dit_family, mlp_path, selected_blocks, spatial_patch
+from .live import publish
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
@@ -103,8 +104,12 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state))
 
 
-def apply_token_merge(model, config: MergeConfig):
-    """A clone of ``model`` that merges tokens as ``config`` says; ``model`` itself if nothing applies."""
+def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | None = None):
+    """A clone of ``model`` that merges tokens as ``config`` says; ``model`` itself if nothing applies.
+
+    ``previews`` maps the ids of heatmap preview nodes that consume this model to their colormaps: the
+    clone records for them from its first run and streams the live view to them.
+    """
     if config.ratio == 0:
         return model
     family = model_family(model)
@@ -122,8 +127,13 @@ def apply_token_merge(model, config: MergeConfig):
         _patch_unet(patched, model, config, state)
     else:
         _patch_dit(patched, model, family, config, state)
-    if config.method is Method.IMPORTANCE or config.detail_destination is DetailDestination.IMPORTANCE:
-        patched.set_model_sampler_post_cfg_function(ImportanceCapture(state, config.fallback))
+    merges_by_importance = config.method is Method.IMPORTANCE or \
+        config.detail_destination is DetailDestination.IMPORTANCE
+    patched.set_model_sampler_post_cfg_function(ImportanceCapture(state, config.fallback,
+                                                                  merges_by_importance=merges_by_importance))
+    state.recorder.live = publish
+    if previews:
+        state.recorder.request(previews)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_wrapper(state))
     patched.set_attachments(STATE_ATTACHMENT, state)
     return patched

@@ -3,6 +3,9 @@ mean_C |cond_denoised - uncond_denoised| / sigma per latent sample. The map of s
 
 Without an uncond pass the configured fallback applies: none (spatial ToMe), or mean_C |x0_t - x0_{t-1}| / sigma,
 how much each token's x0 prediction changed since the previous step (no map at the first step).
+
+Methods that do not merge by importance (spatial ToMe, SDTM) compute maps only while a heatmap preview
+records them; otherwise the function returns at once.
 """
 
 from __future__ import annotations
@@ -12,23 +15,38 @@ from typing import TYPE_CHECKING
 
 from ..merging.importance import cfg_importance
 from .config import Fallback
+from .steps import current_sigma, run_steps, step_position
 
 if TYPE_CHECKING:
     from .state import MergeState
 
 
 class ImportanceCapture:
-    def __init__(self, state: MergeState, fallback: Fallback) -> None:
+    def __init__(self, state: MergeState, fallback: Fallback, *, merges_by_importance: bool) -> None:
         self.state = state
         self.fallback = fallback
+        self.merges_by_importance = merges_by_importance
 
     def __call__(self, args: dict) -> object:
         state = self.state
         denoised = args["denoised"]
+        if not (self.merges_by_importance or state.recorder.enabled):
+            return denoised
+        self._capture(args, denoised)
+        if state.recorder.enabled and state.importance is not None:
+            options = {"sigmas": args["sigma"],
+                       "sample_sigmas": args.get("model_options", {}).get("transformer_options", {})
+                       .get("sample_sigmas")}
+            state.recorder.add_importance(step_position(options)[0], run_steps(options),
+                                          current_sigma(options) or 0.0, state.importance)
+        return denoised
+
+    def _capture(self, args: dict, denoised: object) -> None:
+        state = self.state
         if args.get("uncond") is not None:
             state.importance = cfg_importance(args["cond_denoised"], args["uncond_denoised"], args["sigma"])
             state.counters["maps_captured"] += 1
-            return denoised
+            return
         state.no_uncond = True  # the uncond pass was skipped: no CFG importance this step
         if self.fallback is Fallback.X0_CHANGE:
             state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
@@ -38,10 +56,9 @@ class ImportanceCapture:
                 state.importance = cfg_importance(denoised, previous, args["sigma"])
                 state.counters["fallback_maps"] += 1
             state.previous_x0 = denoised.detach().clone()
-        else:
+        elif self.merges_by_importance:
             state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
                             "importance merging falls back to spatial ToMe at the same ratio", logging.INFO)
-        return denoised
 
     def __deepcopy__(self, memo: dict) -> ImportanceCapture:
         return self

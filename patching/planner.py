@@ -19,7 +19,8 @@ from ..merging.plan import MergeMode, MergePlan, merge, stack_frames, unmerge
 from ..merging.sdtm import cosine_ratio, detail_plan, structure_plan, update_last_independent
 from ..merging.tome import tome_plan
 from .config import DetailDestination, Method
-from .steps import current_sigma, step_position
+from .recorder import plan_categories
+from .steps import current_sigma, run_steps, step_position
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,6 +118,9 @@ class TokenPlanner:
             if plan is None:
                 return None
             state.counters["tome_calls"] += 1
+        if state.recorder.enabled:
+            state.recorder.add_assignment(step, run_steps(options), current_sigma(options) or 0.0, key,
+                                          plan_categories(plan, samples, frames, h, w))
         plan = stack_frames(plan, frames)
         mode = MergeMode.PRUNE if progress < cfg.prune_until else MergeMode.MEAN
         state.counters["merged_calls"] += 1

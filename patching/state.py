@@ -1,10 +1,13 @@
-"""Runtime data of one patched model: the latest importance map, per-run counters and warn-once flags."""
+"""Runtime data of one patched model: the latest importance map, per-run counters, warn-once flags and the
+heatmap recorder."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING
+
+from .recorder import HeatmapRecorder
 
 if TYPE_CHECKING:
     import torch
@@ -22,12 +25,14 @@ class MergeState:
     """
 
     __slots__ = ("block_cache", "call", "counters", "ff_plans", "importance", "last_independent", "no_uncond",
-                 "previous_x0", "warned")
+                 "previous_x0", "recorder", "warned")
 
     def __init__(self) -> None:
+        self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
         self.reset()
 
     def reset(self) -> None:
+        self.recorder.begin_run()
         self.importance: torch.Tensor | None = None  # [B, H, W] of the latest CFG step, latent resolution
         self.no_uncond = False  # a CFG step ran without an uncond pass (cfg 1, BasicGuider, ...)
         self.previous_x0: torch.Tensor | None = None  # last step's denoised output, for the x0-change fallback

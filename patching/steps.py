@@ -24,3 +24,9 @@ def step_position(options: dict) -> tuple[int, float]:
     schedule = torch.as_tensor(schedule).float().flatten()
     step = int((schedule > sigma * (1 + 1e-4) + 1e-8).sum())
     return step, min(1.0, step / (len(schedule) - 1))
+
+
+def run_steps(options: dict) -> int:
+    """Steps of the call's sampling run (``len(sample_sigmas) - 1``), 0 outside a sampler."""
+    schedule = options.get("sample_sigmas")
+    return 0 if schedule is None else max(0, len(schedule) - 1)

@@ -1,0 +1,113 @@
+"""What the heatmap preview shows: per-step importance maps and merge assignments, recorded only when a
+preview consumes them.
+
+Recording is off until a Token Merge Heatmap Preview asks for it: the merging node turns it on when the
+queued prompt has a preview downstream of it, and a preview that runs turns it on for the next run of a
+cached model. A run whose recording no preview read turns it off again. Memory stays bounded: maps are
+kept at latent resolution shrunk to at most ``MAX_SIDE`` per side, in float16 / uint8, for at most
+``MAX_STEPS`` steps; when that is full, every second kept step is dropped so the rest still spans the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..merging.heatmap import DESTINATION, MERGED
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..merging.plan import MergePlan
+
+MAX_STEPS = 32
+MAX_SIDE = 64
+
+
+@dataclass
+class StepRecord:
+    step: int  # 0-based index in the run's sigma schedule
+    steps: int  # steps of the run
+    sigma: float
+    importance: torch.Tensor | None = None  # [B, h, w] float16 (video: mean over frames)
+    assignments: dict[object, torch.Tensor] = field(default_factory=dict)  # block key -> [B, h, w] uint8
+
+
+def shrink(maps: torch.Tensor, max_side: int = MAX_SIDE) -> torch.Tensor:
+    """[B, H, W] -> [B, h, w] with max(h, w) <= ``max_side`` by area averaging (aspect ratio kept)."""
+    H, W = maps.shape[-2:]
+    factor = max(H, W) / max_side
+    if factor <= 1:
+        return maps
+    size = (max(1, round(H / factor)), max(1, round(W / factor)))
+    return F.adaptive_avg_pool2d(maps.unsqueeze(1).float(), size).squeeze(1)  # [B, 1, H, W] -> [B, h, w]
+
+
+def plan_categories(plan: MergePlan, samples: int, frames: int, h: int, w: int) -> torch.Tensor:
+    """A merge plan of ``samples * frames`` grids -> [samples, h, w] uint8 categories of each sample's first frame."""
+    categories = torch.zeros(plan.keep_idx.shape[0], plan.num_tokens, dtype=torch.uint8,
+                             device=plan.keep_idx.device)  # [S * T, n], all independent
+    categories.scatter_(1, plan.src_idx, MERGED)
+    categories.scatter_(1, plan.dst_idx, DESTINATION)
+    return categories.view(samples, frames, h, w)[:, 0].cpu()  # [S * T, n] -> [S, h, w] of frame 0
+
+
+class HeatmapRecorder:
+    """Owned by a :class:`MergeState`. ``live`` is called with each new importance record while it is set."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.targets: dict[str, str] = {}  # preview node id -> colormap of its live view
+        self.live: Callable[[HeatmapRecorder, StepRecord], None] | None = None
+        self.records: dict[int, StepRecord] = {}
+        self.block_order: list[object] = []  # block keys in the order they first merged
+        self.consumed = True
+
+    def request(self, targets: dict[str, str] | None = None) -> None:
+        """Record from the next sampling run on; ``targets`` are preview node ids to stream to."""
+        self.enabled = True
+        self.targets.update(targets or {})
+
+    def begin_run(self) -> None:
+        """Start of a sampling run: drop the last run's records; stop if no preview read them."""
+        if self.enabled and self.records and not self.consumed:
+            self.enabled = False
+            self.targets.clear()
+        self.records = {}
+        self.block_order = []
+        self.consumed = False
+
+    def take(self) -> dict[int, StepRecord]:
+        """The records of the last run, oldest step first, for a preview (marks them consumed)."""
+        self.consumed = True
+        return dict(sorted(self.records.items()))
+
+    def _record(self, step: int, steps: int, sigma: float) -> StepRecord:
+        record = self.records.get(step)
+        if record is None:
+            if len(self.records) >= MAX_STEPS:
+                kept = sorted(self.records)
+                self.records = {s: self.records[s] for s in kept[::2]}
+            record = self.records[step] = StepRecord(step, steps, sigma)
+        return record
+
+    def add_importance(self, step: int, steps: int, sigma: float, importance: torch.Tensor) -> None:
+        """``importance`` [B, H, W] or [B, T, H, W] (video) at latent resolution."""
+        if importance.ndim == 4:
+            importance = importance.float().mean(1)  # [B, T, H, W] -> [B, H, W]
+        record = self._record(step, steps, sigma)
+        record.importance = shrink(importance.detach()).to("cpu", torch.float16)
+        if self.live is not None and self.targets:
+            self.live(self, record)
+
+    def add_assignment(self, step: int, steps: int, sigma: float, key: object, categories: torch.Tensor) -> None:
+        """``categories`` [B, h, w] uint8 of one block call, at the block's token grid."""
+        if key not in self.block_order:
+            self.block_order.append(key)
+        if max(categories.shape[-2:]) > MAX_SIDE:
+            h, w = shrink(categories[:1].float()).shape[-2:]
+            categories = F.interpolate(categories[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(torch.uint8)
+        self._record(step, steps, sigma).assignments[key] = categories
