@@ -5,7 +5,8 @@ Recording is off until a Token Merge Heatmap Preview asks for it: the merging no
 queued prompt has a preview downstream of it, and a preview that runs turns it on for the next run of a
 cached model. A run whose recording no preview read turns it off again. Memory stays bounded: maps are
 kept at latent resolution shrunk to at most ``MAX_SIDE`` per side, in float16 / uint8, for at most
-``MAX_STEPS`` steps; when that is full, every second kept step is dropped so the rest still spans the run.
+``MAX_STEPS`` steps; when that is full, the steps kept thin out to every 2nd, 4th, ... step (plus the newest),
+so the record still spans the whole run.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class HeatmapRecorder:
         self.targets: dict[str, str] = {}  # preview node id -> colormap of its live view
         self.live: Callable[[HeatmapRecorder, StepRecord], None] | None = None
         self.records: dict[int, StepRecord] = {}
+        self.stride = 1  # steps kept are multiples of it (and the newest)
         self.block_order: list[object] = []  # block keys in the order they first merged
         self.consumed = True
 
@@ -77,6 +79,7 @@ class HeatmapRecorder:
             self.enabled = False
             self.targets.clear()
         self.records = {}
+        self.stride = 1
         self.block_order = []
         self.consumed = False
 
@@ -88,9 +91,11 @@ class HeatmapRecorder:
     def _record(self, step: int, steps: int, sigma: float) -> StepRecord:
         record = self.records.get(step)
         if record is None:
+            # Keep the steps on a stride, plus the newest; a full record doubles the stride.
+            self.records = {s: r for s, r in self.records.items() if s % self.stride == 0}
             if len(self.records) >= MAX_STEPS:
-                kept = sorted(self.records)
-                self.records = {s: self.records[s] for s in kept[::2]}
+                self.stride *= 2
+                self.records = {s: r for s, r in self.records.items() if s % self.stride == 0}
             record = self.records[step] = StepRecord(step, steps, sigma)
         return record
 
