@@ -186,8 +186,9 @@ SD3_LOADABLE = {
 def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """State dict that ComfyUI's loaders detect.
 
-    ``sd15`` / ``sd3``: diffusion models for ``UNETLoader``; ``clip_l``: a text encoder for ``CLIPLoader``;
-    ``taesd4`` / ``taesd16``: VAEs for ``VAELoader``.
+    ``sd15`` / ``sd3`` / ``pixart_sigma`` / ``wan21``: diffusion models for ``UNETLoader``;
+    ``clip_l``: a text encoder for ``CLIPLoader``;
+    ``taesd4`` / ``taesd16`` / ``wan_vae``: VAEs for ``VAELoader``.
     """
     import comfy.ops
 
@@ -201,12 +202,23 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
 
         module = OpenAISignatureMMDITWrapper(**SD3_LOADABLE, operations=comfy.ops.disable_weight_init, device="cpu")
         random_init_(module, seed)
+    elif kind in LOADABLE_DITS:
+        model_config_name, unet_config = LOADABLE_DITS[kind]
+        module = build_patcher(TinyFamily(kind, model_config_name, unet_config, latent_channels=0,
+                                          context_dim=0), seed).model.diffusion_model
     elif kind == "clip_l":
         # CLIP-L's size is fixed by comfy/sd1_clip_config.json (123.7M params); random weights still
         # let the stock CLIPLoader + CLIPTextEncode produce [1, 77, 768] conditioning for SD1.x.
         import comfy.sd1_clip
 
         module = random_init_(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32).transformer, seed)
+    elif kind == "wan_vae":
+        # The Wan 2.1 video VAE, its width read from decoder.head.0.gamma: 8 instead of 96.
+        from comfy.ldm.wan.vae import WanVAE
+
+        module = random_init_(WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                     temperal_downsample=[False, True, True], dropout=0.0), seed, scale=0.5)
+        dtype = torch.float32
     elif kind in ("taesd4", "taesd16"):
         from comfy.taesd.taesd import TAESD
 
@@ -217,13 +229,26 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
     return {k: v.to(dtype).contiguous() for k, v in module.state_dict().items()}
 
 
+# PixArt's width and heads are fixed by model_detection (1152, 16 heads), its caption width by the class
+# (4096: T5-XXL; CLIP-L through CLIPLoader type "sd3" is padded to it): one block keeps it at ~40M params.
+# Wan 2.1's heads are dim // 128 and its text width 4096 (UMT5-XXL), padded CLIP-L again.
+LOADABLE_DITS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pixart_sigma": ("PixArtSigma", {"image_model": "pixart_sigma", "in_channels": 4, "patch_size": 2,
+                                     "hidden_size": 1152, "num_heads": 16, "depth": 1, "micro_condition": False,
+                                     "model_max_length": 300}),
+    "wan21": ("WAN21_T2V", {**WAN21_TINY, "text_dim": 4096}),
+}
+
 # Stand-in files a test server or the demo writes: file name (under models/) -> loader_state_dict kind.
 STANDIN_FILES: dict[str, str] = {
     "diffusion_models/tokenmerge_tiny_sd15.safetensors": "sd15",
     "diffusion_models/tokenmerge_tiny_sd3_clip_l.safetensors": "sd3",
+    "diffusion_models/tokenmerge_tiny_pixart_sigma.safetensors": "pixart_sigma",
+    "diffusion_models/tokenmerge_tiny_wan21.safetensors": "wan21",
     "text_encoders/tokenmerge_random_clip_l.safetensors": "clip_l",
     "vae/tokenmerge_tiny_taesd_4ch.safetensors": "taesd4",
     "vae/tokenmerge_tiny_taesd_16ch.safetensors": "taesd16",
+    "vae/tokenmerge_tiny_wan21_vae.safetensors": "wan_vae",
 }
 
 

@@ -1,0 +1,99 @@
+"""Every workflow of ``example_workflows/`` runs on the real server, on stand-ins of the model files it names
+(``devkit.example_workflows.STANDINS`` documents each substitution), and the heatmap preview streams live."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+
+import pytest
+
+from devkit import REPO_ROOT
+from devkit.example_workflows import EXAMPLES, STANDINS, TEST_STEPS, substitute_standins
+from devkit.server_events import ServerEvents
+from devkit.workflow_api import ui_to_api
+
+EXAMPLES_DIR = REPO_ROOT / "example_workflows"
+SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def load(name: str) -> dict:
+    return json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+
+
+def test_every_example_is_committed_with_a_thumbnail_and_a_settings_note():
+    for name in EXAMPLES:
+        workflow = load(name)
+        notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
+        assert notes, f"{name} has no note with its recommended settings"
+        assert "ratio" in notes[0]["widgets_values"][0]
+        assert (EXAMPLES_DIR / f"{name}.jpg").stat().st_size > 1000, f"{name}.jpg thumbnail missing"
+
+
+def test_committed_examples_match_their_generator(comfy_server):
+    """The files are what ``python -m devkit.example_workflows`` writes (nobody edited one by hand)."""
+    object_info = comfy_server.object_info()
+    for name, build in EXAMPLES.items():
+        assert load(name) == json.loads(json.dumps(build().ui(object_info))), name
+
+
+def expected_preview_size(inputs: dict, side: int, steps: int) -> tuple[int, int]:
+    from tokenmerge.merging.heatmap import GAP, GLYPH_H, label_scale, tile_size
+
+    shown = steps if inputs["steps"] == "all" else 1
+    height, width = tile_size((1, 1), (side, side), shown)
+    label = len(f"step {steps}/{steps} sigma 00.00")
+    strip = (GLYPH_H + 2) * label_scale(width, label) + 2
+    return shown * (width + GAP) - GAP, height + strip
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_example_runs_on_the_server(comfy_server, pack, name):
+    prompt, standin = substitute_standins(ui_to_api(load(name), comfy_server.object_info()))
+    entry = comfy_server.run(prompt, timeout=600)
+    outputs = entry["outputs"]
+    for node_id, node in prompt.items():
+        if node["class_type"] in SAVE_NODES:
+            assert outputs[node_id]["images"], f"{name}: {node['class_type']} {node_id} saved nothing"
+        if node["class_type"] == "TokenMergeHeatmapPreview":
+            images = outputs[node_id]["images"]
+            assert len(images) == 1
+            size = png_size(comfy_server.view(images[0]))
+            assert size == expected_preview_size(node["inputs"], standin.side, TEST_STEPS), name
+
+
+def test_every_model_file_an_example_names_has_a_standin(comfy_server):
+    object_info = comfy_server.object_info()
+    for name in EXAMPLES:
+        prompt = ui_to_api(load(name), object_info)
+        files = {n["inputs"].get("ckpt_name") or n["inputs"].get("unet_name") for n in prompt.values()
+                 if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader")}
+        assert files <= set(STANDINS), name
+
+
+def test_live_heatmap_frames_reach_the_preview_node(comfy_server, pack):
+    from PIL import Image
+
+    prompt, _ = substitute_standins(ui_to_api(load("tokenmerge_sd15_ibtm_preview"), comfy_server.object_info()))
+    sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
+    sampler["inputs"]["seed"] = 4242  # a fresh seed, so the sampler is not served from the cache
+    preview_id = next(k for k, n in prompt.items() if n["class_type"] == "TokenMergeHeatmapPreview")
+    with ServerEvents(comfy_server.url, comfy_server.client_id) as events:
+        comfy_server.run(prompt)
+    frames = events.of_type("tokenmerge.heatmap")
+    assert [f["step"] for f in frames] == list(range(1, TEST_STEPS + 1))
+    assert {f["node"] for f in frames} == {preview_id}
+    assert all(f["steps"] == TEST_STEPS and f["sigma"] > 0 for f in frames)
+    header = "data:image/png;base64,"
+    assert frames[-1]["image"].startswith(header)
+    image = Image.open(io.BytesIO(base64.b64decode(frames[-1]["image"][len(header):])))
+    assert max(image.size) == 256
+    executed = events.of_type("executed")
+    assert any(e["node"] == preview_id and e["output"]["images"] for e in executed)
