@@ -2,15 +2,18 @@
 # environment that scripts/setup_env.sh creates on first use (a few seconds when it already exists).
 PYTHON := .comfyui/venv/bin/python
 
-.PHONY: setup demo test lint pytest clean
+.PHONY: setup browser demo test lint pytest clean
 
 setup:
 	bash scripts/setup_env.sh
 
+browser:
+	bash scripts/install_browser.sh
+
 demo: setup
 	$(PYTHON) scripts/demo.py
 
-test: setup lint pytest
+test: setup browser lint pytest
 
 lint: setup
 	$(PYTHON) -m ruff check .

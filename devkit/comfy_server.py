@@ -63,6 +63,8 @@ class ComfyServer:
                 link.symlink_to(target, target_is_directory=True)
 
     def start(self, timeout: float = 120.0) -> ComfyServer:
+        if self.process is not None and self.process.poll() is None:
+            raise ComfyServerError("this server is already running (use either start() or a with block)")
         self._prepare_base_dir()
         cmd = [str(VENV_PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",

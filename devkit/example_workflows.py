@@ -385,7 +385,7 @@ def main() -> None:
 
     comfy_env.bootstrap_comfyui()
     tiny_models.write_standin_models(str(STANDIN_MODELS_DIR))
-    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)).start() as server:
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
         for path in write_examples(server.object_info()):
             print(f"wrote {path.relative_to(REPO_ROOT)}")
 

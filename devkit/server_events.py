@@ -11,7 +11,7 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 
 class ServerEvents:
@@ -40,7 +40,7 @@ class ServerEvents:
                 elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
 
-    def __enter__(self) -> ServerEvents:
+    def __enter__(self) -> Self:
         self._thread.start()
         if not self._connected.wait(10):
             raise RuntimeError(f"could not connect to {self.ws_url}")

