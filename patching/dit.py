@@ -44,6 +44,7 @@ def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
 
 DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "PixArtMS": "pixart",
                "WanModel": "wan"}  # diffusion-model class name -> adapter family
+IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
 
 
 def dit_family(diffusion_model: torch.nn.Module) -> str | None:
@@ -161,8 +162,9 @@ class DiTMerger:
             txt_len = args["img"].shape[1] - self._image_tokens() if kind == "single_block" else 0
             img = args["img"][:, txt_len:]
             if self._protected():
+                before = self._kept_input(img)
                 out = original(args)
-                self._store(key, img, out["img"][:, txt_len:])
+                self._store(key, before, out["img"][:, txt_len:])
                 return out
             planned = self._plan(img, key)
             if planned is None:
@@ -171,8 +173,10 @@ class DiTMerger:
             if planned.mlp_only:
                 if not self._stage_mlp(key, planned):
                     return original(args)
+                before = self._kept_input(img)
                 out = dict(original(args))
-                out["img"] = self._with_image(out["img"], txt_len, self._fuse(key, img, out["img"][:, txt_len:], plan))
+                out["img"] = self._with_image(out["img"], txt_len,
+                                              self._fuse(key, before, out["img"][:, txt_len:], plan))
                 return out
             new_args = dict(args)
             new_args["img"] = self._with_image(args["img"], txt_len, merge(img, plan, planned.mode))
@@ -184,6 +188,11 @@ class DiTMerger:
             return out
 
         return replace
+
+    def _kept_input(self, img: torch.Tensor) -> torch.Tensor:
+        """The image tokens entering an unmerged block call, as they are now: a copy where the block adds its
+        update to its input in place (``IN_PLACE_FAMILIES``), since the SDTM cache needs the update."""
+        return img.clone() if self.family in IN_PLACE_FAMILIES else img
 
     @staticmethod
     def _with_image(tokens: torch.Tensor, txt_len: int, image: torch.Tensor) -> torch.Tensor:
