@@ -9,7 +9,16 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .capture import ImportanceCapture
 from .config import DetailDestination, MergeConfig, Method
-from .dit import DIT_CLASSES, DiTMerger, block_keys, dit_family, mlp_path, selected_blocks, spatial_patch
+from .dit import (
+    DIT_CLASSES,
+    DiTMerger,
+    block_keys,
+    dit_family,
+    ignored_attention_options,
+    mlp_path,
+    selected_blocks,
+    spatial_patch,
+)
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
@@ -116,6 +125,9 @@ def apply_token_merge(model, config: MergeConfig):
         logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
                        "unpatched", family)
         return model
+    ignored = ignored_attention_options(config, family)
+    if ignored:
+        logger.warning("tokenmerge: %s cannot act on %s models and is ignored", ", ".join(ignored), family)
     patched = model.clone()
     state = MergeState()
     if family == "unet":

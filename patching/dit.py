@@ -10,6 +10,10 @@ gathered for the kept tokens, which keep their own position (a destination keeps
 PixArt add absolute embeddings before the blocks. Modulation is per sample and broadcasts over any
 token count. Wan merges within frames, so every frame keeps the same number of tokens.
 
+Attention over merged tokens (proportional attention, SDTM prompt reweighting; ``merging/attention_bias.py``)
+reaches the upstream attention as a per-key logit bias through the block's ``transformer_options``
+(``attention_override.py``); PixArt's attention takes no options, so there the options are ignored.
+
 The latent shape and the sampler's step information of the current call come from an APPLY_MODEL
 wrapper (``state.call``); blocks only see tokens.
 """
@@ -21,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..merging.attention_bias import key_bias, multiplicity
 from ..merging.plan import MergePlan, kept_order, merge, take_tokens, unmerge
+from .attention_override import with_key_bias
 from .config import Method
 from .planner import Planned, TokenPlanner, merged_forward
 from .steps import step_position
@@ -44,7 +50,20 @@ def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
 
 DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "PixArtMS": "pixart",
                "WanModel": "wan"}  # diffusion-model class name -> adapter family
+JOINT_FAMILIES = {"sd3", "flux"}  # text and image tokens share one attention (text first)
 IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
+
+
+def ignored_attention_options(config: MergeConfig, family: str) -> list[str]:
+    """The attention options ``config`` sets that ``family`` cannot take: PixArt's attention gets no
+    ``transformer_options`` (UNets are not covered yet), and a prompt factor cancels in cross-attention
+    (Wan, PixArt: the prompt is the only thing such a softmax sees)."""
+    names = []
+    if config.proportional_attention and family in ("unet", "pixart"):
+        names.append("proportional_attention")
+    names += [name for name in ("prompt_scale_structure", "prompt_scale_detail")
+              if getattr(config, name) != 1.0 and family not in JOINT_FAMILIES]
+    return names
 
 
 def dit_family(diffusion_model: torch.nn.Module) -> str | None:
@@ -170,11 +189,12 @@ class DiTMerger:
             if planned is None:
                 return original(args)
             plan = planned.plan
+            text_len = txt_len if kind == "single_block" else self._text_keys(args)
             if planned.mlp_only:
                 if not self._stage_mlp(key, planned):
                     return original(args)
                 before = self._kept_input(img)
-                out = dict(original(args))
+                out = dict(original(self._with_key_bias(args, planned, text_len, img.shape[1])))
                 out["img"] = self._with_image(out["img"], txt_len,
                                               self._fuse(key, before, out["img"][:, txt_len:], plan))
                 return out
@@ -182,7 +202,7 @@ class DiTMerger:
             new_args["img"] = self._with_image(args["img"], txt_len, merge(img, plan, planned.mode))
             if args.get("pe") is not None:
                 new_args["pe"] = self._gather_positions(args["pe"], plan)
-            out = dict(original(new_args))
+            out = dict(original(self._with_key_bias(new_args, planned, text_len, plan.num_out)))
             img_out = unmerge(out["img"][:, txt_len:], plan)
             out["img"] = self._with_image(out["img"], txt_len, self._fuse(key, img, img_out, plan))
             return out
@@ -193,6 +213,27 @@ class DiTMerger:
         """The image tokens entering an unmerged block call, as they are now: a copy where the block adds its
         update to its input in place (``IN_PLACE_FAMILIES``), since the SDTM cache needs the update."""
         return img.clone() if self.family in IN_PLACE_FAMILIES else img
+
+    def _text_keys(self, args: dict) -> int:
+        """Text tokens among the keys of a block's joint attention (0 where text comes in by cross-attention)."""
+        return args["txt"].shape[1] if self.family in JOINT_FAMILIES and args.get("txt") is not None else 0
+
+    def _with_key_bias(self, args: dict, planned: Planned, text_len: int, image_len: int) -> dict:
+        """``args`` whose attention adds the proportional-attention and prompt biases, or ``args`` itself when
+        no bias applies (the defaults: nothing changes, bit for bit)."""
+        proportional = self.config.proportional_attention and not planned.mlp_only
+        text_scale = planned.text_scale if text_len else 1.0
+        if not proportional and text_scale == 1.0:
+            return args
+        rows = args["img"].shape[0]
+        counts = multiplicity(planned.plan) if proportional else torch.ones(rows, image_len, device=args["img"].device)
+        biases = {text_len + image_len: key_bias(counts, text_len, text_scale)}
+        if proportional and text_len:
+            biases[image_len] = key_bias(counts)  # an image-only self-attention in the block (SD3.5 MMDiT-X)
+        new_args = dict(args)
+        new_args["transformer_options"] = with_key_bias(args.get("transformer_options") or {}, biases)
+        self.state.counters["biased_calls"] += 1
+        return new_args
 
     @staticmethod
     def _with_image(tokens: torch.Tensor, txt_len: int, image: torch.Tensor) -> torch.Tensor:
