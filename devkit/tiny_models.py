@@ -79,6 +79,15 @@ FLUX_TINY = {
     "theta": 10000, "qkv_bias": True, "guidance_embed": True, "context_in_dim": 64, "vec_in_dim": 64,
 }
 
+# Chroma: Flux's blocks with per-block modulations from a small approximator (344 vectors, in_dim 64 as
+# model_detection sets); latent channels are patchified before img_in, hence 64 in/out channels.
+CHROMA_TINY = {
+    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2, "hidden_size": 256,
+    "num_heads": 2, "mlp_ratio": 4.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
+    "theta": 10000, "qkv_bias": True, "context_in_dim": 64, "in_dim": 64, "out_dim": 256, "hidden_dim": 64,
+    "n_layers": 1,
+}
+
 PIXART_ALPHA_TINY = {
     "image_model": "pixart_alpha", "in_channels": 4, "patch_size": 2, "hidden_size": 96, "num_heads": 2,
     "depth": 2, "caption_channels": 64, "model_max_length": 120, "micro_condition": True,
@@ -142,6 +151,8 @@ FAMILIES: dict[str, TinyFamily] = {
         TinyFamily("sd3", "SD3", SD3_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
         TinyFamily("flux", "Flux", FLUX_TINY, latent_channels=16, context_dim=64, pooled_dim=64,
                    cond_extras={"guidance": 3.5}),
+        # Chroma ignores the pooled output, but model_base.Flux's conditioning asks for one.
+        TinyFamily("chroma", "Chroma", CHROMA_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
         TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
                    min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),

@@ -1,8 +1,9 @@
-"""Diffusion-transformer adapters (SD3/3.5, Flux, PixArt alpha/sigma, Wan 2.1): merge only the image tokens that
-enter a block, run the block on fewer tokens, unmerge its image output.
+"""Diffusion-transformer adapters (SD3/3.5, Flux, Chroma, PixArt alpha/sigma, Wan 2.1): merge only the image tokens
+that enter a block, run the block on fewer tokens, unmerge its image output.
 
-* SD3, Flux and Wan: ``patches_replace["dit"]`` block replaces that call the block they replaced (the
-  ``original_block`` ComfyUI hands in, which is any earlier pack's replace, or the block itself).
+* SD3, Flux (and Chroma, which runs Flux's blocks with its own modulations) and Wan: ``patches_replace["dit"]``
+  block replaces that call the block they replaced (the ``original_block`` ComfyUI hands in, which is any
+  earlier pack's replace, or the block itself).
 * PixArt has no replace point: an object patch on ``blocks.<i>.forward``, chained to the current one.
 
 Text tokens are never merged. Positions stay right: RoPE tables (Flux ``pe``, Wan ``freqs``) are
@@ -48,8 +49,8 @@ def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
     return tuple(patch) if len(patch) == 3 else (1, *patch)
 
 
-DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "PixArtMS": "pixart",
-               "WanModel": "wan"}  # diffusion-model class name -> adapter family
+DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "Chroma": "flux",
+               "PixArtMS": "pixart", "WanModel": "wan"}  # diffusion-model class name -> adapter family
 JOINT_FAMILIES = {"sd3", "flux"}  # text and image tokens share one attention (text first)
 IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
 
