@@ -155,7 +155,8 @@ class TokenPlanner:
         importance = self.state.importance
         if importance is None:
             return None  # warm-up before the first map, or no signal at all: spatial ToMe
-        expected = (samples, *((frames,) if frames > 1 else ()), *latent_hw)
+        # video-shaped latents ([B, C, T, H, W]: Wan, QwenImage) give [S, T, H, W] maps, even with one frame
+        expected = (samples, *((frames,) if importance.ndim == 4 else ()), *latent_hw)
         if tuple(importance.shape) != expected:
             self.state.warn_once("importance_shape", f"tokenmerge: importance map {tuple(importance.shape)} does "
                                  f"not match the call's latent {list(expected)} (area conditioning?); spatial "

@@ -168,3 +168,14 @@ def test_text_tokens_are_never_merged(nodes, dits):
     assert [img for _, img in seen["merged"]] == [8, 8]  # both blocks merged: 16 -> 8 image tokens
     assert all(txt.shape == seen["plain"][0][0].shape for txt, _ in seen["merged"])
     assert torch.equal(seen["merged"][0][0], seen["plain"][0][0])
+
+
+def test_a_single_frame_video_latent_merges_by_importance(nodes, dits):
+    """Regression: a [B, C, 1, H, W] latent gives [S, 1, H, W] maps, which were taken for a mismatched latent, so
+    Wan image generation (one frame) merged by spatial ToMe only."""
+    family = tiny_models.FAMILIES["wan21"]
+    patched = nodes.TokenMergeImportance.execute(dits["wan21"], 0.5)[0]
+    sample(patched, family, steps=4, frames=1)
+    counters = state_of(patched).counters
+    assert counters["importance_calls"] > 0
+    assert counters["skipped"] == 0
