@@ -88,6 +88,12 @@ CHROMA_TINY = {
     "n_layers": 1,
 }
 
+# QwenImage: joint text-image blocks like Flux's double blocks; the RoPE axes fix the head dim at 128.
+QWEN_IMAGE_TINY = {
+    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+    "attention_head_dim": 128, "num_attention_heads": 2, "joint_attention_dim": 64, "axes_dims_rope": (16, 56, 56),
+}
+
 PIXART_ALPHA_TINY = {
     "image_model": "pixart_alpha", "in_channels": 4, "patch_size": 2, "hidden_size": 96, "num_heads": 2,
     "depth": 2, "caption_channels": 64, "model_max_length": 120, "micro_condition": True,
@@ -120,6 +126,7 @@ class TinyFamily:
     context_dim: int
     pooled_dim: int = 0
     video: bool = False  # latent [B, C, T, H, W]
+    single_frame: bool = False  # a video-shaped latent that always has T = 1 (QwenImage's image latents)
     # Smallest image side (pixels) the upstream model accepts: PixArt's sin-cos position embedding
     # divides by round(mean latent side / 64), which is 0 below 256 px.
     min_side: int = 64
@@ -129,7 +136,8 @@ class TinyFamily:
         """Zero latent for an image of ``height`` x ``width`` pixels (1/8 scale), like the Empty*Latent nodes."""
         spatial = (height // 8, width // 8)
         if self.video:
-            return torch.zeros(batch, self.latent_channels, (frames - 1) // 4 + 1, *spatial)
+            latent_frames = 1 if self.single_frame else (frames - 1) // 4 + 1
+            return torch.zeros(batch, self.latent_channels, latent_frames, *spatial)
         return torch.zeros(batch, self.latent_channels, *spatial)
 
     def conditioning(self, seed: int, tokens: int = 16) -> list:
@@ -153,6 +161,8 @@ FAMILIES: dict[str, TinyFamily] = {
                    cond_extras={"guidance": 3.5}),
         # Chroma ignores the pooled output, but model_base.Flux's conditioning asks for one.
         TinyFamily("chroma", "Chroma", CHROMA_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
+        TinyFamily("qwen_image", "QwenImage", QWEN_IMAGE_TINY, latent_channels=16, context_dim=64, video=True,
+                   single_frame=True),
         TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
                    min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),

@@ -1,12 +1,12 @@
-"""Diffusion-transformer adapters (SD3/3.5, Flux, Chroma, PixArt alpha/sigma, Wan 2.1): merge only the image tokens
-that enter a block, run the block on fewer tokens, unmerge its image output.
+"""Diffusion-transformer adapters (SD3/3.5, Flux, Chroma, QwenImage, PixArt alpha/sigma, Wan 2.1): merge only the
+image tokens that enter a block, run the block on fewer tokens, unmerge its image output.
 
-* SD3, Flux (and Chroma, which runs Flux's blocks with its own modulations) and Wan: ``patches_replace["dit"]``
-  block replaces that call the block they replaced (the ``original_block`` ComfyUI hands in, which is any
-  earlier pack's replace, or the block itself).
+* SD3, Flux (and Chroma, which runs Flux's blocks with its own modulations), QwenImage and Wan:
+  ``patches_replace["dit"]`` block replaces that call the block they replaced (the ``original_block`` ComfyUI
+  hands in, which is any earlier pack's replace, or the block itself).
 * PixArt has no replace point: an object patch on ``blocks.<i>.forward``, chained to the current one.
 
-Text tokens are never merged. Positions stay right: RoPE tables (Flux ``pe``, Wan ``freqs``) are
+Text tokens are never merged. Positions stay right: RoPE tables (Flux/QwenImage ``pe``, Wan ``freqs``) are
 gathered for the kept tokens, which keep their own position (a destination keeps its own); SD3 and
 PixArt add absolute embeddings before the blocks. Modulation is per sample and broadcasts over any
 token count. Wan merges within frames, so every frame keeps the same number of tokens.
@@ -50,8 +50,9 @@ def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
 
 
 DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "Chroma": "flux",
-               "PixArtMS": "pixart", "WanModel": "wan"}  # diffusion-model class name -> adapter family
-JOINT_FAMILIES = {"sd3", "flux"}  # text and image tokens share one attention (text first)
+               "QwenImageTransformer2DModel": "qwen", "PixArtMS": "pixart",
+               "WanModel": "wan"}  # diffusion-model class name -> adapter family
+JOINT_FAMILIES = {"sd3", "flux", "qwen"}  # text and image tokens share one attention (text first)
 IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
 
 
@@ -81,6 +82,8 @@ def block_keys(diffusion_model: torch.nn.Module, family: str) -> list[tuple[str,
         return [("double_block", i) for i in range(len(diffusion_model.joint_blocks))]
     if family == "wan":
         return [("double_block", i) for i in range(len(diffusion_model.blocks))]
+    if family == "qwen":
+        return [("double_block", i) for i in range(len(diffusion_model.transformer_blocks))]
     return [("block", i) for i in range(len(diffusion_model.blocks))]
 
 
@@ -255,7 +258,7 @@ class DiTMerger:
         order = kept_order(plan)
         if self.family == "wan":  # freqs [1, L, 1, D/2, 2, 2]: image tokens only
             return take_tokens(pe, 1, order)
-        # Flux pe [B, 1, L_txt + L_img, D/2, 2, 2], text first
+        # Flux / QwenImage pe [B, 1, L_txt + L_img, D/2, 2, 2], text first
         txt_len = pe.shape[2] - plan.num_tokens
         image = take_tokens(pe[:, :, txt_len:], 2, order)
         text = pe[:, :, :txt_len].expand(image.shape[0], *pe.shape[1:2], txt_len, *pe.shape[3:])
@@ -291,6 +294,7 @@ class DiTMerger:
 # The image-token MLP of each family's block, for the SDTM detail stage (Flux single blocks fuse the MLP
 # with attention in one linear layer and have none).
 MLP_PATHS = {"sd3": "joint_blocks.{i}.x_block.mlp", "flux": "double_blocks.{i}.img_mlp",
+             "qwen": "transformer_blocks.{i}.img_mlp",
              "pixart": "blocks.{i}.mlp", "wan": "blocks.{i}.ffn"}
 
 

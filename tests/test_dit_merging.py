@@ -1,5 +1,5 @@
-"""Importance merging and spatial ToMe on the tiny DiTs (SD3, Flux, Chroma, PixArt-alpha, Wan 2.1) through the real
-ComfyUI."""
+"""Importance merging and spatial ToMe on the tiny DiTs (SD3, Flux, Chroma, QwenImage, PixArt-alpha, Wan 2.1) through
+the real ComfyUI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "chroma", "pixart_alpha", "wan21"]
+DIT_FAMILIES = ["sd3", "flux", "chroma", "qwen_image", "pixart_alpha", "wan21"]
 
 
 @pytest.fixture(scope="module")
