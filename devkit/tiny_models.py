@@ -107,11 +107,18 @@ WAN21_TINY = {
 }
 
 
-# Lumina 2 (NextDiT): not supported by the merging nodes yet, used to test the pass-through path.
+# Lumina 2 (NextDiT).
 LUMINA2_TINY = {
     "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 1,
     "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512], "qk_norm": True,
     "ffn_dim_multiplier": 4.0, "rope_theta": 10000.0,
+}
+
+# AuraFlow: not supported by the merging nodes, used to test the pass-through path. Its diffusion model class is
+# also named MMDiT, like SD3's base class, which must not make it pass for SD3.
+AURAFLOW_TINY = {
+    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+    "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64, "max_seq": 256,
 }
 
 
@@ -149,7 +156,7 @@ class TinyFamily:
         return [[torch.randn(1, tokens, self.context_dim, generator=gen), extras]]
 
 
-UNSUPPORTED_FAMILY = TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64)
+UNSUPPORTED_FAMILY = TinyFamily("auraflow", "AuraFlow", AURAFLOW_TINY, latent_channels=4, context_dim=64)
 
 FAMILIES: dict[str, TinyFamily] = {
     family.name: family

@@ -49,9 +49,16 @@ def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
     return tuple(patch) if len(patch) == 3 else (1, *patch)
 
 
-DIT_CLASSES = {"OpenAISignatureMMDITWrapper": "sd3", "MMDiT": "sd3", "Flux": "flux", "Chroma": "flux",
-               "QwenImageTransformer2DModel": "qwen", "PixArtMS": "pixart",
-               "WanModel": "wan"}  # diffusion-model class name -> adapter family
+# diffusion-model class (module and name: AuraFlow's class is also called MMDiT) -> adapter family
+DIT_CLASSES = {
+    "comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper": "sd3",
+    "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT": "sd3",
+    "comfy.ldm.flux.model.Flux": "flux",
+    "comfy.ldm.chroma.model.Chroma": "flux",
+    "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel": "qwen",
+    "comfy.ldm.pixart.pixartms.PixArtMS": "pixart",
+    "comfy.ldm.wan.model.WanModel": "wan",
+}
 JOINT_FAMILIES = {"sd3", "flux", "qwen"}  # text and image tokens share one attention (text first)
 IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
 
@@ -70,7 +77,8 @@ def ignored_attention_options(config: MergeConfig, family: str) -> list[str]:
 
 def dit_family(diffusion_model: torch.nn.Module) -> str | None:
     """Which adapter handles this diffusion model, by its class."""
-    return DIT_CLASSES.get(type(diffusion_model).__name__)
+    cls = type(diffusion_model)
+    return DIT_CLASSES.get(f"{cls.__module__}.{cls.__qualname__}")
 
 
 def block_keys(diffusion_model: torch.nn.Module, family: str) -> list[tuple[str, int]]:
