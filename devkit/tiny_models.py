@@ -109,7 +109,7 @@ WAN21_TINY = {
 
 # Lumina 2 (NextDiT).
 LUMINA2_TINY = {
-    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 1,
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 2,
     "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512], "qk_norm": True,
     "ffn_dim_multiplier": 4.0, "rope_theta": 10000.0,
 }
@@ -170,6 +170,7 @@ FAMILIES: dict[str, TinyFamily] = {
         TinyFamily("chroma", "Chroma", CHROMA_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
         TinyFamily("qwen_image", "QwenImage", QWEN_IMAGE_TINY, latent_channels=16, context_dim=64, video=True,
                    single_frame=True),
+        TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64),
         TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
                    min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),

@@ -17,7 +17,9 @@ query whose unmerged attention puts mass ``a`` on the text keys, the mass become
 
     a' = s a / (s a + (1 - a)),
 
-i.e. the odds of attending to the prompt are multiplied by ``s``; ``s = 1`` changes nothing.
+i.e. the odds of attending to the prompt are multiplied by ``s``; ``s = 1`` changes nothing. The glue applies
+the scale of the current stage to every block call SDTM plans (the detail stage's MLP-only calls included,
+whose attention runs on all tokens); protected steps and calls outside the run window run unbiased.
 
 Both are one additive bias per key, ``[B, L_keys]``, built here and added to the attention logits through
 the attention mask (``log`` of a count, never ``-inf``, so rows never go empty).

@@ -8,10 +8,10 @@ the override that was there before (another pack's), or the attention function i
 patched, and the override lives for one block call.
 
 Which attention calls of the block get a bias: those whose queries and keys are the block's merged token
-sequence, recognised by length: ``text + image`` (joint attention; text first) or ``image`` alone (image
-self-attention: Wan, the extra self-attention of SD3.5's MMDiT-X). Each length is biased once per block
-call, in the order the block runs its attentions, so Wan's cross-attention (after its self-attention) is
-never biased even when the prompt happens to have as many tokens as the merged image.
+sequence, recognised by length: ``text + image (+ pad)`` (joint attention; text first, Lumina 2's pad tokens
+last) or ``image`` alone (image self-attention: Wan, the extra self-attention of SD3.5's MMDiT-X). Each
+length is biased once per block call, in the order the block runs its attentions, so Wan's cross-attention
+(after its self-attention) is never biased even when the prompt has as many tokens as the merged image.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides
                                           prompt_scale_detail=prompt_scale_detail, **settings)[0]
 
 
-@pytest.mark.parametrize("name", ["flux", "chroma", "qwen_image", "sd3"])
+@pytest.mark.parametrize("name", ["flux", "chroma", "qwen_image", "lumina2", "sd3"])
 def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pack, name):
     family = tiny_models.FAMILIES[name]
     base = tiny_models.build_patcher(name, seed=0)
@@ -167,7 +167,7 @@ def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pac
 def test_proportional_attention_on_each_family_keeps_sampling_deterministic(pack):
     from tokenmerge.nodes.importance import TokenMergeImportanceAdvanced
 
-    for name in ("sd3", "flux", "chroma", "qwen_image", "wan21"):
+    for name in ("sd3", "flux", "chroma", "qwen_image", "lumina2", "wan21"):
         family = tiny_models.FAMILIES[name]
         base = tiny_models.build_patcher(name, seed=0)
         settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
