@@ -68,7 +68,7 @@ def proportional_attention_input() -> io.Boolean.Input:
         "proportional_attention", default=False, optional=True, **ADVANCED,
         tooltip="DiTs: add log(number of tokens a merged token stands for) to its attention logit (ToMe's "
                 "proportional attention), so merged regions keep their share of the attention. Off until the "
-                "quality benchmark settles it. PixArt and UNets ignore it.")
+                "quality benchmark settles it. PixArt and UNets ignore it (one warning).")
 
 
 def operation_inputs() -> list[io.Boolean.Input]:

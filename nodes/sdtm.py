@@ -11,13 +11,13 @@ from ._comfy_api import ADVANCED, io
 from .importance import CATEGORY, block_range_inputs, proportional_attention_input, run_window_inputs, seed_input
 
 DESCRIPTION = ("Structure-then-detail token merging (SDTM, CVPR 2025, arXiv 2505.11707) for diffusion transformers "
-               "(SD3/3.5, Flux, PixArt, Wan): whole similar windows collapse while the structure forms, then the "
-               "tokens kept dependent longest anchor a global merge of the details. Every third step runs in full "
-               "and refreshes a cache that merged tokens blend with.")
+               "(SD3/3.5, Flux, Chroma, QwenImage, PixArt, Lumina 2, Wan): whole similar windows collapse while the "
+               "structure forms, then the tokens kept dependent longest anchor a global merge of the details. Every "
+               "third step runs in full and refreshes a cache that merged tokens blend with.")
 PROMPT_SCALE_TOOLTIP = ("Prompt reweighting (SDTM) in the {stage} stage: the text keys of joint attention get "
                         "log(scale) added, multiplying the odds of attending to the prompt by scale (1 = off, the "
-                        "default until the quality benchmark settles it). SD3 and Flux only; cross-attention "
-                        "models (Wan, PixArt) ignore it.")
+                        "default until the quality benchmark settles it). Joint-attention models (SD3, Flux, Chroma, "
+                        "QwenImage, Lumina 2); cross-attention models (Wan, PixArt) ignore it.")
 RATIO_TOOLTIP = ("Centre of the fraction of image tokens merged away; the run starts at ratio + deviation and ends "
                  "at ratio - deviation (cosine). 0 returns the model unpatched.")
 
