@@ -79,6 +79,21 @@ FLUX_TINY = {
     "theta": 10000, "qkv_bias": True, "guidance_embed": True, "context_in_dim": 64, "vec_in_dim": 64,
 }
 
+# Chroma: Flux's blocks with per-block modulations from a small approximator (344 vectors, in_dim 64 as
+# model_detection sets); latent channels are patchified before img_in, hence 64 in/out channels.
+CHROMA_TINY = {
+    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2, "hidden_size": 256,
+    "num_heads": 2, "mlp_ratio": 4.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
+    "theta": 10000, "qkv_bias": True, "context_in_dim": 64, "in_dim": 64, "out_dim": 256, "hidden_dim": 64,
+    "n_layers": 1,
+}
+
+# QwenImage: joint text-image blocks like Flux's double blocks; the RoPE axes fix the head dim at 128.
+QWEN_IMAGE_TINY = {
+    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+    "attention_head_dim": 128, "num_attention_heads": 2, "joint_attention_dim": 64, "axes_dims_rope": (16, 56, 56),
+}
+
 PIXART_ALPHA_TINY = {
     "image_model": "pixart_alpha", "in_channels": 4, "patch_size": 2, "hidden_size": 96, "num_heads": 2,
     "depth": 2, "caption_channels": 64, "model_max_length": 120, "micro_condition": True,
@@ -92,11 +107,18 @@ WAN21_TINY = {
 }
 
 
-# Lumina 2 (NextDiT): not supported by the merging nodes yet, used to test the pass-through path.
+# Lumina 2 (NextDiT).
 LUMINA2_TINY = {
-    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 1,
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 2,
     "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512], "qk_norm": True,
     "ffn_dim_multiplier": 4.0, "rope_theta": 10000.0,
+}
+
+# AuraFlow: not supported by the merging nodes, used to test the pass-through path. Its diffusion model class is
+# also named MMDiT, like SD3's base class, which must not make it pass for SD3.
+AURAFLOW_TINY = {
+    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+    "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64, "max_seq": 256,
 }
 
 
@@ -111,6 +133,7 @@ class TinyFamily:
     context_dim: int
     pooled_dim: int = 0
     video: bool = False  # latent [B, C, T, H, W]
+    single_frame: bool = False  # a video-shaped latent that always has T = 1 (QwenImage's image latents)
     # Smallest image side (pixels) the upstream model accepts: PixArt's sin-cos position embedding
     # divides by round(mean latent side / 64), which is 0 below 256 px.
     min_side: int = 64
@@ -120,7 +143,8 @@ class TinyFamily:
         """Zero latent for an image of ``height`` x ``width`` pixels (1/8 scale), like the Empty*Latent nodes."""
         spatial = (height // 8, width // 8)
         if self.video:
-            return torch.zeros(batch, self.latent_channels, (frames - 1) // 4 + 1, *spatial)
+            latent_frames = 1 if self.single_frame else (frames - 1) // 4 + 1
+            return torch.zeros(batch, self.latent_channels, latent_frames, *spatial)
         return torch.zeros(batch, self.latent_channels, *spatial)
 
     def conditioning(self, seed: int, tokens: int = 16) -> list:
@@ -132,7 +156,7 @@ class TinyFamily:
         return [[torch.randn(1, tokens, self.context_dim, generator=gen), extras]]
 
 
-UNSUPPORTED_FAMILY = TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64)
+UNSUPPORTED_FAMILY = TinyFamily("auraflow", "AuraFlow", AURAFLOW_TINY, latent_channels=4, context_dim=64)
 
 FAMILIES: dict[str, TinyFamily] = {
     family.name: family
@@ -142,6 +166,11 @@ FAMILIES: dict[str, TinyFamily] = {
         TinyFamily("sd3", "SD3", SD3_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
         TinyFamily("flux", "Flux", FLUX_TINY, latent_channels=16, context_dim=64, pooled_dim=64,
                    cond_extras={"guidance": 3.5}),
+        # Chroma ignores the pooled output, but model_base.Flux's conditioning asks for one.
+        TinyFamily("chroma", "Chroma", CHROMA_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
+        TinyFamily("qwen_image", "QwenImage", QWEN_IMAGE_TINY, latent_channels=16, context_dim=64, video=True,
+                   single_frame=True),
+        TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64),
         TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
                    min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),

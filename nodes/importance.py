@@ -76,6 +76,14 @@ def block_range_inputs(start: float = 0.25, end: float = 0.75) -> list[io.Float.
     ]
 
 
+def proportional_attention_input() -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "proportional_attention", default=False, optional=True, **ADVANCED,
+        tooltip="DiTs: add log(number of tokens a merged token stands for) to its attention logit (ToMe's "
+                "proportional attention), so merged regions keep their share of the attention. Off until the "
+                "quality benchmark settles it. PixArt and UNets ignore it (one warning).")
+
+
 def operation_inputs() -> list[io.Boolean.Input]:
     """What besides self-attention runs on merged tokens (UNets; DiT blocks merge as a whole)."""
     return [
@@ -152,6 +160,7 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                                        "prediction changed since the last step. auto: tome for UNets, "
                                        "x0_change for DiTs."),
                 *block_range_inputs(),
+                proportional_attention_input(),
             ],
         )
 
@@ -159,13 +168,15 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
     def execute(cls, model, ratio: float, max_downsample: str, dst_fraction: float, pool_factor: float,
                 dst_mode: str, merge_cross_attention: bool, merge_feed_forward: bool, prune_until: float,
                 start_percent: float, end_percent: float, seed: int, fallback: str = AUTO,
-                block_start: float = 0.25, block_end: float = 0.75) -> io.NodeOutput:
+                block_start: float = 0.25, block_end: float = 0.75,
+                proportional_attention: bool = False) -> io.NodeOutput:
         config = MergeConfig(
             Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, max_downsample),
             dst_fraction=dst_fraction, pool_factor=pool_factor, dst_mode=DstMode(dst_mode),
             merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward, prune_until=prune_until,
             start_percent=start_percent, end_percent=end_percent, seed=seed,
             fallback=resolve_fallback(model, fallback), block_range=(block_start, block_end),
+            proportional_attention=proportional_attention,
         )
         return patched_output(cls, model, config)
 

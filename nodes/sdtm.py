@@ -7,12 +7,24 @@ from __future__ import annotations
 
 from ..patching.config import DetailDestination, MergeConfig, Method
 from ._comfy_api import ADVANCED, io
-from .importance import CATEGORY, HIDDEN, block_range_inputs, patched_output, run_window_inputs, seed_input
+from .importance import (
+    CATEGORY,
+    HIDDEN,
+    block_range_inputs,
+    patched_output,
+    proportional_attention_input,
+    run_window_inputs,
+    seed_input,
+)
 
 DESCRIPTION = ("Structure-then-detail token merging (SDTM, CVPR 2025, arXiv 2505.11707) for diffusion transformers "
-               "(SD3/3.5, Flux, PixArt, Wan): whole similar windows collapse while the structure forms, then the "
-               "tokens kept dependent longest anchor a global merge of the details. Every third step runs in full "
-               "and refreshes a cache that merged tokens blend with.")
+               "(SD3/3.5, Flux, Chroma, QwenImage, PixArt, Lumina 2, Wan): whole similar windows collapse while the "
+               "structure forms, then the tokens kept dependent longest anchor a global merge of the details. Every "
+               "third step runs in full and refreshes a cache that merged tokens blend with.")
+PROMPT_SCALE_TOOLTIP = ("Prompt reweighting (SDTM) in the {stage} stage: the text keys of joint attention get "
+                        "log(scale) added, multiplying the odds of attending to the prompt by scale (1 = off, the "
+                        "default until the quality benchmark settles it). Joint-attention models (SD3, Flux, Chroma, "
+                        "QwenImage, Lumina 2); cross-attention models (Wan, PixArt) ignore it.")
 RATIO_TOOLTIP = ("Centre of the fraction of image tokens merged away; the run starts at ratio + deviation and ends "
                  "at ratio - deviation (cosine). 0 returns the model unpatched.")
 
@@ -78,6 +90,10 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
                 *run_window_inputs(),
                 seed_input(),
                 *block_range_inputs(0.0, 1.0),
+                proportional_attention_input(),
+                *(io.Float.Input(f"prompt_scale_{stage}", default=1.0, min=0.1, max=10.0, step=0.05, optional=True,
+                                 **ADVANCED, tooltip=PROMPT_SCALE_TOOLTIP.format(stage=stage))
+                  for stage in ("structure", "detail")),
             ],
             outputs=_output(),
             hidden=HIDDEN,
@@ -87,13 +103,16 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
     def execute(cls, model, ratio: float, deviation: float, switch_percent: float, window_y: int, window_x: int,
                 similarity_weight: float, detail_destination: str, detail_mlp_only: bool, protect_every: int,
                 cache_weight: float, cache_limit_mb: int, start_percent: float, end_percent: float, seed: int,
-                block_start: float = 0.0, block_end: float = 1.0) -> io.NodeOutput:
+                block_start: float = 0.0, block_end: float = 1.0, proportional_attention: bool = False,
+                prompt_scale_structure: float = 1.0, prompt_scale_detail: float = 1.0) -> io.NodeOutput:
         config = MergeConfig(
             Method.SDTM, ratio=ratio, max_downsample=1, window=(window_y, window_x), prune_until=0.0,
             start_percent=start_percent, end_percent=end_percent, seed=seed, block_range=(block_start, block_end),
             deviation=deviation, switch_percent=switch_percent, similarity_weight=similarity_weight,
             detail_destination=DetailDestination(detail_destination), detail_mlp_only=detail_mlp_only,
             protect_every=protect_every, cache_weight=cache_weight, cache_limit_mb=cache_limit_mb,
+            proportional_attention=proportional_attention, prompt_scale_structure=prompt_scale_structure,
+            prompt_scale_detail=prompt_scale_detail,
         )
         return patched_output(cls, model, config)
 

@@ -9,7 +9,17 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .capture import ImportanceCapture
 from .config import DetailDestination, MergeConfig, Method
-from .dit import DIT_CLASSES, DiTMerger, block_keys, dit_family, mlp_path, selected_blocks, spatial_patch
+from .dit import (
+    BLOCK_MODULES,
+    DIT_CLASSES,
+    DiTMerger,
+    block_keys,
+    dit_family,
+    ignored_attention_options,
+    mlp_path,
+    selected_blocks,
+    spatial_patch,
+)
 from .live import publish
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
@@ -88,11 +98,12 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
     switch_sigma = None
     if config.method is Method.SDTM:  # the stage switch, converted to a sigma once
         switch_sigma = float(model.get_model_object("model_sampling").percent_to_sigma(config.switch_percent))
-    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), switch_sigma)
+    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), switch_sigma,
+                       getattr(diffusion_model, "pad_tokens_multiple", None))
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for key in selected_blocks(block_keys(diffusion_model, family), config.block_range):
-        if family == "pixart":
-            name = f"diffusion_model.blocks.{key[1]}.forward"
+        if family in BLOCK_MODULES:  # no replace point: an object patch on the block's forward
+            name = f"diffusion_model.{BLOCK_MODULES[family]}.{key[1]}.forward"
             patched.add_object_patch(name, merger.block_forward(patched.get_model_object(name), key))
         else:
             patched.set_model_patch_replace(merger.block_replace(key, existing.get(key)), "dit", *key)
@@ -121,6 +132,9 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
         logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
                        "unpatched", family)
         return model
+    ignored = ignored_attention_options(config, family)
+    if ignored:
+        logger.warning("tokenmerge: %s cannot act on %s models and is ignored", ", ".join(ignored), family)
     patched = model.clone()
     state = MergeState()
     if family == "unet":

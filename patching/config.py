@@ -64,6 +64,11 @@ class MergeConfig:
     protect_every: int = 3  # every k-th step runs in full and refreshes the cache (0 = never)
     cache_weight: float = 0.2  # mcw: merged tokens take mcw x computed + (1 - mcw) x cached block update
     cache_limit_mb: int = 2048  # upper bound of the protected-step cache
+    # Attention over merged tokens (merging/attention_bias.py); off / 1.0 until the quality benchmark picks values
+    proportional_attention: bool = False  # DiTs: add log(multiplicity) to the logits of merged keys
+    prompt_scale_structure: float = 1.0  # SDTM joint attention: text keys get log(scale) in the structure stage
+    prompt_scale_detail: float = 1.0  # ... and in the detail stage
+
     @property
     def max_ratio(self) -> float:
         if self.method is Method.IMPORTANCE:
@@ -98,6 +103,8 @@ class MergeConfig:
         _check_range("protect_every", self.protect_every, 0, 100)
         _check_range("cache_weight", self.cache_weight, 0.0, 1.0)
         _check_range("cache_limit_mb", self.cache_limit_mb, 0, 1 << 20)
+        for name in ("prompt_scale_structure", "prompt_scale_detail"):
+            _check_range(name, getattr(self, name), 0.1, 10.0)
         for name, value in zip(("block_start", "block_end"), self.block_range, strict=True):
             _check_range(name, value, 0.0, 1.0)
         if self.block_range[0] >= self.block_range[1]:

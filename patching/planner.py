@@ -33,6 +33,7 @@ class Planned(NamedTuple):
     plan: MergePlan  # for every row of the call
     mode: MergeMode
     mlp_only: bool = False  # SDTM detail stage: merge only the MLP input, attention runs in full
+    text_scale: float = 1.0  # SDTM prompt reweighting of the call's stage (text keys get log(text_scale))
 
 
 def merged_forward(state: MergeState, key: object, previous: Callable[[torch.Tensor], torch.Tensor],
@@ -101,14 +102,14 @@ class TokenPlanner:
         # [chunks*S, T*n, C] -> [S*T, n, C]: one partition per sample (and frame), from its rows' mean
         metric = x.detach().view(chunks, samples, N, C).mean(0).reshape(samples * frames, n, C)
         generator = self.generator(step, key)
-        mlp_only = False
+        mlp_only, text_scale = False, 1.0
         importance = self._importance_grid(samples, frames, latent_hw, h, w) if cfg.method is Method.IMPORTANCE \
             else None
         if cfg.method is Method.SDTM:
             planned = self._sdtm(metric, h, w, r, options, generator, samples, frames, latent_hw)
             if planned is None:
                 return None
-            plan, mlp_only = planned
+            plan, mlp_only, text_scale = planned
         elif importance is not None:
             plan = importance_plan(metric, importance, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
                                    generator)
@@ -127,10 +128,10 @@ class TokenPlanner:
         state.counters["prune_calls"] += mode is MergeMode.PRUNE
         state.counters["tokens_in"] += N
         state.counters["tokens_out"] += plan.num_out
-        return Planned(plan.rows(chunks), mode, mlp_only)
+        return Planned(plan.rows(chunks), mode, mlp_only, text_scale)
 
     def _sdtm(self, metric: torch.Tensor, h: int, w: int, r: int, options: dict, generator: torch.Generator,
-              samples: int, frames: int, latent_hw: list[int]) -> tuple[MergePlan, bool] | None:
+              samples: int, frames: int, latent_hw: list[int]) -> tuple[MergePlan, bool, float] | None:
         cfg, state = self.config, self.state
         sigma = current_sigma(options)
         structure = sigma is None or self.switch_sigma is None or sigma > self.switch_sigma
@@ -149,7 +150,8 @@ class TokenPlanner:
         if plan is None:
             return None
         state.last_independent = update_last_independent(last, plan)
-        return plan, not structure and cfg.detail_mlp_only
+        text_scale = cfg.prompt_scale_structure if structure else cfg.prompt_scale_detail
+        return plan, not structure and cfg.detail_mlp_only, text_scale
 
     def _importance_grid(self, samples: int, frames: int, latent_hw: list[int], h: int, w: int,
                          ) -> torch.Tensor | None:
@@ -157,7 +159,8 @@ class TokenPlanner:
         importance = self.state.importance
         if importance is None:
             return None  # warm-up before the first map, or no signal at all: spatial ToMe
-        expected = (samples, *((frames,) if frames > 1 else ()), *latent_hw)
+        # video-shaped latents ([B, C, T, H, W]: Wan, QwenImage) give [S, T, H, W] maps, even with one frame
+        expected = (samples, *((frames,) if importance.ndim == 4 else ()), *latent_hw)
         if tuple(importance.shape) != expected:
             self.state.warn_once("importance_shape", f"tokenmerge: importance map {tuple(importance.shape)} does "
                                  f"not match the call's latent {list(expected)} (area conditioning?); spatial "

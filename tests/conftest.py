@@ -39,7 +39,7 @@ def pack():
 
 @pytest.fixture(scope="session", params=sorted(tiny_models.FAMILIES))
 def family(request) -> tiny_models.TinyFamily:
-    """Each tiny family in turn (sd15, sdxl, sd3, flux, pixart_alpha, wan21)."""
+    """Each tiny family in turn (sd15, sdxl, sd3, flux, chroma, qwen_image, pixart_alpha, lumina2, wan21)."""
     return tiny_models.FAMILIES[request.param]
 
 

@@ -1,4 +1,5 @@
-"""Importance merging and spatial ToMe on the tiny DiTs (SD3, Flux, PixArt-alpha, Wan 2.1) through the real ComfyUI."""
+"""Importance merging and spatial ToMe on the tiny DiTs (SD3, Flux, Chroma, QwenImage, PixArt-alpha, Lumina 2, Wan 2.1)
+through the real ComfyUI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from conftest import sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "pixart_alpha", "wan21"]
+DIT_FAMILIES = ["sd3", "flux", "chroma", "qwen_image", "pixart_alpha", "lumina2", "wan21"]
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,47 @@ def test_text_tokens_are_never_merged(nodes, dits):
     assert [img for _, img in seen["merged"]] == [8, 8]  # both blocks merged: 16 -> 8 image tokens
     assert all(txt.shape == seen["plain"][0][0].shape for txt, _ in seen["merged"])
     assert torch.equal(seen["merged"][0][0], seen["plain"][0][0])
+
+
+def test_a_single_frame_video_latent_merges_by_importance(nodes, dits):
+    """Regression: a [B, C, 1, H, W] latent gives [S, 1, H, W] maps, which were taken for a mismatched latent, so
+    Wan image generation (one frame) merged by spatial ToMe only."""
+    family = tiny_models.FAMILIES["wan21"]
+    patched = nodes.TokenMergeImportance.execute(dits["wan21"], 0.5)[0]
+    sample(patched, family, steps=4, frames=1)
+    counters = state_of(patched).counters
+    assert counters["importance_calls"] > 0
+    assert counters["skipped"] == 0
+
+
+def test_lumina_twin_tokens_between_caption_and_pads_give_the_unmerged_layer_output(pack, dits):
+    """A Lumina 2 layer sees cat(caption, image, pad): twin image tokens (same features, same RoPE ids) merged
+    with proportional attention leave every output token, caption and pads included, as the unmerged layer gives."""
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.dit import DiTMerger
+    from tokenmerge.patching.state import MergeState
+
+    model = dits["lumina2"].model.diffusion_model
+    layer = model.layers[0]
+    g = torch.Generator().manual_seed(0)
+    caption, h, w, pads, dim = 5, 2, 4, 2, model.dim  # 8 image tokens padded to a multiple of 5
+    img = torch.randn(1, h * w // 2, dim, generator=g).repeat_interleave(2, dim=1)  # twins side by side
+    x = torch.cat([torch.randn(1, caption, dim, generator=g), img, torch.randn(1, pads, dim, generator=g)], dim=1)
+    ids = torch.zeros(1, caption + h * w + pads, 3)
+    ids[0, :caption, 0] = torch.arange(caption) + 1.0
+    image_ids = ids[0, caption:caption + h * w].view(h, w, 3)  # pads keep ids 0, as Lumina's padding does
+    image_ids[..., 0] = caption + 1.0
+    image_ids[..., 1] = torch.arange(h).view(h, 1)
+    image_ids[..., 2] = (torch.arange(w) // 2).view(1, w)  # twins share their column id
+    freqs = model.rope_embedder(ids).movedim(1, 2)  # [1, L, 1, D/2, 2, 2]
+    adaln = torch.randn(1, min(dim, 1024), generator=g)
+    state = MergeState()
+    state.call = {"latent_shape": [1, 16, h * 2, w * 2], "cond_or_uncond": [0], "sigmas": None, "sample_sigmas": None}
+    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
+                         proportional_attention=True)
+    merger = DiTMerger(config, state, "lumina", (1, 2, 2), pad_multiple=5)
+    forward = merger.block_forward(layer.forward, ("block", 0))
+    merged = forward(x, None, freqs, adaln, transformer_options={})
+    assert state.counters["merged_calls"] == 1
+    assert state.counters["biased_calls"] == 1
+    assert torch.allclose(merged, layer(x, None, freqs, adaln, transformer_options={}), atol=1e-5)

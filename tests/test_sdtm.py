@@ -95,7 +95,18 @@ def test_protected_steps_refresh_a_bounded_cache(nodes, sd3, caplog):
     assert len([r for r in caplog.records if "cache_limit_mb=0" in r.getMessage()]) == 1
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux", "pixart_alpha", "wan21"])
+def test_flux_cache_holds_the_block_update_although_flux_blocks_add_in_place(nodes):
+    """Regression: Flux blocks add their update to the input tensor (``img += ...``), so an update taken as
+    output minus the (overwritten) input was all zeros and cache fusion blended merged tokens with nothing."""
+    flux = tiny_models.build_patcher("flux", seed=0)
+    patched = advanced(nodes, flux)
+    sample(patched, tiny_models.FAMILIES["flux"], steps=4, height=64, width=64)
+    cache = state_of(patched).block_cache
+    assert len(cache) == 2  # the double and the single block
+    assert all(update.abs().amax() > 0 for update in cache.values())
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "chroma", "qwen_image", "pixart_alpha", "lumina2", "wan21"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_sdtm_simple_node_runs_on_each_dit(nodes, name, batch):
     family = tiny_models.FAMILIES[name]

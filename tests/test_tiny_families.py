@@ -10,7 +10,7 @@ from devkit import tiny_models
 
 EXPECTED_MODEL_CLASS = {
     "sd15": "BaseModel", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux",
-    "pixart_alpha": "PixArt", "wan21": "WAN21",
+    "chroma": "Chroma", "qwen_image": "QwenImage", "pixart_alpha": "PixArt", "lumina2": "Lumina2", "wan21": "WAN21",
 }
 
 

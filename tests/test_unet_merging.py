@@ -168,11 +168,11 @@ def test_two_patched_clones_keep_separate_state(nodes, sd15):
 
 
 def test_unsupported_family_passes_through_with_one_warning(nodes, caplog):
-    lumina = tiny_models.build_patcher(tiny_models.UNSUPPORTED_FAMILY)
+    aura = tiny_models.build_patcher(tiny_models.UNSUPPORTED_FAMILY)
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
-        assert nodes.TokenMergeImportance.execute(lumina, 0.5)[0] is lumina
+        assert nodes.TokenMergeImportance.execute(aura, 0.5)[0] is aura
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "tokenmerge: Lumina2 models are not supported by this node yet; the model passes through unpatched"]
+        "tokenmerge: AuraFlow models are not supported by this node yet; the model passes through unpatched"]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -1,0 +1,226 @@
+"""Proportional attention and SDTM prompt reweighting: the pure bias, its way into the upstream attention, and
+their effect on the tiny Flux and SD3 models sampled through the real ComfyUI."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from conftest import sample, state_of
+
+from devkit import tiny_models
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_models.build_patcher("flux", seed=0)
+
+
+def test_multiplicity_and_key_bias_by_hand(pack):
+    from tokenmerge.merging.attention_bias import key_bias, multiplicity
+    from tokenmerge.merging.plan import MergePlan
+
+    # one row, 6 tokens: keep {5}, dst {0, 3}; sources 2 -> 0, 4 -> 0, 1 -> 3
+    plan = MergePlan(keep_idx=torch.tensor([[5]]), dst_idx=torch.tensor([[0, 3]]), src_idx=torch.tensor([[2, 4, 1]]),
+                     src_to_dst=torch.tensor([[0, 0, 1]]), num_tokens=6)
+    counts = multiplicity(plan)
+    assert counts.tolist() == [[1.0, 3.0, 2.0]]  # keep, then dst 0 (itself + 2 sources), dst 3 (itself + 1)
+    bias = key_bias(counts, text_tokens=2, text_scale=2.0)
+    expected = [math.log(2.0), math.log(2.0), 0.0, math.log(3.0), math.log(2.0)]
+    assert bias[0].tolist() == pytest.approx(expected)
+    assert key_bias(counts)[0].tolist() == pytest.approx(expected[2:])  # no text keys
+
+
+def test_key_bias_joins_every_mask_convention(pack):
+    from tokenmerge.merging.attention_bias import add_key_bias
+
+    bias = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])  # [B=2, Lk=3]
+    assert add_key_bias(None, bias, torch.float32).shape == (2, 1, 1, 3)
+    additive = torch.arange(6.0).view(2, 3)  # [Lq, Lk]
+    joined = add_key_bias(additive, bias, torch.float32)
+    assert joined.shape == (2, 1, 2, 3)
+    assert torch.equal(joined[1, 0], additive + bias[1])
+    keep = torch.tensor([[[True, False, True]], [[True, True, True]]])  # [B, Lq=1, Lk]
+    joined = add_key_bias(keep, bias, torch.float16)
+    assert joined.dtype == torch.float16
+    assert joined.shape == (2, 1, 1, 3)
+    assert joined[0, 0, 0, 1] == -torch.finfo(torch.float16).max  # masked stays masked
+    assert joined[0, 0, 0, 2] == 2.0
+    assert torch.equal(joined[1, 0, 0], bias[1].half())
+
+
+def test_the_override_biases_each_token_sequence_once_and_chains(pack):
+    """Wan-like block: self-attention over the merged image, then cross-attention over as many text tokens.
+    Only the first is biased; a foreign override already in the options still runs for both."""
+    from comfy.ldm.modules import attention
+    from tokenmerge.patching.attention_override import with_key_bias
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v, context = (torch.randn(1, 4, 8, generator=g) for _ in range(4))
+    seen = []
+
+    def foreign(func, *args, **kwargs):
+        seen.append(kwargs.get("mask"))
+        return func(*args, **kwargs)
+
+    bias = torch.tensor([[0.0, math.log(3.0), 0.0, 0.0]])
+    options = with_key_bias({"optimized_attention_override": foreign}, {4: bias})
+    biased = attention.attention_basic(q, k, v, heads=2, transformer_options=options)
+    cross = attention.attention_basic(q, context, context, heads=2, transformer_options=options)
+    assert seen[0] is not None
+    assert seen[1] is None  # the cross-attention of the same block is left alone
+    assert torch.equal(cross, attention.attention_basic(q, context, context, heads=2))
+    # the biased attention equals an unbiased one where key 1 appears three times
+    k3, v3 = (torch.cat([t, t[:, 1:2], t[:, 1:2]], dim=1) for t in (k, v))
+    assert torch.allclose(biased, attention.attention_basic(q, k3, v3, heads=2), atol=1e-6)
+
+
+def flux_twins(flux):
+    """Flux inputs whose image tokens come in exact twins: tokens (i, 2j) and (i, 2j + 1) have the same features
+    and the same position ids, so the same RoPE rows. Grid 2 x 4 (latent 4 x 8), 5 text tokens."""
+    model = flux.model.diffusion_model
+    g = torch.Generator().manual_seed(0)
+    h, w, txt_len, dim = 2, 4, 5, model.hidden_size
+    img = torch.randn(1, h * w // 2, dim, generator=g).repeat_interleave(2, dim=1)  # [1, 8, C], twins side by side
+    txt = torch.randn(1, txt_len, dim, generator=g)
+    img_ids = torch.zeros(h, w, 3)
+    img_ids[..., 1] = torch.arange(h).view(h, 1)
+    img_ids[..., 2] = (torch.arange(w) // 2).view(1, w)  # twins share their column id
+    ids = torch.cat([torch.zeros(1, txt_len, 3), img_ids.view(1, h * w, 3)], dim=1)
+    pe = model.pe_embedder(ids)  # [1, 1, txt + img, D/2, 2, 2]
+    vec = torch.randn(1, dim, generator=g) * 0.5
+    return model, img, txt, vec, pe
+
+
+def twin_merger(proportional):
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.dit import DiTMerger
+    from tokenmerge.patching.state import MergeState
+
+    state = MergeState()
+    state.call = {"latent_shape": [1, 16, 4, 8], "cond_or_uncond": [0], "sigmas": None, "sample_sigmas": None}
+    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
+                         proportional_attention=proportional)
+    return DiTMerger(config, state, "flux", (1, 2, 2)), state
+
+
+@pytest.mark.parametrize("proportional", [True, False])
+def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, flux, proportional):
+    """Merging exact twins (features and RoPE rows) is exact with proportional attention, for the double block
+    (text and image streams) and the single block; without it the text side gets too much attention mass."""
+    model, img, txt, vec, pe = flux_twins(flux)
+    double, single = model.double_blocks[0], model.single_blocks[0]
+
+    def run_double(args):
+        out_img, out_txt = double(img=args["img"].clone(), txt=args["txt"].clone(), vec=args["vec"], pe=args["pe"],
+                                  attn_mask=args.get("attn_mask"), transformer_options=args["transformer_options"])
+        return {"img": out_img, "txt": out_txt}
+
+    def run_single(args):
+        return {"img": single(args["img"].clone(), vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
+                              transformer_options=args["transformer_options"])}
+
+    double_args = {"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None, "transformer_options": {}}
+    single_args = {"img": torch.cat([txt, img], dim=1), "vec": vec, "pe": pe, "attn_mask": None,
+                   "transformer_options": {}}
+    merger, state = twin_merger(proportional)
+    merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
+    merged_single = merger.block_replace(("single_block", 0))(single_args, {"original_block": run_single})
+    plain_double, plain_single = run_double(double_args), run_single(single_args)
+    assert state.counters["merged_calls"] == 2
+    assert state.counters["tokens_out"] == 2 * 4  # every twin pair became one token
+    assert state.counters["biased_calls"] == (2 if proportional else 0)
+    same = [torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
+            torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
+            torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5)]
+    assert same == ([True] * 3 if proportional else [False] * 3)
+
+
+def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides):
+    from tokenmerge.nodes.sdtm import TokenMergeSDTMAdvanced
+
+    settings = {"deviation": 0.2, "switch_percent": 0.4, "window_y": 2, "window_x": 2, "similarity_weight": 0.05,
+                "detail_destination": "dependent", "detail_mlp_only": True, "protect_every": 3, "cache_weight": 0.2,
+                "cache_limit_mb": 2048, "start_percent": 0.0, "end_percent": 1.0, "seed": 0, **overrides}
+    return TokenMergeSDTMAdvanced.execute(model, 0.4, prompt_scale_structure=prompt_scale_structure,
+                                          prompt_scale_detail=prompt_scale_detail, **settings)[0]
+
+
+@pytest.mark.parametrize("name", ["flux", "chroma", "qwen_image", "lumina2", "sd3"])
+def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pack, name):
+    family = tiny_models.FAMILIES[name]
+    base = tiny_models.build_patcher(name, seed=0)
+    plain = sample(sdtm(base), family, steps=6, height=64, width=96)
+    neutral = sdtm(base, 1.0, 1.0, proportional_attention=False)
+    assert torch.equal(sample(neutral, family, steps=6, height=64, width=96), plain)
+    assert state_of(neutral).counters["biased_calls"] == 0
+    for scales in ((2.0, 1.0), (1.0, 0.5)):  # each stage on its own
+        reweighted = sdtm(base, *scales)
+        out = sample(reweighted, family, steps=6, height=64, width=96)
+        assert torch.isfinite(out).all()
+        assert not torch.equal(out, plain)
+        assert state_of(reweighted).counters["biased_calls"] > 0
+
+
+def test_proportional_attention_on_each_family_keeps_sampling_deterministic(pack):
+    from tokenmerge.nodes.importance import TokenMergeImportanceAdvanced
+
+    for name in ("sd3", "flux", "chroma", "qwen_image", "lumina2", "wan21"):
+        family = tiny_models.FAMILIES[name]
+        base = tiny_models.build_patcher(name, seed=0)
+        settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
+                    "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.0,
+                    "start_percent": 0.0, "end_percent": 1.0, "seed": 0, "block_start": 0.0, "block_end": 1.0}
+        off = TokenMergeImportanceAdvanced.execute(base, 0.5, **settings)[0]
+        on = TokenMergeImportanceAdvanced.execute(base, 0.5, proportional_attention=True, **settings)[0]
+        first = sample(on, family, steps=3, frames=5)
+        assert torch.equal(first, sample(on, family, steps=3, frames=5))
+        assert torch.isfinite(first).all()
+        assert not torch.equal(first, sample(off, family, steps=3, frames=5))
+        assert state_of(on).counters["biased_calls"] == state_of(on).counters["merged_calls"] > 0
+
+
+def test_a_foreign_attention_override_is_chained(pack, flux):
+    family = tiny_models.FAMILIES["flux"]
+    base = flux.clone()
+    masks = []
+
+    def foreign(func, *args, **kwargs):
+        masks.append(kwargs.get("mask"))
+        return func(*args, **kwargs)
+
+    base.model_options["transformer_options"]["optimized_attention_override"] = foreign
+    patched = sdtm(base, 2.0, 2.0)
+    sample(patched, family, steps=4, height=64, width=64)
+    assert masks
+    assert any(mask is not None for mask in masks)  # it saw the prompt bias of the merged calls
+    assert any(mask is None for mask in masks)  # and the plain attention of the protected step
+
+
+@pytest.mark.parametrize(("name", "settings", "ignored"), [
+    ("pixart_alpha", {"proportional_attention": True}, "proportional_attention"),
+    ("wan21", {"prompt_scale_structure": 2.0}, "prompt_scale_structure"),
+    ("sd15", {"proportional_attention": True}, "proportional_attention"),
+])
+def test_options_a_family_cannot_take_are_ignored_with_one_warning(pack, caplog, name, settings, ignored):
+    from tokenmerge.patching.apply import apply_token_merge
+    from tokenmerge.patching.config import MergeConfig, Method
+
+    method = Method.IMPORTANCE if name == "sd15" else Method.SDTM
+    config = MergeConfig(method, ratio=0.4, max_downsample=1, deviation=0.2, **settings)
+    with caplog.at_level(logging.WARNING, logger="tokenmerge"):
+        patched = apply_token_merge(tiny_models.build_patcher(name), config)
+    assert patched is not None
+    messages = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    assert len(messages) == 1
+    assert ignored in messages[0]
+
+
+@pytest.mark.parametrize(("name", "value"), [("prompt_scale_structure", 0.0), ("prompt_scale_detail", 11.0)])
+def test_out_of_range_prompt_scales_are_refused(pack, name, value):
+    from tokenmerge.patching.config import MergeConfig, Method
+
+    with pytest.raises(ValueError, match=rf"{name}={value} is out of range: allowed 0.1 to 10.0"):
+        MergeConfig(Method.SDTM, ratio=0.4, max_downsample=1, **{name: value})
