@@ -24,6 +24,8 @@ SEED_TOOLTIP = "Seed of the private generator that draws the destination tokens 
 
 
 # Every merging node sees the queued prompt, to record heatmaps when a preview downstream reads its model.
+# Its schema is not_idempotent, so another node with the same inputs (in another workflow) never hands over a
+# patched clone recording for other previews.
 HIDDEN = [io.Hidden.prompt, io.Hidden.unique_id]
 
 
@@ -61,7 +63,7 @@ def _schema(node_id: str, display_name: str, description: str, options: list) ->
             *options,
         ],
         outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
-        hidden=HIDDEN,
+        hidden=HIDDEN, not_idempotent=True,
     )
 
 

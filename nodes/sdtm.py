@@ -45,7 +45,7 @@ class TokenMergeSDTM(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(node_id="TokenMergeSDTM", display_name="Token Merge (SDTM)", category=CATEGORY,
                          description=DESCRIPTION, inputs=_model_inputs(), outputs=_output(),
-                         hidden=HIDDEN)
+                         hidden=HIDDEN, not_idempotent=True)
 
     @classmethod
     def execute(cls, model, ratio: float) -> io.NodeOutput:
@@ -96,7 +96,7 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
                   for stage in ("structure", "detail")),
             ],
             outputs=_output(),
-            hidden=HIDDEN,
+            hidden=HIDDEN, not_idempotent=True,
         )
 
     @classmethod

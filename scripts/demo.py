@@ -5,10 +5,10 @@ Run through ``make demo`` (which sets the environment up first). Steps:
 1. write the small stand-in models into ``.comfyui/standin_models`` (once);
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
 3. convert ``example_workflows/tokenmerge_demo_tiny_sd15.json`` to API format and queue it;
-4. write the output image and a timing line into the output folder (default ``demo_output/``).
+4. write the output image, the heatmap grid and a timing line into the output folder (default ``demo_output/``).
 
-The workflow merges tokens with the importance node (IBTM, ratio 0.5). The importance heatmap is
-not written yet: it needs the preview node, which has not landed; the demo says so.
+The workflow merges tokens with the importance node (IBTM, ratio 0.5) and shows its importance maps with
+the heatmap preview node, whose grid over all steps is written as ``heatmap.png``.
 """
 
 from __future__ import annotations
@@ -55,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         entry = server.run(prompt)
         wall = time.perf_counter() - started
-        images = [image for node_out in entry["outputs"].values() for image in node_out.get("images", [])]
-        image_path = out / "output.png"
-        image_path.write_bytes(server.view(images[0]))
+        image_path, heatmap_path = out / "output.png", out / "heatmap.png"
+        for node_id, node in prompt.items():
+            images = entry["outputs"].get(node_id, {}).get("images")
+            if node["class_type"] == "TokenMergeHeatmapPreview":
+                heatmap_path.write_bytes(server.view(images[0]))
+            elif images:
+                image_path.write_bytes(server.view(images[0]))
 
     sampler = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
     merge = next(node for node in prompt.values() if node["class_type"].startswith("TokenMerge"))
@@ -67,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
               f"prompt executed in {execution_seconds(entry):.2f} s on the server, {wall:.2f} s wall")
     (out / "timing.txt").write_text(timing + "\n")
     print(f"[demo] {timing}")
-    print("[demo] importance heatmap: not written yet; it needs the heatmap preview node, which has not landed")
-    print(f"[demo] files in {out}: {image_path.name}, timing.txt, workflow_api.json, server/server.log")
+    print(f"[demo] files in {out}: {image_path.name}, {heatmap_path.name}, timing.txt, workflow_api.json, "
+          "server/server.log")
     return 0
 
 

@@ -57,9 +57,11 @@ def test_demo_workflow_with_the_merging_node_runs_through_prompt(comfy_server):
     entry = comfy_server.run(prompt)
     log = comfy_server.log()
     assert "tokenmerge: merged" in log  # the end-of-run summary of the patch
-    images = [image for out in entry["outputs"].values() for image in out.get("images", [])]
-    assert len(images) == 1
-    assert png_size(comfy_server.view(images[0])) == (256, 256)
+    images = {prompt[node]["class_type"]: out["images"] for node, out in entry["outputs"].items()}
+    assert len(images["SaveImage"]) == 1
+    assert png_size(comfy_server.view(images["SaveImage"][0])) == (256, 256)
+    assert len(images["TokenMergeHeatmapPreview"]) == 1  # the importance grid, in the temp folder
+    assert images["TokenMergeHeatmapPreview"][0]["type"] == "temp"
 
 
 def test_prompt_with_a_bad_model_name_is_refused(comfy_server):
@@ -79,7 +81,9 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     timing = (out / "timing.txt").read_text()
     assert re.search(r"prompt executed in \d+\.\d\d s on the server", timing)
     assert "TokenMergeImportance ratio 0.5" in timing
-    assert "heatmap: not written yet" in done.stdout  # says so until the preview node exists
+    heatmap = png_size((out / "heatmap.png").read_bytes())  # one tile per step, labelled, over the image
+    assert heatmap[1] > 256
+    assert heatmap[0] > 256
     assert f"files in {out}" in done.stdout
 
 
