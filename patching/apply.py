@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import comfy.patcher_extension
+import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from .capture import ImportanceCapture
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 WRAPPER_KEY = "tokenmerge"
 STATE_ATTACHMENT = "tokenmerge_state"
+PREVIOUS = "tokenmerge_previous"  # on our chained replaces and object patches: what they call (None: the block)
 
 
 def model_family(model) -> str:
@@ -90,7 +92,8 @@ def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
     if config.merge_ff:
         for path, key in transformer_blocks(model.model.diffusion_model).items():
             name = f"diffusion_model.{path}.ff.forward"
-            patched.add_object_patch(name, merger.feed_forward(patched.get_model_object(name), key))
+            previous = patched.get_model_object(name)
+            patched.add_object_patch(name, _chained(merger.feed_forward(previous, key), previous))
 
 
 def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeState) -> None:
@@ -104,24 +107,71 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
     for key in selected_blocks(block_keys(diffusion_model, family), config.block_range):
         if family in BLOCK_MODULES:  # no replace point: an object patch on the block's forward
             name = f"diffusion_model.{BLOCK_MODULES[family]}.{key[1]}.forward"
-            patched.add_object_patch(name, merger.block_forward(patched.get_model_object(name), key))
+            previous = patched.get_model_object(name)
+            patched.add_object_patch(name, _chained(merger.block_forward(previous, key), previous))
         else:
-            patched.set_model_patch_replace(merger.block_replace(key, existing.get(key)), "dit", *key)
+            previous = existing.get(key)
+            patched.set_model_patch_replace(_chained(merger.block_replace(key, previous), previous), "dit", *key)
         path = mlp_path(family, key)
         if config.method is Method.SDTM and config.detail_mlp_only and path is not None:
             name = f"diffusion_model.{path}.forward"
-            patched.add_object_patch(name, merger.mlp_forward(patched.get_model_object(name), key))
+            previous = patched.get_model_object(name)
+            patched.add_object_patch(name, _chained(merger.mlp_forward(previous, key), previous))
             merger.mlp_keys.add(key)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state))
+
+
+def _chained(patch, previous):
+    """Mark ``patch`` as ours, chained to ``previous``, so a later tokenmerge node can take it out again."""
+    setattr(patch, PREVIOUS, previous)
+    return patch
+
+
+def _unchained(patch):
+    """``patch`` without our links in its chain: the foreign patch below them, or ``None`` for the model's own."""
+    while hasattr(patch, PREVIOUS):
+        patch = getattr(patch, PREVIOUS)
+    module = getattr(patch, "__self__", None)  # an nn.Module's own bound forward: no object patch at all
+    if isinstance(module, torch.nn.Module) and getattr(patch, "__func__", None) is type(module).forward:
+        return None
+    return patch
+
+
+def _remove_token_merge(patched) -> None:
+    """Take the patches of an earlier tokenmerge node out of ``patched`` (a fresh clone), keeping every foreign
+    patch they were chained to or stacked with, so the last tokenmerge node on a model wins."""
+    options = patched.model_options
+    transformer_options = options["transformer_options"]
+    patches = transformer_options.get("patches", {})
+    for name, fns in list(patches.items()):
+        patches[name] = [fn for fn in fns if not isinstance(getattr(fn, "__self__", None), UNetMerger)]
+    for slots in (*transformer_options.get("patches_replace", {}).values(), patched.object_patches):
+        for key, patch in list(slots.items()):
+            if not hasattr(patch, PREVIOUS):
+                continue
+            previous = _unchained(patch)
+            if previous is None:
+                del slots[key]
+            else:
+                slots[key] = previous
+    if "sampler_post_cfg_function" in options:
+        options["sampler_post_cfg_function"] = [fn for fn in options["sampler_post_cfg_function"]
+                                                if not isinstance(fn, ImportanceCapture)]
+    for wrapper_type in (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
+                         comfy.patcher_extension.WrappersMP.APPLY_MODEL):
+        patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)
+    patched.remove_attachments(STATE_ATTACHMENT)
 
 
 def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | None = None):
     """A clone of ``model`` that merges tokens as ``config`` says; ``model`` itself if nothing applies.
 
+    A model that an earlier tokenmerge node patched loses those patches first: the last tokenmerge node wins.
     ``previews`` maps the ids of heatmap preview nodes that consume this model to their colormaps: the
     clone records for them from its first run and streams the live view to them.
     """
-    if config.ratio == 0:
+    earlier = model.get_attachment(STATE_ATTACHMENT) is not None
+    if config.ratio == 0 and not earlier:
         return model
     family = model_family(model)
     if config.method is Method.SDTM and family == "unet":
@@ -136,6 +186,12 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
     if ignored:
         logger.warning("tokenmerge: %s cannot act on %s models and is ignored", ", ".join(ignored), family)
     patched = model.clone()
+    if earlier:
+        _remove_token_merge(patched)
+        logger.info("tokenmerge: the model already carries token merging from an earlier tokenmerge node; this "
+                    "node's settings replace it (the last tokenmerge node wins)")
+        if config.ratio == 0:
+            return patched
     state = MergeState()
     if family == "unet":
         _patch_unet(patched, model, config, state)

@@ -80,6 +80,7 @@ class MergeConfig:
         return round(1.0 - 1.0 / (sy * sx), 6)
 
     def __post_init__(self) -> None:
+        _check_range("ratio", self.ratio, 0.0, 1.0)  # first: the SDTM node derives its deviation from the ratio
         _check_range("dst_fraction", self.dst_fraction, 0.05, 0.9)
         _check_range("pool_factor", self.pool_factor, 1.0, 4.0)
         for name, size in zip(("window_y", "window_x"), self.window, strict=True):
@@ -95,7 +96,7 @@ class MergeConfig:
             _check_range(name, getattr(self, name), 0.0, 1.0)
         if self.start_percent >= self.end_percent:
             raise ValueError(f"start_percent={self.start_percent} must be below end_percent={self.end_percent}")
-        _check_range("seed", self.seed, 0, 2**63 - 1)
+        _check_range("seed", self.seed, 0, 2**31 - 1)  # the nodes' range
         if self.method is Method.SDTM and self.deviation > self.ratio:
             raise ValueError(f"deviation={self.deviation} is out of range: allowed 0.0 to ratio={self.ratio}")
         _check_range("switch_percent", self.switch_percent, 0.0, 1.0)

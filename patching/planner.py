@@ -90,6 +90,11 @@ class TokenPlanner:
             self.skip("layout", f"unexpected block input {tuple(x.shape)} for {chunks} chunks and a "
                       f"{frames}x{h}x{w} grid (a foreign patch changed the tokens?)")
             return None
+        sy, sx = cfg.window
+        if h < 2 * sy or w < 2 * sx:  # a latent this small gains nothing from merging, only distortion
+            self.skip("small_grid", f"the {h}x{w} token grid is too small to merge (it needs at least 2x2 "
+                      f"windows of {sy}x{sx} tokens)")
+            return None
         step, progress = step_position(options)
         if not cfg.start_percent <= progress <= cfg.end_percent:
             return None
