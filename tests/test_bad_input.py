@@ -59,12 +59,12 @@ def test_every_numeric_input_of_every_node_is_refused_outside_its_range(pack, mo
 @pytest.mark.parametrize("index", range(5))
 def test_an_unsupported_family_passes_through_every_node_with_one_warning(pack, index, caplog):
     node = node_classes()[index]
-    lumina = tiny_models.build_patcher(tiny_models.UNSUPPORTED_FAMILY)
+    unsupported = tiny_models.build_patcher(tiny_models.UNSUPPORTED_FAMILY)
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
-        assert node.execute(lumina, **defaults(node))[0] is lumina
+        assert node.execute(unsupported, **defaults(node))[0] is unsupported
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
-    assert "Lumina2" in warnings[0]
+    assert tiny_models.UNSUPPORTED_FAMILY.model_config in warnings[0]
 
 
 def test_a_foreign_patch_that_adds_tokens_skips_merging_with_one_warning_on_a_unet(pack, models, caplog):

@@ -129,3 +129,34 @@ def test_sdtm_node_runs_through_prompt_at_cfg_one(comfy_server):
                                         batch=1))
     assert len(entry["outputs"]["10"]["images"]) == 1
     assert comfy_server.log().count("SDTM ran") == before + 1  # the run summary of the protected steps
+
+
+def test_removing_the_merging_node_gives_exactly_the_unpatched_output(comfy_server):
+    """Bypass: without the node, with it (merging the feed-forward too), then without it again; the last run is
+    recomputed (not served from the cache) and its image is bitwise the first one."""
+    base = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+    merge_id = next(k for k, n in base.items() if n["class_type"] == "TokenMergeImportance")
+    sampler_id = next(k for k, n in base.items() if n["class_type"] == "KSampler")
+    save_id = next(k for k, n in base.items() if n["class_type"] == "SaveImage")
+    base[sampler_id]["inputs"]["seed"] = 777
+    unpatched = {k: n for k, n in base.items() if n["class_type"] != "TokenMergeHeatmapPreview" and k != merge_id}
+    unpatched[sampler_id] = {**base[sampler_id], "inputs": {**base[sampler_id]["inputs"],
+                                                            "model": base[merge_id]["inputs"]["model"]}}
+    patched = {k: n for k, n in base.items() if n["class_type"] != "TokenMergeHeatmapPreview"}
+    patched[merge_id] = {"class_type": "TokenMergeImportanceAdvanced", "inputs": {
+        **base[merge_id]["inputs"], "max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4,
+        "dst_mode": "random", "merge_cross_attention": True, "merge_feed_forward": True, "prune_until": 0.1,
+        "start_percent": 0.0, "end_percent": 1.0, "seed": 0}}
+
+    def image_and_cached(prompt: dict) -> tuple[bytes, set]:
+        entry = comfy_server.run(prompt)
+        cached = {node for kind, data in entry["status"]["messages"] if kind == "execution_cached"
+                  for node in data["nodes"]}
+        return comfy_server.view(entry["outputs"][save_id]["images"][0]), cached
+
+    first, _ = image_and_cached(unpatched)
+    merged, _ = image_and_cached(patched)
+    again, cached = image_and_cached(unpatched)
+    assert sampler_id not in cached
+    assert merged != first
+    assert again == first
