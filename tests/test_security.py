@@ -52,9 +52,15 @@ def test_runtime_module_loads_no_pickles_and_opens_no_network(path):
 @pytest.mark.parametrize("path", RUNTIME_SOURCES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_runtime_module_writes_files_only_through_comfyui_folders(path):
     source = path.read_text()
-    writers = [ast.unparse(call) for call in calls(ast.parse(source))
-               if call_name(call) in ("open", "os.makedirs", "torch.save")
-               or call_name(call).endswith((".save", ".save_file", ".write_text", ".write_bytes"))]
+    tree = ast.parse(source)
+    # Buffers in memory (``buffer = io.BytesIO()``; ``image.save(buffer)``) are not files.
+    in_memory = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Call) and call_name(node.value).endswith("BytesIO")
+                 for target in node.targets if isinstance(target, ast.Name)}
+    writers = [ast.unparse(call) for call in calls(tree)
+               if (call_name(call) in ("open", "os.makedirs", "torch.save")
+                   or call_name(call).endswith((".save", ".save_file", ".write_text", ".write_bytes")))
+               and not (call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in in_memory)]
     if writers:
         assert "folder_paths" in source, f"{path} writes files ({writers}) outside ComfyUI's temp/output folders"
 
