@@ -69,11 +69,16 @@ def main() -> None:
         page.wait_for_function("(id) => window.app.graph.getNodeById(id).tokenmergeLive?.done", arg=preview)
         print("wrote docs/images/live_heatmap.png")
 
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server, \
+            open_frontend(server.url) as page:  # a fresh editor: no outputs of the run above on reused ids
         prompt = _standin_prompt(server, "tokenmerge_compare_unpatched_tome_ibtm", steps=12, side=256)
         load_api_prompt(page, prompt, "tokenmerge_compare_unpatched_tome_ibtm")
+        page.evaluate("() => window.app.graph.arrange()")
+        shown = [int(k) for k, n in prompt.items() if n["class_type"] in ("SaveImage", "TokenMergeHeatmapPreview")]
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        preview = int(next(k for k, n in prompt.items() if n["class_type"] == "TokenMergeHeatmapPreview"))
-        page.wait_for_function("(id) => (window.app.graph.getNodeById(id).imgs?.length ?? 0) > 0", arg=preview)
+        page.wait_for_function("(ids) => ids.every((id) => (window.app.graph.getNodeById(id).imgs?.length ?? 0) > 0)",
+                               arg=shown)
+        focus_node(page, shown[1], scale=0.55)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(DOCS_IMAGES / "comparison_output.png"), clip=CANVAS_CLIP)
         print("wrote docs/images/comparison_output.png")
