@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit import REPO_ROOT
+from devkit.workflow_api import ui_to_api
 
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 COLUMN_WIDTH = 360
@@ -327,6 +328,23 @@ TEXT_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
 EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo")
 TEST_STEPS = 3
 TEST_FRAMES = 5
+
+
+def load_example(name: str) -> dict:
+    """The committed UI-format workflow ``example_workflows/<name>.json``."""
+    return json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+
+
+def standin_prompt(object_info: dict, name: str, *, steps: int, side: int) -> dict:
+    """Example ``name`` in API format on stand-ins, its samplers at ``steps`` and its latent images at ``side``
+    pixels (longer runs than the tests' default, for live views and screenshots)."""
+    prompt, _ = substitute_standins(ui_to_api(load_example(name), object_info))
+    for node in prompt.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=side, height=side)
+    return prompt
 
 
 def substitute_standins(prompt: dict) -> tuple[dict, Standin]:

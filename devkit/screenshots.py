@@ -13,15 +13,13 @@ The runs use the stand-in models (``devkit.example_workflows.STANDINS``).
 from __future__ import annotations
 
 import io
-import json
 import tempfile
 from pathlib import Path
 
 from devkit import REPO_ROOT, comfy_env, tiny_models
 from devkit.browser import focus_node, load_api_prompt, load_workflow, open_frontend
 from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
-from devkit.example_workflows import EXAMPLES, EXAMPLES_DIR, substitute_standins
-from devkit.workflow_api import ui_to_api
+from devkit.example_workflows import EXAMPLES, EXAMPLES_DIR, load_example, standin_prompt
 
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 CANVAS_CLIP = {"x": 60, "y": 80, "width": 1540, "height": 820}  # below the tabs, right of the side bar
@@ -36,17 +34,6 @@ def _save_jpeg(png: bytes, path: Path) -> None:
     image.save(path, quality=80)
 
 
-def _standin_prompt(server: ComfyServer, name: str, steps: int, side: int) -> dict:
-    workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
-    prompt, _ = substitute_standins(ui_to_api(workflow, server.object_info()))
-    for node in prompt.values():
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = steps
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update(width=side, height=side)
-    return prompt
-
-
 def main() -> None:
     comfy_env.bootstrap_comfyui()
     tiny_models.write_standin_models(str(STANDIN_MODELS_DIR))
@@ -54,11 +41,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server, \
             open_frontend(server.url) as page:
         for name in EXAMPLES:
-            load_workflow(page, json.loads((EXAMPLES_DIR / f"{name}.json").read_text()))
+            load_workflow(page, load_example(name))
             _save_jpeg(page.screenshot(clip=CANVAS_CLIP), EXAMPLES_DIR / f"{name}.jpg")
             print(f"wrote example_workflows/{name}.jpg")
 
-        prompt = _standin_prompt(server, "tokenmerge_sd15_ibtm_preview", steps=24, side=256)
+        prompt = standin_prompt(server.object_info(), "tokenmerge_sd15_ibtm_preview", steps=24, side=256)
         preview = int(next(k for k, n in prompt.items() if n["class_type"] == "TokenMergeHeatmapPreview"))
         load_api_prompt(page, prompt, "tokenmerge_sd15_ibtm_preview")
         focus_node(page, preview, scale=1.2)
@@ -71,7 +58,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server, \
             open_frontend(server.url) as page:  # a fresh editor: no outputs of the run above on reused ids
-        prompt = _standin_prompt(server, "tokenmerge_compare_unpatched_tome_ibtm", steps=12, side=256)
+        prompt = standin_prompt(server.object_info(), "tokenmerge_compare_unpatched_tome_ibtm", steps=12, side=256)
         load_api_prompt(page, prompt, "tokenmerge_compare_unpatched_tome_ibtm")
         page.evaluate("() => window.app.graph.arrange()")
         shown = [int(k) for k, n in prompt.items() if n["class_type"] in ("SaveImage", "TokenMergeHeatmapPreview")]

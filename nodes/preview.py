@@ -54,6 +54,11 @@ def select_steps(text: str, recorded: list[int]) -> list[int]:
     return sorted(chosen)
 
 
+def _shown(node: type[io.ComfyNode], images) -> io.NodeOutput:
+    """``images`` as the node's output and in-node preview."""
+    return io.NodeOutput(images, ui=ui.PreviewImage(images, cls=node))
+
+
 class TokenMergeHeatmapPreview(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -100,7 +105,7 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
         if state is None:
             logger.warning("tokenmerge: the preview's model is not patched by a Token Merge node (or its ratio "
                            "is 0): nothing to show, the images pass through")
-            return io.NodeOutput(images, ui=ui.PreviewImage(images, cls=cls))
+            return _shown(cls, images)
         recorder = state.recorder
         node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
         recorder.request({str(node_id): colormap} if node_id is not None else None)  # and for later runs
@@ -112,7 +117,7 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
         if not records:
             logger.warning("tokenmerge: nothing was recorded for this preview: the sampler's result came from the "
                            "cache (queue again with another seed) or no step merged; the images pass through")
-            return io.NodeOutput(images, ui=ui.PreviewImage(images, cls=cls))
+            return _shown(cls, images)
         problem = check_steps(steps)
         if problem:
             raise ValueError(problem)
@@ -131,7 +136,7 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
         labels = [f"step {r.step + 1}/{r.steps} sigma {r.sigma:.2f}" for r in chosen]
         grid = render_steps(maps, labels, images=images, alpha=overlay_alpha,
                             colormap=colormap if view == IMPORTANCE_VIEW else None)
-        return io.NodeOutput(grid, ui=ui.PreviewImage(grid, cls=cls))
+        return _shown(cls, grid)
 
 
 NODES = [TokenMergeHeatmapPreview]

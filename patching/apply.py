@@ -21,7 +21,6 @@ from .dit import (
     selected_blocks,
     spatial_patch,
 )
-from .live import publish
 from .state import MergeState
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
@@ -201,7 +200,6 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
         config.detail_destination is DetailDestination.IMPORTANCE
     patched.set_model_sampler_post_cfg_function(ImportanceCapture(state, config.fallback,
                                                                   merges_by_importance=merges_by_importance))
-    state.recorder.live = publish
     if previews:
         state.recorder.request(previews)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_wrapper(state))

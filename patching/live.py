@@ -20,7 +20,7 @@ from PIL import Image
 from ..merging.heatmap import colorize, normalize, resize_rgb
 
 if TYPE_CHECKING:
-    from .recorder import HeatmapRecorder, StepRecord
+    from .recorder import StepRecord
 
 EVENT = "tokenmerge.heatmap"
 LIVE_SIDE = 256
@@ -42,13 +42,14 @@ def live_frame(record: StepRecord, colormap: str) -> str:
     return png_data_url(resize_rgb(heat, round(h * factor), round(w * factor))[0])
 
 
-def publish(recorder: HeatmapRecorder, record: StepRecord) -> None:
-    """Send ``record`` to every target preview node of ``recorder``, if a server is running."""
+def publish(targets: dict[str, str], record: StepRecord) -> None:
+    """Send ``record`` to every target preview node (id -> colormap), if a server is running."""
     module = sys.modules.get("server")  # ComfyUI's server module; never imported from here
     server = getattr(getattr(module, "PromptServer", None), "instance", None)
     if server is None or record.importance is None:
         return
-    for node, colormap in recorder.targets.items():
+    frames = {colormap: live_frame(record, colormap) for colormap in set(targets.values())}  # one PNG each
+    for node, colormap in targets.items():
         payload = {"node": node, "step": record.step + 1, "steps": record.steps, "sigma": record.sigma,
-                   "image": live_frame(record, colormap)}
+                   "image": frames[colormap]}
         server.send_sync(EVENT, payload, server.client_id)

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..merging.heatmap import DESTINATION, MERGED
+from ..merging.importance import to_token_grid
+from .live import publish
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ..merging.plan import MergePlan
 
 MAX_STEPS = 32
@@ -37,14 +37,18 @@ class StepRecord:
     assignments: dict[object, torch.Tensor] = field(default_factory=dict)  # block key -> [B, h, w] uint8
 
 
-def shrink(maps: torch.Tensor, max_side: int = MAX_SIDE) -> torch.Tensor:
-    """[B, H, W] -> [B, h, w] with max(h, w) <= ``max_side`` by area averaging (aspect ratio kept)."""
-    H, W = maps.shape[-2:]
-    factor = max(H, W) / max_side
+def shrunk_size(height: int, width: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(h, w) with max(h, w) <= ``max_side`` and the aspect ratio kept (unchanged when already small enough)."""
+    factor = max(height, width) / max_side
     if factor <= 1:
-        return maps
-    size = (max(1, round(H / factor)), max(1, round(W / factor)))
-    return F.adaptive_avg_pool2d(maps.unsqueeze(1).float(), size).squeeze(1)  # [B, 1, H, W] -> [B, h, w]
+        return height, width
+    return max(1, round(height / factor)), max(1, round(width / factor))
+
+
+def shrink(maps: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] -> [B, h, w] at :func:`shrunk_size`, by area averaging."""
+    h, w = shrunk_size(*maps.shape[-2:])
+    return to_token_grid(maps.float(), h, w).reshape(-1, h, w)  # [B, h * w] -> [B, h, w]
 
 
 def plan_categories(plan: MergePlan, samples: int, frames: int, h: int, w: int) -> torch.Tensor:
@@ -57,12 +61,11 @@ def plan_categories(plan: MergePlan, samples: int, frames: int, h: int, w: int) 
 
 
 class HeatmapRecorder:
-    """Owned by a :class:`MergeState`. ``live`` is called with each new importance record while it is set."""
+    """Owned by a :class:`MergeState`; each new importance record is published to the target previews."""
 
     def __init__(self) -> None:
         self.enabled = False
         self.targets: dict[str, str] = {}  # preview node id -> colormap of its live view
-        self.live: Callable[[HeatmapRecorder, StepRecord], None] | None = None
         self.records: dict[int, StepRecord] = {}
         self.stride = 1  # steps kept are multiples of it (and the newest)
         self.block_order: list[object] = []  # block keys in the order they first merged
@@ -105,14 +108,14 @@ class HeatmapRecorder:
             importance = importance.float().mean(1)  # [B, T, H, W] -> [B, H, W]
         record = self._record(step, steps, sigma)
         record.importance = shrink(importance.detach()).to("cpu", torch.float16)
-        if self.live is not None and self.targets:
-            self.live(self, record)
+        if self.targets:
+            publish(self.targets, record)
 
     def add_assignment(self, step: int, steps: int, sigma: float, key: object, categories: torch.Tensor) -> None:
         """``categories`` [B, h, w] uint8 of one block call, at the block's token grid."""
         if key not in self.block_order:
             self.block_order.append(key)
-        if max(categories.shape[-2:]) > MAX_SIDE:
-            h, w = shrink(categories[:1].float()).shape[-2:]
-            categories = F.interpolate(categories[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(torch.uint8)
+        size = shrunk_size(*categories.shape[-2:])
+        if size != categories.shape[-2:]:  # [B, h, w] -> [B, 1, h, w] -> nearest -> [B, h', w']
+            categories = F.interpolate(categories[:, None].float(), size=size, mode="nearest")[:, 0].to(torch.uint8)
         self._record(step, steps, sigma).assignments[key] = categories

@@ -8,6 +8,7 @@ loads it, never by its folder name.
 
 from __future__ import annotations
 
+import struct
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,13 @@ def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: in
         patcher, noise, steps, cfg, sampler, scheduler, positive or family.conditioning(1),
         negative or family.conditioning(2), latent, disable_pbar=True, seed=seed, **sample_kwargs,
     )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes (what ``/view`` and the demo return)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
 
 
 def state_of(patched):

@@ -7,15 +7,12 @@ Screenshots are kept in ``test_artifacts/browser/``.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from devkit import ENV_DIR, REPO_ROOT
 from devkit.browser import focus_node, load_api_prompt, load_workflow, node_state, node_types, open_frontend
 from devkit.comfy_server import ComfyServer
-from devkit.example_workflows import EXAMPLES, substitute_standins
-from devkit.workflow_api import ui_to_api
+from devkit.example_workflows import EXAMPLES, load_example, standin_prompt
 
 ARTIFACTS = REPO_ROOT / "test_artifacts" / "browser"
 LATEST_FRONTEND = ENV_DIR / "frontend-latest" / "comfyui_frontend_package" / "static"
@@ -38,16 +35,12 @@ def frontend_server(request, tmp_path_factory, standin_models):
         server.stop()
 
 
-def load(name: str) -> dict:
-    return json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
-
-
 def test_every_example_loads_in_the_editor_with_no_missing_node(frontend_server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open_frontend(frontend_server.url) as page:
         registered = page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
         for name in EXAMPLES:
-            workflow = load(name)
+            workflow = load_example(name)
             load_workflow(page, workflow)
             types = node_types(page)
             assert sorted(types) == sorted(n["type"] for n in workflow["nodes"]), name
@@ -61,12 +54,8 @@ def test_live_heatmap_then_final_preview_on_the_node(frontend_server):
     """Queue the SD1.5 example (on stand-ins) from the editor; the preview node shows the live map during
     sampling, then the final preview image."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    prompt, _ = substitute_standins(ui_to_api(load("tokenmerge_sd15_ibtm_preview"), frontend_server.object_info()))
-    for node in prompt.values():  # enough steps at 256 px that sampling takes visible time
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = LIVE_STEPS
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update(width=256, height=256)
+    # enough steps at 256 px that sampling takes visible time
+    prompt = standin_prompt(frontend_server.object_info(), "tokenmerge_sd15_ibtm_preview", steps=LIVE_STEPS, side=256)
     preview = int(next(k for k, n in prompt.items() if n["class_type"] == "TokenMergeHeatmapPreview"))
     with open_frontend(frontend_server.url) as page:
         load_api_prompt(page, prompt, "tokenmerge_sd15_ibtm_preview")
@@ -88,7 +77,7 @@ def test_live_heatmap_then_final_preview_on_the_node(frontend_server):
 
 def test_heatmap_events_for_unknown_nodes_or_bad_payloads_are_ignored(frontend_server):
     with open_frontend(frontend_server.url) as page:
-        load_workflow(page, load("tokenmerge_sd15_ibtm_preview"))
+        load_workflow(page, load_example("tokenmerge_sd15_ibtm_preview"))
         page.evaluate("""() => {
             const api = window.comfyAPI?.api?.api ?? window.app.api;
             for (const detail of [{node: "999", image: "data:image/png;base64,AAAA"},

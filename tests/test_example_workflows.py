@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 
 import pytest
+from conftest import png_size
 
 from devkit import REPO_ROOT
-from devkit.example_workflows import EXAMPLES, STANDINS, TEST_STEPS, substitute_standins
+from devkit.example_workflows import EXAMPLES, STANDINS, TEST_STEPS, load_example, substitute_standins
 from devkit.server_events import ServerEvents
 from devkit.workflow_api import ui_to_api
 
@@ -19,18 +19,9 @@ EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP")
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
-
-
-def load(name: str) -> dict:
-    return json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
-
-
 def test_every_example_is_committed_with_a_thumbnail_and_a_settings_note():
     for name in EXAMPLES:
-        workflow = load(name)
+        workflow = load_example(name)
         notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
         assert notes, f"{name} has no note with its recommended settings"
         assert "ratio" in notes[0]["widgets_values"][0]
@@ -41,7 +32,7 @@ def test_committed_examples_match_their_generator(comfy_server):
     """The files are what ``python -m devkit.example_workflows`` writes (nobody edited one by hand)."""
     object_info = comfy_server.object_info()
     for name, build in EXAMPLES.items():
-        assert load(name) == json.loads(json.dumps(build().ui(object_info))), name
+        assert load_example(name) == json.loads(json.dumps(build().ui(object_info))), name
 
 
 def expected_preview_size(inputs: dict, side: int, steps: int) -> tuple[int, int]:
@@ -56,7 +47,7 @@ def expected_preview_size(inputs: dict, side: int, steps: int) -> tuple[int, int
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_example_runs_on_the_server(comfy_server, pack, name):
-    prompt, standin = substitute_standins(ui_to_api(load(name), comfy_server.object_info()))
+    prompt, standin = substitute_standins(ui_to_api(load_example(name), comfy_server.object_info()))
     entry = comfy_server.run(prompt, timeout=600)
     outputs = entry["outputs"]
     for node_id, node in prompt.items():
@@ -72,7 +63,7 @@ def test_example_runs_on_the_server(comfy_server, pack, name):
 def test_every_model_file_an_example_names_has_a_standin(comfy_server):
     object_info = comfy_server.object_info()
     for name in EXAMPLES:
-        prompt = ui_to_api(load(name), object_info)
+        prompt = ui_to_api(load_example(name), object_info)
         files = {n["inputs"].get("ckpt_name") or n["inputs"].get("unet_name") for n in prompt.values()
                  if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader")}
         assert files <= set(STANDINS), name
@@ -81,7 +72,7 @@ def test_every_model_file_an_example_names_has_a_standin(comfy_server):
 def test_live_heatmap_frames_reach_the_preview_node(comfy_server, pack):
     from PIL import Image
 
-    prompt, _ = substitute_standins(ui_to_api(load("tokenmerge_sd15_ibtm_preview"), comfy_server.object_info()))
+    prompt, _ = substitute_standins(ui_to_api(load_example("tokenmerge_sd15_ibtm_preview"), comfy_server.object_info()))
     sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
     sampler["inputs"]["seed"] = 4242  # a fresh seed, so the sampler is not served from the cache
     preview_id = next(k for k, n in prompt.items() if n["class_type"] == "TokenMergeHeatmapPreview")

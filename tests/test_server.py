@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import struct
 import subprocess
 import sys
 
 import pytest
+from conftest import png_size
 
 from devkit import REPO_ROOT
 from devkit.workflow_api import ui_to_api
@@ -17,12 +17,6 @@ from devkit.workflow_api import ui_to_api
 pytestmark = pytest.mark.server
 
 DEMO_WORKFLOW = REPO_ROOT / "example_workflows" / "tokenmerge_demo_tiny_sd15.json"
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
 
 
 def test_server_imports_the_pack_without_errors(comfy_server):
