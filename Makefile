@@ -2,7 +2,7 @@
 # environment that scripts/setup_env.sh creates on first use (a few seconds when it already exists).
 PYTHON := .comfyui/venv/bin/python
 
-.PHONY: setup browser demo test lint pytest clean
+.PHONY: setup browser demo test lint pytest clean bench-quality demo-models
 
 setup:
 	bash scripts/setup_env.sh
@@ -14,6 +14,14 @@ demo: setup
 	$(PYTHON) scripts/demo.py
 
 test: setup browser lint pytest
+
+# The quality benchmark on the trained shapes models (about an hour on a 2-core CPU; --quick: a minute).
+bench-quality: setup
+	$(PYTHON) -m benchmarks.quality
+
+# Retrain the shapes demo models from scratch (resumable; see devkit/shapes/README.md for the times).
+demo-models: setup
+	bash devkit/shapes/train_all.sh
 
 lint: setup
 	$(PYTHON) -m ruff check .

@@ -278,6 +278,40 @@ def comparison() -> Graph:
     return g
 
 
+SHAPES_PROMPT = "a large red circle at top left and a small blue square at bottom right on a striped background"
+
+
+def shapes_demo() -> Graph:
+    """The demo (``make demo``): the trained shapes UNet unmerged, with spatial ToMe and with IBTM, same seed."""
+    g = Graph()
+    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="tokenmerge_shapes_sd15.safetensors",
+                 weight_dtype="default")
+    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="tokenmerge_shapes_taesd.safetensors")
+    tome = g.add("TokenMergeSpatialToMe", 0, "Spatial ToMe 0.5", (320, 230), model=unet, ratio=0.5)
+    ibtm = g.add("TokenMergeImportance", 0, "IBTM 0.5", (320, 60), model=unet, ratio=0.5)
+    latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=128, height=128, batch_size=4)
+    positive = g.add("TokenMergeDemoPrompt", 1, "Positive", (400, 160), text=SHAPES_PROMPT)
+    negative = g.add("TokenMergeDemoPrompt", 1, "Negative (empty: unconditional)", (400, 100), text="")
+    decoded = {}
+    for column, (label, model) in enumerate((("unmerged", unet), ("spatial_tome", tome), ("ibtm", ibtm))):
+        sampler = g.add("KSampler", 2 + column, f"KSampler ({label})", (320, 270), model=model,
+                        positive=positive, negative=negative, latent_image=latent, seed=7, steps=20, cfg=5.0,
+                        sampler_name="dpmpp_2m", scheduler="normal", denoise=1.0)
+        decoded[label] = g.add("VAEDecode", 2 + column, None, (220, 50), samples=sampler, vae=vae)
+        g.add("SaveImage", 2 + column, f"Save ({label})", (320, 300), images=decoded[label],
+              filename_prefix=f"tokenmerge_demo_{label}")
+    g.add("TokenMergeHeatmapPreview", 5, None, (400, 460), model=ibtm, images=decoded["ibtm"], steps="1,4,8,12,16,20",
+          colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
+    g.add("Note", 0, "About this demo", (320, 200), text=(
+        "The pack's small trained shapes models (tokenmerge_shapes_*, in demo_models/ of the repository): copy them "
+        "to models/diffusion_models and models/vae. Same seed and prompt: unmerged, spatial ToMe and IBTM at "
+        "ratio 0.5. The preview shows where CFG puts the importance: on the prompted objects."))
+    return g
+
+
+DEMOS = {"tokenmerge_demo_shapes": shapes_demo}
+
+
 EXAMPLES = {
     "tokenmerge_sd15_ibtm_preview": sd15_preview,
     "tokenmerge_sdxl_ibtm": sdxl,
@@ -388,7 +422,7 @@ def substitute_standins(prompt: dict) -> tuple[dict, Standin]:
 
 def write_examples(object_info: dict, out_dir: Path = EXAMPLES_DIR) -> list[Path]:
     written = []
-    for name, build in EXAMPLES.items():
+    for name, build in {**EXAMPLES, **DEMOS}.items():
         path = out_dir / f"{name}.json"
         path.write_text(json.dumps(build().ui(object_info), indent=1) + "\n")
         written.append(path)

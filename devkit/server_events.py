@@ -8,6 +8,7 @@ Uses aiohttp, which ComfyUI itself depends on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ class ServerEvents:
     def __init__(self, url: str, client_id: str) -> None:
         self.ws_url = url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
         self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.perf_counter() at each message's arrival
         self.binary_frames = 0
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -34,6 +36,7 @@ class ServerEvents:
                 except asyncio.TimeoutError:
                     continue
                 if message.type == aiohttp.WSMsgType.TEXT:
+                    self.arrivals.append(time.perf_counter())
                     self.messages.append(json.loads(message.data))
                 elif message.type == aiohttp.WSMsgType.BINARY:
                     self.binary_frames += 1
@@ -50,6 +53,12 @@ class ServerEvents:
         time.sleep(0.3)  # let the last messages of a finished prompt arrive
         self._stop.set()
         self._thread.join(5)
+
+    def node_seconds(self) -> dict[str, float]:
+        """Seconds each node ran, from the arrival of its ``executing`` message to the next one's."""
+        starts = [(t, m["data"]["node"]) for t, m in zip(self.arrivals, self.messages, strict=True)
+                  if m.get("type") == "executing"]
+        return {node: later - t for (t, node), (later, _) in itertools.pairwise(starts) if node}
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m["data"] for m in self.messages if m.get("type") == kind]

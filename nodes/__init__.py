@@ -6,10 +6,10 @@ extension. Node ids are prefixed ``TokenMerge`` and never change (saved workflow
 
 from __future__ import annotations
 
-from . import importance, preview, sdtm
+from . import demo_prompt, importance, preview, sdtm
 from ._comfy_api import ComfyExtension, io
 
-NODE_MODULES = (importance, sdtm, preview)
+NODE_MODULES = (importance, sdtm, preview, demo_prompt)
 
 
 class TokenMergeExtension(ComfyExtension):

@@ -1,38 +1,65 @@
-"""The pack's main job, end to end on a real ComfyUI: queue the demo workflow, save what it made.
+"""The pack's main job, end to end on a real ComfyUI: compare unmerged, spatial ToMe and IBTM on a trained model.
 
 Run through ``make demo`` (which sets the environment up first). Steps:
 
-1. write the small stand-in models into ``.comfyui/standin_models`` (once);
+1. link the pack's small trained shapes models (``demo_models/``: an SD1.x-family UNet and its TAESD-format
+   VAE, see ``devkit/shapes``) into the server's models folder;
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
-3. convert ``example_workflows/tokenmerge_demo_tiny_sd15.json`` to API format and queue it;
-4. write the output image, the heatmap grid and a timing line into the output folder (default ``demo_output/``).
-
-The workflow merges tokens with the importance node (IBTM, ratio 0.5) and shows its importance maps with
-the heatmap preview node, whose grid over all steps is written as ``heatmap.png``.
+3. convert ``example_workflows/tokenmerge_demo_shapes.json`` to API format and queue it: the same prompt and
+   seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
+4. write into the output folder (default ``demo_output/``): ``unmerged.png``, ``spatial_tome.png``,
+   ``ibtm.png`` (4 samples each), ``side_by_side.png`` (a row per method), ``heatmap.png`` (the importance
+   of chosen steps over the IBTM images) and ``timing.txt`` (each sampler's seconds, from the server's
+   execution events).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devkit import REPO_ROOT, comfy_env, tiny_models
+from PIL import Image, ImageDraw
+
+from devkit import REPO_ROOT, comfy_env
 from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
+from devkit.server_events import ServerEvents
+from devkit.shapes.training import link_demo_models
 from devkit.workflow_api import ui_to_api
 
-DEMO_WORKFLOW = REPO_ROOT / "example_workflows" / "tokenmerge_demo_tiny_sd15.json"
+DEMO_WORKFLOW = REPO_ROOT / "example_workflows" / "tokenmerge_demo_shapes.json"
+METHODS = ("unmerged", "spatial_tome", "ibtm")
+LABELS = {"unmerged": "unmerged", "spatial_tome": "spatial ToMe 0.5", "ibtm": "IBTM 0.5"}
 
 
-def execution_seconds(history_entry: dict) -> float:
-    """Server-side time from execution start to success, from the prompt's status messages (ms stamps)."""
-    stamps = {kind: data["timestamp"] for kind, data in history_entry["status"]["messages"]}
-    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
+def side_by_side(rows: dict[str, list[bytes]]) -> bytes:
+    """One labelled row of images per method, as PNG bytes."""
+    images = {name: [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs] for name, pngs in rows.items()}
+    width, height = next(iter(images.values()))[0].size
+    label_width, gap = 120, 4
+    columns = max(len(row) for row in images.values())
+    sheet = Image.new("RGB", (label_width + columns * (width + gap), len(images) * (height + gap)), (20, 20, 20))
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, row) in enumerate(images.items()):
+        draw.text((6, r * (height + gap) + height // 2 - 6), LABELS[name], fill=(235, 235, 235))
+        for c, image in enumerate(row):
+            sheet.paste(image, (label_width + c * (width + gap), r * (height + gap)))
+    out = io.BytesIO()
+    sheet.save(out, format="PNG")
+    return out.getvalue()
+
+
+def sampler_of(prompt: dict, method: str) -> str:
+    """The id of the KSampler whose images the method's SaveImage saves (SaveImage <- VAEDecode <- KSampler)."""
+    save = next(node for node in prompt.values() if node["class_type"] == "SaveImage"
+                and node["inputs"]["filename_prefix"] == f"tokenmerge_demo_{method}")
+    decode = prompt[save["inputs"]["images"][0]]
+    return decode["inputs"]["samples"][0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,35 +71,38 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
 
     comfy_env.bootstrap_comfyui()
-    written = tiny_models.write_standin_models(str(STANDIN_MODELS_DIR))
-    if written:
-        print(f"[demo] wrote {len(written)} stand-in model files to {STANDIN_MODELS_DIR}")
-
+    link_demo_models(STANDIN_MODELS_DIR)
     workflow = json.loads(DEMO_WORKFLOW.read_text())
     with ComfyServer(out / "server") as server:
         prompt = ui_to_api(workflow, server.object_info())
         (out / "workflow_api.json").write_text(json.dumps(prompt, indent=1))
-        started = time.perf_counter()
-        entry = server.run(prompt)
-        wall = time.perf_counter() - started
-        image_path, heatmap_path = out / "output.png", out / "heatmap.png"
+        with ServerEvents(server.url, server.client_id) as events:
+            entry = server.run(prompt)
+        seconds = events.node_seconds()
+        rows: dict[str, list[bytes]] = {}
         for node_id, node in prompt.items():
-            images = entry["outputs"].get(node_id, {}).get("images")
+            images = entry["outputs"].get(node_id, {}).get("images", [])
             if node["class_type"] == "TokenMergeHeatmapPreview":
-                heatmap_path.write_bytes(server.view(images[0]))
-            elif images:
-                image_path.write_bytes(server.view(images[0]))
+                (out / "heatmap.png").write_bytes(server.view(images[0]))
+            elif node["class_type"] == "SaveImage":
+                method = node["inputs"]["filename_prefix"].removeprefix("tokenmerge_demo_")
+                rows[method] = [server.view(image) for image in images]
+                (out / f"{method}.png").write_bytes(rows[method][0])
+        (out / "side_by_side.png").write_bytes(side_by_side({m: rows[m] for m in METHODS}))
 
-    sampler = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
-    merge = next(node for node in prompt.values() if node["class_type"].startswith("TokenMerge"))
-    timing = (f"{merge['class_type']} ratio {merge['inputs']['ratio']}: "
-              f"{sampler['steps']} steps, cfg {sampler['cfg']}, "
-              f"{sampler['sampler_name']}, tiny SD1.5 stand-in at 256x256 on CPU: "
-              f"prompt executed in {execution_seconds(entry):.2f} s on the server, {wall:.2f} s wall")
-    (out / "timing.txt").write_text(timing + "\n")
-    print(f"[demo] {timing}")
-    print(f"[demo] files in {out}: {image_path.name}, {heatmap_path.name}, timing.txt, workflow_api.json, "
-          "server/server.log")
+    settings = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
+    lines = [(f"tokenmerge demo: trained shapes UNet (SD1.x family), 128x128, batch 4, {settings['steps']} steps "
+             f"{settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler (server events):")]
+    base = None
+    for method in METHODS:
+        took = seconds.get(sampler_of(prompt, method))
+        base = base or took
+        ratio = f", {base / took:.2f}x vs unmerged" if took and base else ""
+        lines.append(f"  {LABELS[method]}: {took:.2f} s{ratio}" if took else f"  {LABELS[method]}: not measured")
+    (out / "timing.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(f"[demo] {line}" for line in lines))
+    print(f"[demo] files in {out}: side_by_side.png, unmerged.png, spatial_tome.png, ibtm.png, heatmap.png, "
+          "timing.txt, workflow_api.json, server/server.log")
     return 0
 
 

@@ -78,8 +78,12 @@ def state_of(patched):
 
 @pytest.fixture(scope="session")
 def standin_models() -> Path:
-    """The folder of stand-in model files a server loads (written once, then reused)."""
+    """The folder of model files a server loads: the random stand-ins (written once, then reused) and links to the
+    committed, trained shapes demo models."""
+    from devkit.shapes.training import link_demo_models
+
     tiny_models.write_standin_models(str(STANDIN_MODELS_DIR))
+    link_demo_models(STANDIN_MODELS_DIR)
     return STANDIN_MODELS_DIR
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import png_size
 
 from devkit import REPO_ROOT
-from devkit.example_workflows import EXAMPLES, STANDINS, TEST_STEPS, load_example, substitute_standins
+from devkit.example_workflows import DEMOS, EXAMPLES, STANDINS, TEST_STEPS, load_example, substitute_standins
 from devkit.server_events import ServerEvents
 from devkit.workflow_api import ui_to_api
 
@@ -31,7 +31,7 @@ def test_every_example_is_committed_with_a_thumbnail_and_a_settings_note():
 def test_committed_examples_match_their_generator(comfy_server):
     """The files are what ``python -m devkit.example_workflows`` writes (nobody edited one by hand)."""
     object_info = comfy_server.object_info()
-    for name, build in EXAMPLES.items():
+    for name, build in {**EXAMPLES, **DEMOS}.items():
         assert load_example(name) == json.loads(json.dumps(build().ui(object_info))), name
 
 

@@ -16,7 +16,7 @@ from devkit.workflow_api import ui_to_api
 
 pytestmark = pytest.mark.server
 
-DEMO_WORKFLOW = REPO_ROOT / "example_workflows" / "tokenmerge_demo_tiny_sd15.json"
+TINY_WORKFLOW = REPO_ROOT / "tests" / "workflows" / "tiny_sd15_ibtm_preview.json"  # random stand-ins
 
 
 def test_server_imports_the_pack_without_errors(comfy_server):
@@ -45,8 +45,8 @@ def test_object_info_lists_exactly_the_pack_nodes(comfy_server, pack):
     assert {"TokenMergeImportance", "TokenMergeImportanceAdvanced", "TokenMergeSpatialToMe"} <= served
 
 
-def test_demo_workflow_with_the_merging_node_runs_through_prompt(comfy_server):
-    prompt = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+def test_tiny_workflow_with_the_merging_node_runs_through_prompt(comfy_server):
+    prompt = ui_to_api(json.loads(TINY_WORKFLOW.read_text()), comfy_server.object_info())
     assert {"class_type": "TokenMergeImportance", "inputs": {"model": ["1", 0], "ratio": 0.5}} in prompt.values()
     entry = comfy_server.run(prompt)
     log = comfy_server.log()
@@ -59,7 +59,7 @@ def test_demo_workflow_with_the_merging_node_runs_through_prompt(comfy_server):
 
 
 def test_prompt_with_a_bad_model_name_is_refused(comfy_server):
-    prompt = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+    prompt = ui_to_api(json.loads(TINY_WORKFLOW.read_text()), comfy_server.object_info())
     loader = next(node for node in prompt.values() if node["class_type"] == "UNETLoader")
     loader["inputs"]["unet_name"] = "does_not_exist.safetensors"
     with pytest.raises(Exception, match="value_not_in_list"):
@@ -71,13 +71,18 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--out", str(out)],
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert png_size((out / "output.png").read_bytes()) == (256, 256)
+    for method in ("unmerged", "spatial_tome", "ibtm"):
+        assert png_size((out / f"{method}.png").read_bytes()) == (128, 128)
+    width, height = png_size((out / "side_by_side.png").read_bytes())
+    assert width > 4 * 128
+    assert height >= 3 * 128  # a row per method, 4 samples each
     timing = (out / "timing.txt").read_text()
-    assert re.search(r"prompt executed in \d+\.\d\d s on the server", timing)
-    assert "TokenMergeImportance ratio 0.5" in timing
-    heatmap = png_size((out / "heatmap.png").read_bytes())  # one tile per step, labelled, over the image
-    assert heatmap[1] > 256
+    for label in ("unmerged", "spatial ToMe 0.5", "IBTM 0.5"):
+        assert re.search(rf"{label}: \d+\.\d\d s", timing), timing
+    assert re.search(r"IBTM 0.5: .*\d\.\d\dx vs unmerged", timing)
+    heatmap = png_size((out / "heatmap.png").read_bytes())  # six labelled steps over the IBTM images
     assert heatmap[0] > 256
+    assert heatmap[1] > 128
     assert f"files in {out}" in done.stdout
 
 
@@ -128,7 +133,7 @@ def test_sdtm_node_runs_through_prompt_at_cfg_one(comfy_server):
 def test_removing_the_merging_node_gives_exactly_the_unpatched_output(comfy_server):
     """Bypass: without the node, with it (merging the feed-forward too), then without it again; the last run is
     recomputed (not served from the cache) and its image is bitwise the first one."""
-    base = ui_to_api(json.loads(DEMO_WORKFLOW.read_text()), comfy_server.object_info())
+    base = ui_to_api(json.loads(TINY_WORKFLOW.read_text()), comfy_server.object_info())
     merge_id = next(k for k, n in base.items() if n["class_type"] == "TokenMergeImportance")
     sampler_id = next(k for k, n in base.items() if n["class_type"] == "KSampler")
     save_id = next(k for k, n in base.items() if n["class_type"] == "SaveImage")

@@ -1,0 +1,179 @@
+"""Train the demo denoisers on cached VAE latents, with condition dropout so that CFG works.
+
+* ``sd15``: a UNet of ComfyUI's SD1.x family (``openaimodel.UNetModel``). ComfyUI recognises SD1.x by
+  320 model channels and a 768-wide context, so the width is fixed; the depth is cut to one resolution
+  level (one input block, two output blocks, each with a transformer, no middle block). eps prediction on
+  SD1.x's discrete schedule.
+* ``sd3``: a small MMDiT (``mmdit.OpenAISignatureMMDITWrapper``) that ComfyUI sizes from its tensors:
+  depth 3 (hidden 192, 3 heads), patch size 2 (64 image tokens on a 16x16 latent; ComfyUI's
+  position embedding crop assumes patch 2), 768-wide context and pooled inputs. Rectified flow
+  (v = noise - x0) with SD3's shift of 3.
+
+Both use ComfyUI's own ``model_sampling`` objects for the noise, input scaling and timestep conversion, so
+training matches what the samplers do. Conditioning comes from :mod:`shapes.prompt`; 10 % of the samples
+get the empty prompt (condition dropout), and the size and background words are dropped from some
+prompts so partial prompts work too. An EMA of the weights (decay 0.995) is what ``--export`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+from devkit import comfy_env
+from devkit.shapes.training import DEMO_MODELS, Run
+from shapes import prompt as shapes_prompt
+
+UNET_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd15.safetensors"
+DIT_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd3.safetensors"
+COND_DROPOUT = 0.1
+EMA_DECAY = 0.995
+
+
+def unet_config() -> dict:
+    from devkit.tiny_models import SD15_LOADABLE
+
+    return {**SD15_LOADABLE, "transformer_depth_output": [1, 1], "transformer_depth_middle": -2}
+
+
+def dit_config() -> dict:
+    from devkit.tiny_models import SD3_TINY
+
+    width = shapes_prompt.CONTEXT_DIM
+    return {**SD3_TINY, "depth": 3, "patch_size": 2, "adm_in_channels": width, "pos_embed_max_size": 16,
+            "num_patches": 16 * 16,
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": width, "out_features": 64 * 3}}}
+
+
+def build(family: str):
+    """The ComfyUI model (``model_base``) of ``family`` with random weights: diffusion_model + model_sampling."""
+    import comfy.supported_models
+
+    from devkit.tiny_models import random_init_
+
+    config_class, unet = (comfy.supported_models.SD15, unet_config()) if family == "sd15" else \
+        (comfy.supported_models.SD3, dit_config())
+    model_config = config_class(unet)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    random_init_(model.diffusion_model, seed=0, scale=0.5)
+    return model
+
+
+def training_prompt(text: str, gen: torch.Generator) -> shapes_prompt.ScenePrompt:
+    """The scene's prompt, with the size words (20 %) or the background (30 %) dropped, or empty (10 %)."""
+    if torch.rand((), generator=gen) < COND_DROPOUT:
+        return shapes_prompt.ScenePrompt()
+    parsed = shapes_prompt.parse(text)
+    objects = parsed.objects
+    if torch.rand((), generator=gen) < 0.2:
+        objects = tuple(shapes_prompt.ObjectPhrase(o.colour, o.shape, o.position) for o in objects)
+    background = None if torch.rand((), generator=gen) < 0.3 else parsed.background
+    return shapes_prompt.ScenePrompt(objects, background)
+
+
+def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator):
+    """(noisy model input, timestep, target) for a batch of raw latents, through ComfyUI's model_sampling."""
+    ms = model.model_sampling
+    x0 = model.process_latent_in(raw)
+    noise = torch.randn(x0.shape, generator=gen)
+    batch = x0.shape[0]
+    if family == "sd15":
+        # Timesteps drawn with density 2t (more high-noise steps): the layout, which the prompt decides, is learned
+        # at high noise, and a short training run is weakest there.
+        u = torch.rand(batch, generator=gen).sqrt()
+        index = (u * (len(ms.sigmas) - 1)).round().long()
+        sigma = ms.sigmas[index]
+        noisy = ms.noise_scaling(sigma, noise, x0)
+        return ms.calculate_input(sigma, noisy), ms.timestep(sigma), noise
+    u = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal, as SD3 trains
+    shift = ms.shift
+    sigma = shift * u / (1 + (shift - 1) * u)
+    noisy = ms.noise_scaling(sigma, noise, x0)
+    return noisy, ms.timestep(sigma), noise - x0
+
+
+def forward(family: str, net: torch.nn.Module, x, timestep, context, pooled):
+    if family == "sd15":
+        return net(x, timestep, context)
+    return net(x, timestep, context=context, y=pooled)
+
+
+def train(family: str, steps: int, batch: int, lr: float, save_every: int = 50) -> None:
+    from devkit.shapes import latents as latent_cache
+
+    model = build(family)
+    net = model.diffusion_model
+    ema = copy.deepcopy(net).requires_grad_(requires_grad=False)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    run = Run(family, {"net": net, "ema": ema}, optimizer)
+    cache = latent_cache.load_cache()
+    raw_all = cache["latents"]
+    if family == "sd3":
+        from devkit.shapes.train_vae import VAE3_FILE, VAE_FILE
+
+        raw_all = latent_cache.to_sd3_raw(raw_all, VAE_FILE, VAE3_FILE)
+    gen = torch.Generator().manual_seed(1000 + run.step)
+    while run.step < steps:
+        index = torch.randint(0, raw_all.shape[0], (batch,), generator=gen)
+        prompts = [training_prompt(cache["prompts"][i], gen) for i in index.tolist()]
+        context, pooled = shapes_prompt.encode_batch(prompts)
+        x, timestep, target = model_inputs(family, model, raw_all[index], gen)
+        for group in optimizer.param_groups:  # linear warm-up over the first 100 steps
+            group["lr"] = lr * min(1.0, (run.step + 1) / 100)
+        loss = (forward(family, net, x, timestep, context, pooled) - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(EMA_DECAY, (run.step + 1) / (run.step + 10))
+            for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        run.step += 1
+        if run.step % 10 == 0:
+            run.log(f"step {run.step} loss {loss.item():.4f} wall {run.wall() / 60:.1f} min")
+        if run.step % save_every == 0 or run.step == steps:
+            run.save()
+
+
+def export(family: str) -> None:
+    import safetensors.torch
+
+    model = build(family)
+    ema = copy.deepcopy(model.diffusion_model)
+    run = Run(family, {"net": model.diffusion_model, "ema": ema}, torch.optim.AdamW(model.parameters()))
+    path = UNET_FILE if family == "sd15" else DIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in ema.state_dict().items()}, path)
+    run.log(f"exported the EMA weights of step {run.step} to {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("family", choices=("sd15", "sd3"))
+    parser.add_argument("--steps", type=int, default=1000, help="total optimiser steps (resumes from a checkpoint)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    comfy_env.bootstrap_comfyui()
+    if args.export:
+        export(args.family)
+    else:
+        train(args.family, args.steps, args.batch, args.lr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

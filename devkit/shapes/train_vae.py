@@ -1,0 +1,150 @@
+"""Train the demo VAE: ComfyUI's TAESD architecture (``comfy.taesd.taesd.TAESD``), 4 latent channels at 1/8.
+
+The network is fully convolutional, so it trains on random 64x64 crops of 128x128 scenes (4x cheaper than
+whole scenes) and works on any size that is a multiple of 8. Loss: L1 + MSE of the reconstruction with the
+object pixels weighted up and a chroma term (:func:`reconstruction_loss`), on latents with Gaussian noise
+added (so the decoder forgives a denoiser's small errors), plus a small L2 pull on the latents (so their
+scale stays bounded). ``--decoder-only`` freezes the encoder, so the decoder can go on improving after the
+denoisers' latents were made.
+
+``--export`` writes the two VAELoader files into ``demo_models/vae/``:
+
+* ``tokenmerge_shapes_taesd.safetensors``: 4 channels, for the SD1.x demo UNet. ``vae_scale``/``vae_shift``
+  are set so that the latents, after SD1.x's latent scale (0.18215), have mean 0 and std 1.
+* ``tokenmerge_shapes_taesd3.safetensors``: the same weights padded to 16 channels for the SD3 demo DiT
+  (SD3's latent format has 16). Channels 4-15 are constant; the DiT learns to ignore them. This saves a
+  second training; the SD3 scale and shift (1.5305, 0.0609) are matched the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+from devkit import comfy_env
+from devkit.shapes import scenes
+from devkit.shapes.training import DEMO_MODELS, TRAIN_SEED, Run
+
+SD15_SCALE = 0.18215
+SD3_SCALE, SD3_SHIFT = 1.5305, 0.0609
+VAE_FILE = DEMO_MODELS / "vae" / "tokenmerge_shapes_taesd.safetensors"
+VAE3_FILE = DEMO_MODELS / "vae" / "tokenmerge_shapes_taesd3.safetensors"
+
+
+def build(latent_channels: int = 4) -> torch.nn.Module:
+    from comfy.taesd.taesd import TAESD
+
+    from devkit.tiny_models import random_init_
+
+    return random_init_(TAESD(latent_channels=latent_channels), seed=0)
+
+
+def crops(images: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
+    """One random side x side crop per image, at multiples of 8 px: [B, C, side, side]."""
+    out = []
+    for image in images:
+        y, x = (torch.randint(0, (image.shape[-1] - side) // 8 + 1, (2,), generator=gen) * 8).tolist()
+        out.append(image[:, y:y + side, x:x + side])
+    return torch.stack(out)
+
+
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE, with object pixels weighted 10x and a chroma term (each pixel minus its channel mean).
+
+    The objects cover a few percent of the pixels and the backgrounds are nearly grey, so a plain loss is
+    first minimised by a grey decoder; the weights make the objects' colours count from the start.
+    """
+    weight = 1 + 10 * objects  # [B, 1, H, W]
+    plain = ((y - x).abs() + (y - x).pow(2)) * weight
+    chroma = ((y - y.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs() * weight
+    return (plain.mean() + 3 * chroma.mean()) / weight.mean()
+
+
+def train(steps: int, batch: int, lr: float, decoder_only: bool = False, save_every: int = 100) -> None:
+    """Train to ``steps`` in total; ``decoder_only`` keeps the encoder (and so the latent space the denoisers were
+    trained in) fixed and goes on improving the decoder."""
+    vae = build()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    run = Run("vae", {"vae": vae}, optimizer)
+    for group in optimizer.param_groups:  # a resumed chunk may run at another rate
+        group["lr"] = lr
+    gen = torch.Generator().manual_seed(TRAIN_SEED + run.step)
+    while run.step < steps:
+        images, masks = scenes.render(scenes.sample_scenes(TRAIN_SEED * 7919 + run.step, batch))
+        both = crops(torch.cat([images, masks.amax(1, keepdim=True)], 1), 64, gen)  # [B, 3 + 1, 64, 64]
+        x, objects = both[:, :3] * 2 - 1, both[:, 3:]  # TAESD's encoder input is [-1, 1] (encode() maps it to [0, 1])
+        with torch.set_grad_enabled(not decoder_only):
+            z = vae.taesd_encoder(x * 0.5 + 0.5)
+        z_noisy = z + 0.1 * z.detach().std() * torch.randn(z.shape, generator=gen)
+        y = vae.taesd_decoder(z_noisy) * 2 - 1
+        loss = reconstruction_loss(y, x, objects) + 1e-4 * z.pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.step += 1
+        if run.step % 20 == 0:
+            run.log(f"step {run.step} loss {loss.item():.4f} wall {run.wall() / 60:.1f} min")
+        if run.step % save_every == 0 or run.step == steps:
+            run.save()
+
+
+def latent_stats(vae: torch.nn.Module, count: int = 128) -> tuple[float, float]:
+    """Mean and std of the raw encoder output over ``count`` held-out scenes."""
+    images, _ = scenes.render(scenes.sample_scenes(999_983, count))
+    with torch.no_grad():
+        z = vae.taesd_encoder(images)
+    return z.mean().item(), z.std().item()
+
+
+def export() -> None:
+    import safetensors.torch
+
+    vae = build()
+    run = Run("vae", {"vae": vae}, torch.optim.Adam(vae.parameters()))
+    mean, std = latent_stats(vae)
+    # TAESD.encode: enc / vae_scale + vae_shift. Target raw latents: std 1 / SD15_SCALE, mean 0.
+    scale = std * SD15_SCALE
+    state = {k: v for k, v in vae.state_dict().items() if k.startswith("taesd_")}
+    state |= {"vae_scale": torch.tensor(scale), "vae_shift": torch.tensor(-mean / scale)}
+    VAE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.half().contiguous() if v.ndim else v.float() for k, v in state.items()},
+                                VAE_FILE)
+    # 16 channels: pad the encoder's last conv with zero rows and the decoder's first conv with zero columns.
+    padded = dict(state)
+    enc_w, enc_b = "taesd_encoder.14.weight", "taesd_encoder.14.bias"
+    dec_w = "taesd_decoder.1.weight"
+    padded[enc_w] = torch.cat([state[enc_w], torch.zeros(12, *state[enc_w].shape[1:])])
+    padded[enc_b] = torch.cat([state[enc_b], torch.zeros(12)])
+    padded[dec_w] = torch.cat([state[dec_w], torch.zeros(state[dec_w].shape[0], 12, 3, 3)], dim=1)
+    scale3 = std * SD3_SCALE
+    padded |= {"vae_scale": torch.tensor(scale3), "vae_shift": torch.tensor(SD3_SHIFT - mean / scale3)}
+    safetensors.torch.save_file({k: v.half().contiguous() if v.ndim else v.float() for k, v in padded.items()},
+                                VAE3_FILE)
+    run.log(f"exported at step {run.step}: raw encoder mean {mean:.4f} std {std:.4f}; "
+            f"vae_scale {scale:.4f} (4ch), {scale3:.4f} (16ch)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=700, help="total optimiser steps (resumes from a checkpoint)")
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--decoder-only", action="store_true", help="keep the encoder fixed (latent space frozen)")
+    parser.add_argument("--export", action="store_true", help="write the VAELoader files from the checkpoint")
+    args = parser.parse_args(argv)
+    comfy_env.bootstrap_comfyui()
+    torch.manual_seed(0)
+    if args.export:
+        export()
+    else:
+        train(args.steps, args.batch, args.lr, decoder_only=args.decoder_only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Shared pieces of the demo trainings: resumable checkpoints, a wall-time log, paths and seeds.
+
+Every training runs in chunks: ``--steps`` is the total, a checkpoint (model, optimiser, step, elapsed
+seconds) is written to ``.comfyui/shapes_checkpoints/`` every ``save_every`` steps, and a rerun continues
+from it. The log (``devkit/shapes/logs/<name>.log``, committed) records the loss and the accumulated wall
+time, so the training budget is on record.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from devkit import REPO_ROOT
+
+DEMO_MODELS = REPO_ROOT / "demo_models"
+CHECKPOINTS = REPO_ROOT / ".comfyui" / "shapes_checkpoints"
+LOGS = Path(__file__).resolve().parent / "logs"
+# Held-out scene seeds: training draws from seeds below 1_000_000 only.
+TRAIN_SEED = 1
+EVAL_SEED = 1_000_003
+
+
+class Run:
+    """A resumable training run: owns the checkpoint and the log of ``name``."""
+
+    def __init__(self, name: str, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+        self.name, self.modules, self.optimizer = name, modules, optimizer
+        self.path = CHECKPOINTS / f"{name}.pt"
+        self.step, self.elapsed = 0, 0.0
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{name}.log"
+        if self.path.exists():
+            state = torch.load(self.path, weights_only=True)
+            for key, module in modules.items():
+                module.load_state_dict(state[key])
+            optimizer.load_state_dict(state["optimizer"])
+            self.step, self.elapsed = state["step"], state["elapsed"]
+            self.log(f"resumed at step {self.step} ({self.elapsed / 60:.1f} min so far)")
+        self._started = time.perf_counter()
+        self._base = self.elapsed
+
+    def wall(self) -> float:
+        return self._base + time.perf_counter() - self._started
+
+    def log(self, line: str) -> None:
+        line = f"[{self.name}] {line}"
+        print(line, flush=True)
+        with self.log_path.open("a") as handle:
+            handle.write(line + "\n")
+
+    def save(self) -> None:
+        CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+        state = {key: module.state_dict() for key, module in self.modules.items()}
+        state |= {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.wall()}
+        torch.save(state, str(self.path) + ".tmp")
+        Path(str(self.path) + ".tmp").replace(self.path)
+
+
+# The committed demo model files, by the ComfyUI models sub-folder they belong in.
+DEMO_FILES = {
+    "vae": ("tokenmerge_shapes_taesd.safetensors", "tokenmerge_shapes_taesd3.safetensors"),
+    "diffusion_models": ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_sd3.safetensors"),
+}
+
+
+def link_demo_models(models_dir: Path) -> list[Path]:
+    """Symlink the committed demo models into a ComfyUI models folder (``models_dir/vae``, ...)."""
+    linked = []
+    for sub, names in DEMO_FILES.items():
+        for name in names:
+            source, link = DEMO_MODELS / sub / name, Path(models_dir) / sub / name
+            if not source.exists():
+                raise FileNotFoundError(f"demo model {source} is missing (see devkit/shapes/README.md)")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(source)
+            linked.append(link)
+    return linked

@@ -1,0 +1,230 @@
+"""The shapes demo kit: the procedural dataset, the prompt grammar and encoder, the demo prompt node, the committed
+trained models (through the stock loaders on a real server, judged by the committed classifier) and the quick mode
+of the quality benchmark."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devkit.shapes import scenes
+from devkit.shapes.training import DEMO_FILES, DEMO_MODELS, EVAL_SEED
+from shapes import prompt  # the module devkit.shapes uses (the pack's copy is tokenmerge.shapes.prompt)
+
+# ------------------------------------------------------------------------------------------- dataset
+
+
+def test_the_dataset_is_deterministic():
+    first, again, other = scenes.sample_scenes(5, 6), scenes.sample_scenes(5, 6), scenes.sample_scenes(6, 6)
+    assert first == again
+    assert first != other
+    images, masks = scenes.render(first)
+    images_again, masks_again = scenes.render(again)
+    assert torch.equal(images, images_again)
+    assert torch.equal(masks, masks_again)
+    assert images.shape == (6, 3, 128, 128)
+    assert images.min() >= 0
+    assert images.max() <= 1
+
+
+def test_scenes_have_one_to_three_objects_in_distinct_slots_with_masks_and_labels():
+    batch = scenes.sample_scenes(11, 40)
+    _, masks = scenes.render(batch)
+    counts = {len(scene.objects) for scene in batch}
+    assert counts == {1, 2, 3}
+    for i, scene in enumerate(batch):
+        positions = [obj.phrase.position for obj in scene.objects]
+        assert len(set(positions)) == len(positions)
+        labels = scene.slot_labels()
+        assert int((labels > 0).sum()) == len(scene.objects)
+        for j, obj in enumerate(scene.objects):
+            area = masks[i, j].sum().item()
+            radius_px = obj.radius * scenes.SIDE
+            assert 0.3 * radius_px**2 < area < 4.5 * radius_px**2  # a shape of about its size
+            cy, cx = int(obj.cy * scenes.SIDE), int(obj.cx * scenes.SIDE)
+            assert masks[i, j, cy, cx] == 1  # its centre is inside it
+        assert masks[i, len(scene.objects):].sum() == 0
+
+
+def test_a_prompt_describes_its_scene():
+    scene = scenes.sample_scenes(3, 1)[0]
+    parsed = prompt.parse(scene.prompt.text())
+    assert parsed == scene.prompt
+    assert scene.background in scene.prompt.text()
+
+
+# -------------------------------------------------------------------------------------------- prompt
+def _scene_prompts():
+    obj = st.builds(prompt.ObjectPhrase, st.sampled_from(list(prompt.COLOURS)), st.sampled_from(prompt.SHAPES),
+                    st.sampled_from(prompt.POSITIONS), st.one_of(st.none(), st.sampled_from(prompt.SIZES)))
+    return st.builds(prompt.ScenePrompt, st.lists(obj, max_size=3).map(tuple),
+                     st.one_of(st.none(), st.sampled_from(prompt.BACKGROUNDS)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(_scene_prompts())
+def test_prompt_text_round_trips_and_encodes_to_fixed_shapes(scene_prompt):
+    assert prompt.parse(scene_prompt.text()) == scene_prompt
+    context, pooled = prompt.encode(scene_prompt)
+    assert context.shape == (prompt.CONTEXT_TOKENS, prompt.CONTEXT_DIM)
+    assert pooled.shape == (prompt.CONTEXT_DIM,)
+    used = int((context.abs().sum(1) > 0).sum())
+    words = sum(3 + (o.size is not None) for o in scene_prompt.objects) + (scene_prompt.background is not None)
+    assert used == words
+    assert torch.equal(prompt.encode(scene_prompt)[0], context)  # fixed vectors, no randomness per call
+
+
+def test_the_empty_prompt_is_all_zero_and_words_matter():
+    empty, pooled = prompt.encode(prompt.parse("  "))
+    assert not empty.any()
+    assert not pooled.any()
+    red = prompt.encode(prompt.parse("a red circle at center"))[0]
+    blue = prompt.encode(prompt.parse("a blue circle at center"))[0]
+    first_slot = prompt.encode(prompt.parse("a red circle at center and a red circle at top left"))[0]
+    assert not torch.equal(red, blue)
+    assert not torch.equal(first_slot[4:8], red[0:4])  # the same words in the second object slot differ
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("a red blob at top left", "'blob'"),
+    ("a red circle at the middle", "'the middle'"),
+    ("a red circle", "'a red circle'"),
+    ("a red circle at center on a wavy background", "'wavy'"),
+    (" and ".join(["a red circle at center"] * 4), "at most 3"),
+])
+def test_bad_prompts_are_refused_naming_the_part_and_the_vocabulary(text, names):
+    with pytest.raises(ValueError, match="prompt") as error:
+        prompt.parse(text)
+    assert names in str(error.value)
+
+
+def test_the_demo_prompt_node_validates_and_emits_conditioning(pack):
+    from tokenmerge.nodes.demo_prompt import TokenMergeDemoPrompt
+
+    message = TokenMergeDemoPrompt.validate_inputs("a red blob at center")
+    assert isinstance(message, str)
+    assert message.startswith("text:")
+    assert "circle" in message  # the vocabulary is listed
+    assert TokenMergeDemoPrompt.validate_inputs("a small red circle at center") is True
+    ((context, extras),) = TokenMergeDemoPrompt.execute("a small red circle at center").result[0]
+    assert context.shape == (1, 16, 768)
+    assert extras["pooled_output"].shape == (1, 768)
+
+
+# -------------------------------------------------------------------------------- committed models
+def test_committed_demo_models_fit_the_budget():
+    files = [DEMO_MODELS / sub / name for sub, names in DEMO_FILES.items() for name in names]
+    files.append(DEMO_MODELS / "classifier" / "tokenmerge_shapes_classifier.safetensors")
+    total = sum(path.stat().st_size for path in files)
+    assert total <= 60e6, f"{total / 1e6:.1f} MB"
+    ignore = (DEMO_MODELS.parent / ".comfyignore").read_text().split()
+    assert "demo_models/" in ignore  # registry installs do not carry the weights
+
+
+def test_the_classifier_names_held_out_scenes():
+    from devkit.shapes import classifier
+
+    assert classifier.accuracy(classifier.load(), count=256) >= 0.95
+
+
+def _png_to_tensor(data: bytes) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+MODELS = [
+    ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_taesd.safetensors", "EmptyLatentImage"),
+    ("tokenmerge_shapes_sd3.safetensors", "tokenmerge_shapes_taesd3.safetensors", "EmptySD3LatentImage"),
+]
+
+
+def sample_on_server(server, unet: str, vae: str, latent: str, text: str, *, seed: int = 3) -> torch.Tensor:
+    """Four 128x128 samples of ``text`` (cfg 5, 20 steps) through the stock loaders, as images [4, 3, H, W]."""
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+        "2": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": text}},
+        "3": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
+        "4": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 4}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": seed, "steps": 20, "cfg": 5.0,
+                                                   "sampler_name": "dpmpp_2m", "scheduler": "normal",
+                                                   "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "shapes_check"}},
+    }
+    entry = server.run(prompt)
+    return torch.stack([_png_to_tensor(server.view(image)) for image in entry["outputs"]["8"]["images"]])
+
+
+def _yellowness(images: torch.Tensor) -> float:
+    """Mean of (R + G) / 2 - B over the centre slot (the middle 40 x 40 px): high for yellow, low for blue."""
+    centre = images[:, :, 44:84, 44:84]
+    return ((centre[:, 0] + centre[:, 1]) / 2 - centre[:, 2]).mean().item()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
+def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_server, unet, vae, latent):
+    yellow = sample_on_server(comfy_server, unet, vae, latent, "a large yellow square at center")
+    blue = sample_on_server(comfy_server, unet, vae, latent, "a large blue square at center")
+    assert yellow.shape == (4, 3, 128, 128)
+    # Same seeds, only the colour word differs: the prompted colour appears where the prompt puts the object.
+    assert _yellowness(yellow) > _yellowness(blue) + 0.1
+
+
+@pytest.mark.server
+@pytest.mark.xfail(strict=True, reason="issue 7 is mid-training: the committed weights do not yet draw shapes the "
+                                       "classifier recognises (see devkit/shapes/README.md); strict, so this turns "
+                                       "red once they do and the marker must go")
+@pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
+def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet, vae, latent):
+    from devkit.shapes import classifier
+
+    images = sample_on_server(comfy_server, unet, vae, latent, "a large yellow square at center on a plain background")
+    with torch.no_grad():
+        predicted = classifier.load()(images).argmax(-1)  # [4, 5 slots]
+    square_yellow = 1 + scenes.SHAPES.index("square") * len(scenes.COLOURS) + list(scenes.COLOURS).index("yellow")
+    centre = scenes.POSITIONS.index("center")
+    assert (predicted[:, centre] == square_yellow).sum() >= 3, predicted.tolist()
+
+
+# ---------------------------------------------------------------------------------- quality benchmark
+def test_quality_benchmark_quick_mode_checks_its_invariants(tmp_path, pack):
+    from benchmarks import quality
+
+    results, report = quality.run(quality.parse_args(["--quick", "--out", str(tmp_path)]), log=lambda _: None)
+    assert report.exists()
+    assert "| unmerged (repeat) | 0.0 |" in report.read_text()
+    assert {r["family"] for r in results} == {"sd15", "sd3"}
+    for result in results:
+        rows = {row["cell"]: row for row in result["rows"]}
+        assert math.isinf(rows["unmerged (repeat)"]["psnr"])  # the same seed gives the same image
+        assert rows["unmerged (repeat)"]["ssim"] == pytest.approx(1.0)
+        assert {"tome 0.5", "ibtm 0.5"} <= set(rows)
+        for row in result["rows"]:
+            assert row["psnr"] > 0
+            assert -1 <= row["ssim"] <= 1
+            assert 0 <= row["accuracy"] <= 1
+            assert row["frechet"] >= 0
+            assert row["speedup"] > 0
+            assert row["speedup_q1"] <= row["speedup"] <= row["speedup_q3"]
+        assert all(0 <= a <= 1 for a in result["auc_by_step"] if not math.isnan(a))
+        assert len(result["auc_by_step"]) == 6
+        for figure in result["figures"]:
+            assert (tmp_path / figure).stat().st_size > 5000
+    assert "sdtm 0.5" in {row["cell"] for row in results[1]["rows"]}
+
+
+def test_eval_scenes_are_held_out_from_training():
+    from devkit.shapes import latents
+
+    assert latents.scene_seed(10**6) < EVAL_SEED  # training chunk seeds stay far below the evaluation seed
