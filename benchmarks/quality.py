@@ -288,9 +288,12 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 def verdict(rows: list[dict], method: str) -> list[str]:
     """IBTM (or SDTM) against spatial ToMe, at equal ratio and at equal measured speed-up (ToMe interpolated)."""
-    tome = sorted((r for r in rows if r["method"] == "tome" and not r["preset"]), key=lambda r: r["speedup"])
+    def plain(r: dict) -> bool:  # the method x ratio cells (not the hybrids)
+        return r["cell"] == f"{r['method']} {r['ratio']}"
+
+    tome = sorted((r for r in rows if r["method"] == "tome" and plain(r)), key=lambda r: r["speedup"])
     lines = []
-    for row in (r for r in rows if r["method"] == method and not r["preset"] and r["cell"] == f"{method} {r['ratio']}"):
+    for row in (r for r in rows if r["method"] == method and plain(r)):
         same_ratio = next((t for t in tome if t["ratio"] == row["ratio"]), None)
         if same_ratio is None:
             continue
@@ -407,7 +410,7 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
                 lines += [f"Verdict, {method} vs spatial ToMe (first value {method}):", "",
                           ("| ratio | PSNR, same ratio | accuracy, same ratio | speed-up | PSNR, same speed | "
                           "accuracy, same speed |"), "|---|---|---|---|---|---|", *verdict_rows, ""]
-        lines += [f"![{result['family']} curves]({name})" for name in result["figures"]] + [""]
+        lines += [f"![{name}]({name})" for name in result["figures"]] + [""]
     return "\n".join(lines)
 
 
