@@ -252,6 +252,19 @@ def wan_video() -> Graph:
     return g
 
 
+def _branches(g: Graph, models: dict[str, Any], positive: Node, negative: Node, latent: Node, vae: Any, *,
+              prefix: str, save_height: int, **sampler: Any) -> dict[str, Node]:
+    """One column per model (KSampler, VAEDecode, SaveImage ``<prefix><label>``), same inputs; the decoded nodes."""
+    decoded = {}
+    for column, (label, model) in enumerate(models.items()):
+        node = g.add("KSampler", 2 + column, f"KSampler ({label})", (320, 270), model=model, positive=positive,
+                     negative=negative, latent_image=latent, **sampler, scheduler="normal", denoise=1.0)
+        decoded[label] = g.add("VAEDecode", 2 + column, None, (220, 50), samples=node, vae=vae)
+        g.add("SaveImage", 2 + column, f"Save ({label})", (320, save_height), images=decoded[label],
+              filename_prefix=f"{prefix}{label}")
+    return decoded
+
+
 def comparison() -> Graph:
     g = Graph()
     ckpt = g.add("CheckpointLoaderSimple", 0, None, (320, 100), ckpt_name="v1-5-pruned-emaonly.safetensors")
@@ -261,14 +274,9 @@ def comparison() -> Graph:
     positive = g.add("CLIPTextEncode", 1, "Positive", (400, 160), clip=(ckpt, 1),
                      text="a bowl of ramen with a soft-boiled egg, steam, overhead photograph")
     negative = g.add("CLIPTextEncode", 1, "Negative", (400, 120), clip=(ckpt, 1), text=NEGATIVE)
-    decoded = {}
-    for column, (label, model) in enumerate((("unpatched", (ckpt, 0)), ("spatial_tome", tome), ("ibtm", ibtm))):
-        sampler = g.add("KSampler", 2 + column, f"KSampler ({label})", (320, 270), model=model,
-                        positive=positive, negative=negative, latent_image=latent, seed=42, steps=20, cfg=7.0,
-                        sampler_name="euler", scheduler="normal", denoise=1.0)
-        decoded[label] = g.add("VAEDecode", 2 + column, None, (220, 50), samples=sampler, vae=(ckpt, 2))
-        g.add("SaveImage", 2 + column, f"Save ({label})", (320, 360), images=decoded[label],
-              filename_prefix=f"tokenmerge_compare_{label}")
+    decoded = _branches(g, {"unpatched": (ckpt, 0), "spatial_tome": tome, "ibtm": ibtm}, positive, negative, latent,
+                        (ckpt, 2), prefix="tokenmerge_compare_", save_height=360, seed=42, steps=20, cfg=7.0,
+                        sampler_name="euler")
     g.add("TokenMergeHeatmapPreview", 5, None, (400, 460), model=ibtm, images=decoded["ibtm"], steps="last",
           colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
     g.add("Note", 0, "How to compare", (320, 180), text=(
@@ -292,14 +300,9 @@ def shapes_demo() -> Graph:
     latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=128, height=128, batch_size=4)
     positive = g.add("TokenMergeDemoPrompt", 1, "Positive", (400, 160), text=SHAPES_PROMPT)
     negative = g.add("TokenMergeDemoPrompt", 1, "Negative (empty: unconditional)", (400, 100), text="")
-    decoded = {}
-    for column, (label, model) in enumerate((("unmerged", unet), ("spatial_tome", tome), ("ibtm", ibtm))):
-        sampler = g.add("KSampler", 2 + column, f"KSampler ({label})", (320, 270), model=model,
-                        positive=positive, negative=negative, latent_image=latent, seed=7, steps=20, cfg=5.0,
-                        sampler_name="dpmpp_2m", scheduler="normal", denoise=1.0)
-        decoded[label] = g.add("VAEDecode", 2 + column, None, (220, 50), samples=sampler, vae=vae)
-        g.add("SaveImage", 2 + column, f"Save ({label})", (320, 300), images=decoded[label],
-              filename_prefix=f"tokenmerge_demo_{label}")
+    decoded = _branches(g, {"unmerged": unet, "spatial_tome": tome, "ibtm": ibtm}, positive, negative, latent, vae,
+                        prefix="tokenmerge_demo_", save_height=300, seed=7, steps=20, cfg=5.0,
+                        sampler_name="dpmpp_2m")
     g.add("TokenMergeHeatmapPreview", 5, None, (400, 460), model=ibtm, images=decoded["ibtm"], steps="1,4,8,12,16,20",
           colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
     g.add("Note", 0, "About this demo", (320, 200), text=(
