@@ -94,8 +94,7 @@ def train(steps: int, batch: int, lr: float = 2e-3, through_vae: bool = False) -
     model = SlotClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     run = Run("classifier", {"model": model}, optimizer)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    run.set_lr(lr)
     vae = None
     if through_vae:
         from devkit import comfy_env
@@ -118,14 +117,8 @@ def train(steps: int, batch: int, lr: float = 2e-3, through_vae: bool = False) -
             images[: batch // 2], labels[: batch // 2] = pool_images[pick], pool_labels[pick]
         logits = model(augment(images, gen))
         loss = nn.functional.cross_entropy(logits.reshape(-1, scenes.SLOT_CLASSES), labels.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        run.step += 1
-        if run.step % 50 == 0:
-            run.log(f"step {run.step} loss {loss.item():.4f} wall {run.wall() / 60:.1f} min")
-        if run.step % 200 == 0 or run.step == steps:
-            run.save()
+        run.optimise(loss)
+        run.advance(loss, steps, log_every=50, save_every=200)
     import safetensors.torch
 
     CLASSIFIER_FILE.parent.mkdir(parents=True, exist_ok=True)

@@ -126,22 +126,14 @@ def train(family: str, steps: int, batch: int, lr: float, save_every: int = 50) 
         prompts = [training_prompt(cache["prompts"][i], gen) for i in index.tolist()]
         context, pooled = shapes_prompt.encode_batch(prompts)
         x, timestep, target = model_inputs(family, model, raw_all[index], gen)
-        for group in optimizer.param_groups:  # linear warm-up over the first 100 steps
-            group["lr"] = lr * min(1.0, (run.step + 1) / 100)
+        run.set_lr(lr * min(1.0, (run.step + 1) / 100))  # linear warm-up over the first 100 steps
         loss = (forward(family, net, x, timestep, context, pooled) - target).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
+        run.optimise(loss, clip_norm=1.0)
         with torch.no_grad():
             decay = min(EMA_DECAY, (run.step + 1) / (run.step + 10))
             for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
-        run.step += 1
-        if run.step % 10 == 0:
-            run.log(f"step {run.step} loss {loss.item():.4f} wall {run.wall() / 60:.1f} min")
-        if run.step % save_every == 0 or run.step == steps:
-            run.save()
+        run.advance(loss, steps, log_every=10, save_every=save_every)
 
 
 def export(family: str) -> None:

@@ -71,8 +71,7 @@ def train(steps: int, batch: int, lr: float, decoder_only: bool = False, save_ev
     vae = build()
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     run = Run("vae", {"vae": vae}, optimizer)
-    for group in optimizer.param_groups:  # a resumed chunk may run at another rate
-        group["lr"] = lr
+    run.set_lr(lr)
     gen = torch.Generator().manual_seed(TRAIN_SEED + run.step)
     while run.step < steps:
         images, masks = scenes.render(scenes.sample_scenes(TRAIN_SEED * 7919 + run.step, batch))
@@ -83,14 +82,8 @@ def train(steps: int, batch: int, lr: float, decoder_only: bool = False, save_ev
         z_noisy = z + 0.1 * z.detach().std() * torch.randn(z.shape, generator=gen)
         y = vae.taesd_decoder(z_noisy) * 2 - 1
         loss = reconstruction_loss(y, x, objects) + 1e-4 * z.pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        run.step += 1
-        if run.step % 20 == 0:
-            run.log(f"step {run.step} loss {loss.item():.4f} wall {run.wall() / 60:.1f} min")
-        if run.step % save_every == 0 or run.step == steps:
-            run.save()
+        run.optimise(loss)
+        run.advance(loss, steps, log_every=20, save_every=save_every)
 
 
 def latent_stats(vae: torch.nn.Module, count: int = 128) -> tuple[float, float]:

@@ -51,6 +51,28 @@ class Run:
         with self.log_path.open("a") as handle:
             handle.write(line + "\n")
 
+    def set_lr(self, lr: float) -> None:
+        """Every parameter group at ``lr`` (a resumed chunk may run at another rate than the checkpoint's)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def optimise(self, loss: torch.Tensor, clip_norm: float | None = None) -> None:
+        """One optimiser step on ``loss``, with the gradient norm clipped to ``clip_norm`` when given."""
+        self.optimizer.zero_grad()
+        loss.backward()
+        if clip_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        self.optimizer.step()
+
+    def advance(self, loss: torch.Tensor, steps: int, log_every: int, save_every: int) -> None:
+        """Count the step; log the loss every ``log_every`` steps, checkpoint every ``save_every`` and at ``steps``."""
+        self.step += 1
+        if self.step % log_every == 0:
+            self.log(f"step {self.step} loss {loss.item():.4f} wall {self.wall() / 60:.1f} min")
+        if self.step % save_every == 0 or self.step == steps:
+            self.save()
+
     def save(self) -> None:
         CHECKPOINTS.mkdir(parents=True, exist_ok=True)
         state = {key: module.state_dict() for key, module in self.modules.items()}
