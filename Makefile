@@ -2,7 +2,7 @@
 # environment that scripts/setup_env.sh creates on first use (a few seconds when it already exists).
 PYTHON := .comfyui/venv/bin/python
 
-.PHONY: setup browser demo test lint pytest clean bench-quality demo-models
+.PHONY: setup browser demo test lint pytest clean bench bench-quality demo-models
 
 setup:
 	bash scripts/setup_env.sh
@@ -14,6 +14,11 @@ demo: setup
 	$(PYTHON) scripts/demo.py
 
 test: setup browser lint pytest
+
+# The speed benchmark: real-size models, both attention backends, FLOP-model bound (hours on a 2-core CPU; see
+# benchmarks/speed.py for the flags that choose the work; --smoke: a minute).
+bench: setup
+	$(PYTHON) -m benchmarks.speed
 
 # The quality benchmark on the trained shapes models (about an hour on a 2-core CPU; --quick: a minute).
 bench-quality: setup

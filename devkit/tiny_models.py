@@ -42,7 +42,7 @@ def random_init_(module: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> 
 
 
 # ----------------------------------------------------------------------------------------- configs
-_UNET_COMMON = {
+UNET_COMMON = {
     "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
     "use_checkpoint": False, "image_size": 32, "use_temporal_resblock": False,
     "use_temporal_attention": False, "num_heads": -1, "num_head_channels": 16,
@@ -50,7 +50,7 @@ _UNET_COMMON = {
 
 # SD1.x: attention at every level, the full-resolution level included.
 SD15_TINY = {
-    **_UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
+    **UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
     "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
     "context_dim": 64, "use_linear_in_transformer": False, "adm_in_channels": None,
 }
@@ -58,7 +58,7 @@ SD15_TINY = {
 # SDXL: no attention at the full-resolution level (depth 0), as in the real model; linear proj_in,
 # and the 2816-wide ADM vector that model_base.SDXL builds from a 1280 pooled output and size ids.
 SDXL_TINY = {
-    **_UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": [1, 1, 1],
+    **UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": [1, 1, 1],
     "transformer_depth": [0, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1],
     "transformer_depth_middle": 1, "context_dim": 64, "use_linear_in_transformer": True,
     "adm_in_channels": 2816, "num_classes": "sequential",
@@ -197,7 +197,7 @@ def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0):
 # Detected as SD15 by comfy.model_detection: model_channels=320, context_dim=768, conv proj_in, no ADM.
 # Only one resolution level, so ~26M params instead of 860M.
 SD15_LOADABLE = {
-    **_UNET_COMMON, "model_channels": 320, "channel_mult": [1], "num_res_blocks": [1],
+    **UNET_COMMON, "model_channels": 320, "channel_mult": [1], "num_res_blocks": [1],
     "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
     "context_dim": 768, "use_linear_in_transformer": False, "adm_in_channels": None,
     "num_heads": 8, "num_head_channels": -1,

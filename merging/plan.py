@@ -63,6 +63,7 @@ def _expand(idx: torch.Tensor, channels: int) -> torch.Tensor:
     return idx.unsqueeze(-1).expand(-1, -1, channels)  # [B, n] -> [B, n, C]
 
 
+@torch.profiler.record_function("tokenmerge.merge")
 def merge(x: torch.Tensor, plan: MergePlan, mode: MergeMode = MergeMode.MEAN) -> torch.Tensor:
     """``x`` [B, N, C] -> [B, U + K, C]; ``plan`` must have B rows (see :meth:`MergePlan.rows`)."""
     C = x.shape[-1]
@@ -74,6 +75,7 @@ def merge(x: torch.Tensor, plan: MergePlan, mode: MergeMode = MergeMode.MEAN) ->
     return torch.cat([kept, dst], dim=1)
 
 
+@torch.profiler.record_function("tokenmerge.unmerge")
 def unmerge(y: torch.Tensor, plan: MergePlan) -> torch.Tensor:
     """``y`` [B, U + K, C] -> [B, N, C]: kept and dst outputs go home, each src gets its dst's output."""
     B, _, C = y.shape

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import torch
+
 from ..merging.importance import cfg_importance
 from .config import Fallback
 from .steps import current_sigma, run_steps, step_position
@@ -32,7 +34,8 @@ class ImportanceCapture:
         denoised = args["denoised"]
         if not (self.merges_by_importance or state.recorder.enabled):
             return denoised
-        self._capture(args, denoised)
+        with torch.profiler.record_function("tokenmerge.capture"):
+            self._capture(args, denoised)
         if state.recorder.enabled and state.importance is not None:
             options = {"sigmas": args["sigma"],
                        "sample_sigmas": args.get("model_options", {}).get("transformer_options", {})

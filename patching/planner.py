@@ -76,7 +76,8 @@ class TokenPlanner:
         merging for the call, with one warning per run.
         """
         try:
-            return self._plan(x, h, w, options, latent_hw, key, frames)
+            with torch.profiler.record_function("tokenmerge.match"):
+                return self._plan(x, h, w, options, latent_hw, key, frames)
         except Exception as exc:  # noqa: BLE001  never fail a run because of merging
             self.skip("plan_error", f"building the merge plan failed ({exc!r})")
             return None

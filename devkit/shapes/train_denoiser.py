@@ -106,7 +106,21 @@ def forward(family: str, net: torch.nn.Module, x, timestep, context, pooled):
     return net(x, timestep, context=context, y=pooled)
 
 
-def train(family: str, steps: int, batch: int, lr: float, save_every: int = 50) -> None:
+def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights [count, 1, side, side] for the cached scenes: 1 on the background,
+    1 + ``object_weight`` inside the objects. The backgrounds' textures dominate a plain MSE, yet the objects are
+    what the prompt (and the classifier) is about."""
+    from devkit.shapes import latents as latent_cache
+    from devkit.shapes import scenes
+
+    masks = []
+    for start in range(0, count, latent_cache.CHUNK):
+        _, chunk_masks = scenes.render(scenes.sample_scenes(latent_cache.scene_seed(start), latent_cache.CHUNK), side)
+        masks.append(chunk_masks.amax(1, keepdim=True))  # union of the objects [CHUNK, 1, side, side]
+    return 1 + object_weight * torch.cat(masks)[:count]
+
+
+def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, save_every: int = 50) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -120,6 +134,7 @@ def train(family: str, steps: int, batch: int, lr: float, save_every: int = 50) 
         from devkit.shapes.train_vae import VAE3_FILE, VAE_FILE
 
         raw_all = latent_cache.to_sd3_raw(raw_all, VAE_FILE, VAE3_FILE)
+    weights = loss_weights(raw_all.shape[0], raw_all.shape[-1], object_weight)
     gen = torch.Generator().manual_seed(1000 + run.step)
     while run.step < steps:
         index = torch.randint(0, raw_all.shape[0], (batch,), generator=gen)
@@ -127,7 +142,8 @@ def train(family: str, steps: int, batch: int, lr: float, save_every: int = 50) 
         context, pooled = shapes_prompt.encode_batch(prompts)
         x, timestep, target = model_inputs(family, model, raw_all[index], gen)
         run.set_lr(lr * min(1.0, (run.step + 1) / 100))  # linear warm-up over the first 100 steps
-        loss = (forward(family, net, x, timestep, context, pooled) - target).pow(2).mean()
+        w = weights[index]  # [batch, 1, h, w], broadcast over the latent channels
+        loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
         run.optimise(loss, clip_norm=1.0)
         with torch.no_grad():
             decay = min(EMA_DECAY, (run.step + 1) / (run.step + 10))
@@ -154,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="total optimiser steps (resumes from a checkpoint)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--object-weight", type=float, default=0.0,
+                        help="extra loss weight inside the objects (0: plain MSE)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
@@ -163,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         export(args.family)
     else:
-        train(args.family, args.steps, args.batch, args.lr)
+        train(args.family, args.steps, args.batch, args.lr, args.object_weight)
     return 0
 
 

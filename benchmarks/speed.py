@@ -1,0 +1,514 @@
+"""Speed benchmark: seconds per sampling step of real-size models, unpatched vs the built-in TomePatchModel vs this
+pack's spatial ToMe, IBTM and SDTM, with a FLOP-model bound and a breakdown of the merging overhead.
+
+Models are ComfyUI's own classes at the real widths and token counts, with random weights (the values do not
+change the compute); the depth of the largest ones is cut so that a step fits this CPU, and the report says
+where. Every condition gets one untimed run first, under ``torch.utils.flop_counter.FlopCounterMode``: that
+counts the FLOPs the run executes (projections, MLPs, attention, convolutions). Then ``--rounds`` timed runs per
+condition, the conditions alternating (A B C A B C ...). A run's clock starts when the sampler starts (after
+ComfyUI has loaded the model) and stops at its last step; seconds per step = run time / steps. Batch 1 with
+cfg 5, so each step is one forward of 2 rows (cond + uncond).
+
+* speed-up: the median seconds per step of unpatched over the condition's, from the same process;
+* ideal: the FLOP model's bound, FLOPs of the unpatched run over the merged run's, the similarity matmuls of
+  the matching left out (they are overhead, not work that merging keeps); ``measured / ideal`` says how close
+  the implementation comes to what removing those FLOPs allows;
+* overhead: CPU seconds inside this pack's profiler ranges (``tokenmerge.match`` = similarity and matching,
+  ``tokenmerge.merge`` / ``tokenmerge.unmerge`` = gathers and scatters, ``tokenmerge.capture`` = the CFG
+  importance), from ``torch.profiler`` over the timed runs, as a share of the step;
+* peak memory: the largest resident-set growth during a timed run (CPU), sampled every 5 ms.
+
+``python -m benchmarks.speed`` runs every model under both attention backends (ComfyUI's CPU default, the
+sub-quadratic attention, and ``--use-pytorch-cross-attention``; each in its own process, since ComfyUI picks the
+backend at import) and writes ``benchmarks/results/speed-<machine>-<date>.md`` with PNG plots and the raw JSON.
+``--smoke`` runs one tiny model in a few seconds, to prove that the harness works (CI runs it). The flags
+``--models``, ``--ratios``, ``--steps``, ``--rounds``, ``--backends`` and ``--full-grid`` (every method at every
+ratio on every model; otherwise the big models get unpatched, ratio 0.5 and the recommended presets) choose
+the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from devkit import comfy_env, tiny_models  # noqa: E402
+
+CFG = 5.0
+BACKENDS = {"sub-quadratic": False, "pytorch": True}  # label -> --use-pytorch-cross-attention
+RANGES = ("tokenmerge.match", "tokenmerge.merge", "tokenmerge.unmerge", "tokenmerge.capture")
+UNET_HEADS = {"num_heads": 8, "num_head_channels": -1}  # SD1.5: 8 heads at every level
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmark model: its family (config and conditioning shapes), the image it samples and what was cut."""
+
+    name: str
+    family: tiny_models.TinyFamily
+    width: int
+    height: int
+    text_tokens: int
+    unet: bool  # UNet family (the built-in TomePatchModel applies) or DiT (SDTM applies)
+    scheduler: str = "normal"
+    frames: int = 1
+    cut: str = "full depth"
+
+
+def _sd15(side: int) -> ModelSpec:
+    config = {**tiny_models.SD15_LOADABLE, **UNET_HEADS, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
+              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+              "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1}
+    family = tiny_models.TinyFamily("sd15", "SD15", config, latent_channels=4, context_dim=768)
+    return ModelSpec(f"SD1.5 {side}x{side}", family, side, side, 77, unet=True)
+
+
+def _sdxl() -> ModelSpec:
+    config = {**tiny_models.UNET_COMMON, "model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2] * 3,
+              "transformer_depth": [0, 0, 2, 2, 2, 2], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 2, 2, 2],
+              "transformer_depth_middle": 2, "context_dim": 2048, "use_linear_in_transformer": True,
+              "adm_in_channels": 2816, "num_classes": "sequential", "num_heads": -1, "num_head_channels": 64}
+    family = tiny_models.TinyFamily("sdxl", "SDXL", config, latent_channels=4, context_dim=2048, pooled_dim=1280)
+    return ModelSpec("SDXL 1024x1024", family, 1024, 1024, 77, unet=True,
+                     cut="lowest level 2 transformer blocks per attention layer instead of 10 (the merged "
+                         "64x64 level is full)")
+
+
+def _sd3() -> ModelSpec:
+    config = {**tiny_models.SD3_TINY, "depth": 24, "num_blocks": 2, "adm_in_channels": 2048,
+              "pos_embed_max_size": 192, "num_patches": 36864,
+              "context_embedder_config": {"target": "torch.nn.Linear",
+                                          "params": {"in_features": 4096, "out_features": 1536}}}
+    family = tiny_models.TinyFamily("sd3", "SD3", config, latent_channels=16, context_dim=4096, pooled_dim=2048)
+    return ModelSpec("SD3-medium width 1024x1024", family, 1024, 1024, 154, unet=False, scheduler="simple",
+                     cut="2 of 24 joint blocks (width 1536, 24 heads)")
+
+
+def _flux() -> ModelSpec:
+    config = {**tiny_models.FLUX_TINY, "hidden_size": 3072, "num_heads": 24, "depth": 1, "depth_single_blocks": 2,
+              "context_in_dim": 4096, "vec_in_dim": 768}
+    family = tiny_models.TinyFamily("flux", "Flux", config, latent_channels=16, context_dim=4096, pooled_dim=768,
+                                    cond_extras={"guidance": 3.5})
+    return ModelSpec("Flux width 1024x1024", family, 1024, 1024, 512, unet=False, scheduler="simple",
+                     cut="1 of 19 double blocks and 2 of 38 single blocks (width 3072)")
+
+
+def _pixart() -> ModelSpec:
+    config = {**tiny_models.PIXART_ALPHA_TINY, "hidden_size": 1152, "num_heads": 16, "depth": 2,
+              "caption_channels": 4096, "input_size": 128, "pe_interpolation": 2}
+    family = tiny_models.TinyFamily("pixart_alpha", "PixArtAlpha", config, latent_channels=4, context_dim=4096,
+                                    min_side=256)
+    return ModelSpec("PixArt-alpha 1024x1024", family, 1024, 1024, 120, unet=False,
+                     cut="2 of 28 blocks (width 1152)")
+
+
+def _wan() -> ModelSpec:
+    config = {**tiny_models.WAN21_TINY, "dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 2,
+              "text_dim": 4096}
+    family = tiny_models.TinyFamily("wan21", "WAN21_T2V", config, latent_channels=16, context_dim=4096, video=True)
+    return ModelSpec("Wan 2.1 1.3B width 512x320x17", family, 512, 320, 512, unet=False, scheduler="simple",
+                     frames=17, cut="2 of 30 blocks (width 1536); 17 frames = 5 latent frames, 3200 tokens")
+
+
+def _smoke() -> ModelSpec:
+    return ModelSpec("tiny SD1.x (smoke)", tiny_models.FAMILIES["sd15"], 128, 128, 16, unet=True)
+
+
+MODELS: dict[str, Callable[[], ModelSpec]] = {
+    "sd15-512": lambda: _sd15(512), "sd15-768": lambda: _sd15(768), "sdxl-1024": _sdxl, "sd3-1024": _sd3,
+    "flux-1024": _flux, "pixart-1024": _pixart, "wan-video": _wan, "smoke": _smoke,
+}
+DEFAULT_MODELS = ("sd15-512", "sd15-768", "sdxl-1024", "sd3-1024", "flux-1024", "pixart-1024", "wan-video")
+
+
+# ------------------------------------------------------------------------------------------- conditions
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    method: str  # unpatched / builtin / tome / ibtm / sdtm
+    ratio: float
+    preset: bool = False
+
+
+def conditions_for(spec: ModelSpec, ratios: tuple[float, ...], full_grid: bool) -> list[Condition]:
+    """The conditions of one model: unpatched; the built-in TomePatchModel (UNets); our methods at ``ratios``
+    (only 0.5 unless ``full_grid``, on all but the primary model); the recommended presets of the README."""
+    cells = [Condition("unpatched", "unpatched", 0.0)]
+    grid = ratios if full_grid else tuple(r for r in ratios if r == 0.5)
+    methods = ("builtin", "tome", "ibtm") if spec.unet else ("tome", "ibtm", "sdtm")
+    for ratio in grid:
+        for method in methods:
+            preset = ratio == 0.5 and method == "ibtm"
+            cells.append(Condition(f"{method} {ratio}", method, ratio, preset=preset))
+    if spec.unet:
+        cells.append(Condition("ibtm 0.5 + cross-attn + FF", "ibtm-max", 0.5, preset=True))
+    else:
+        cells.append(Condition("sdtm 0.4 (Simple node)", "sdtm", 0.4, preset=True))
+    return cells
+
+
+def patch(base: Any, condition: Condition) -> Any:
+    """The patched clone a user gets for ``condition``, through the same node code the graph runs."""
+    from comfy_extras.nodes_tomesd import TomePatchModel
+    from tokenmerge.nodes.importance import TokenMergeImportance, TokenMergeImportanceAdvanced, TokenMergeSpatialToMe
+    from tokenmerge.nodes.sdtm import TokenMergeSDTM
+    from tokenmerge.patching.apply import apply_token_merge
+    from tokenmerge.patching.config import MergeConfig, Method
+
+    method, ratio = condition.method, condition.ratio
+    if method == "unpatched":
+        return base.clone()
+    if method == "builtin":
+        return TomePatchModel.execute(base, ratio).result[0]
+    if method == "tome":
+        return TokenMergeSpatialToMe.execute(base, ratio, "auto", 2, 2, merge_cross_attention=False,
+                                             merge_feed_forward=False, seed=0).result[0]
+    if method == "ibtm":
+        return TokenMergeImportance.execute(base, ratio).result[0]
+    if method == "ibtm-max":
+        return TokenMergeImportanceAdvanced.execute(
+            base, ratio, max_downsample="auto", dst_fraction=0.25, pool_factor=1.4, dst_mode="random",
+            merge_cross_attention=True, merge_feed_forward=True, prune_until=0.1, start_percent=0.0,
+            end_percent=1.0, seed=0).result[0]
+    if method == "sdtm" and condition.preset:
+        return TokenMergeSDTM.execute(base, ratio).result[0]
+    # The Simple node's settings, except that the deviation shrinks near the ratio ceiling (1 - 1/4 windows):
+    # SDTM's ratio is the centre of its schedule.
+    deviation = round(min(0.2, ratio, 0.75 - ratio), 2)
+    return apply_token_merge(base, MergeConfig(Method.SDTM, ratio=ratio, max_downsample=1, block_range=(0.0, 1.0),
+                                               deviation=deviation, prune_until=0.0))
+
+
+# ----------------------------------------------------------------------------------------- measurement
+class PeakRss:
+    """Largest growth of this process's resident set while active (sampled every 5 ms from /proc)."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self) -> PeakRss:  # noqa: PYI034  (final class)
+        start = self._rss()
+
+        def watch() -> None:
+            while not self._stop.wait(0.005):
+                self.peak = max(self.peak, self._rss() - start)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Measured:
+    seconds_per_step: list[float] = field(default_factory=list)
+    peak_mib: list[float] = field(default_factory=list)
+    overhead: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in RANGES})
+    flops: float = 0.0
+    match_flops: float = 0.0
+
+
+def sample(spec: ModelSpec, patcher: Any, steps: int, on_start: Callable[[], None] | None = None) -> None:
+    import comfy.patcher_extension
+    import comfy.sample
+
+    if on_start is not None:
+        def started(executor, *args, **kwargs):
+            on_start()
+            return executor(*args, **kwargs)
+
+        patcher = patcher.clone()
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, "tokenmerge_bench", started)
+    latent = spec.family.empty_latent(spec.height, spec.width, frames=spec.frames)
+    comfy.sample.sample(patcher, comfy.sample.prepare_noise(latent, 0), steps, CFG, "euler", spec.scheduler,
+                        spec.family.conditioning(1, spec.text_tokens), spec.family.conditioning(2, spec.text_tokens),
+                        latent, disable_pbar=True, seed=0)
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *_args, **_kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(spec: ModelSpec, patcher: Any, steps: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # torch counts the CUDA SDPA kernels but not the CPU one, which --use-pytorch-cross-attention runs.
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}  # noqa: SLF001
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        sample(spec, patcher, steps)
+    return float(counter.get_total_flops())
+
+
+def _ranges(events: list) -> tuple[dict[str, float], float]:
+    """Seconds inside each outermost ``tokenmerge.*`` range, and the FLOPs under ``tokenmerge.match``."""
+    seconds = dict.fromkeys(RANGES, 0.0)
+    match_flops = 0.0
+
+    def flops_under(event) -> float:
+        return (event.flops or 0) + sum(flops_under(child) for child in event.cpu_children)
+
+    for event in events:
+        if event.name not in seconds:
+            continue
+        parent, nested = event.cpu_parent, False
+        while parent is not None:
+            nested = nested or parent.name in seconds
+            parent = parent.cpu_parent
+        if nested:
+            continue
+        seconds[event.name] += event.cpu_time_total / 1e6
+        if event.name == "tokenmerge.match":
+            match_flops += flops_under(event)
+    return seconds, match_flops
+
+
+def timed_run(spec: ModelSpec, patcher: Any, steps: int, result: Measured) -> None:
+    began: list[float] = []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
+                                with_flops=True) as prof, PeakRss() as rss:
+        sample(spec, patcher, steps, on_start=lambda: began.append(time.perf_counter()))
+        ended = time.perf_counter()
+    result.seconds_per_step.append((ended - began[0]) / steps)
+    result.peak_mib.append(rss.peak / 2**20)
+    seconds, match_flops = _ranges(prof.events())
+    for name, value in seconds.items():
+        result.overhead[name].append(value / steps)
+    result.match_flops = match_flops
+
+
+def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: int, full_grid: bool,
+              log: Callable[[str], None]) -> dict:
+    """All conditions of one model in this process; returns the per-condition rows."""
+    base = tiny_models.build_patcher(spec.family, seed=0, scale=0.5)
+    conditions = conditions_for(spec, ratios, full_grid)
+    patched = {c.name: patch(base, c) for c in conditions}
+    measured = {c.name: Measured() for c in conditions}
+    with torch.inference_mode():
+        for c in conditions:  # the untimed first run of each condition counts its FLOPs
+            began = time.perf_counter()
+            measured[c.name].flops = count_flops(spec, patched[c.name], steps)
+            log(f"  {spec.name} / {c.name}: {measured[c.name].flops / 1e12:.2f} TFLOP per run "
+                f"(counted in {time.perf_counter() - began:.0f} s)")
+        for round_index in range(rounds):
+            order = conditions[round_index % len(conditions):] + conditions[:round_index % len(conditions)]
+            for c in order:
+                timed_run(spec, patched[c.name], steps, measured[c.name])
+                log(f"  {spec.name} / {c.name}: {measured[c.name].seconds_per_step[-1]:.3f} s/step")
+    base_step = statistics.median(measured["unpatched"].seconds_per_step)
+    base_flops = measured["unpatched"].flops
+    rows = []
+    for c in conditions:
+        m = measured[c.name]
+        step = statistics.median(m.seconds_per_step)
+        work = m.flops - m.match_flops  # both per run of ``steps`` steps
+        overhead = {name.split(".")[1]: statistics.median(values) for name, values in m.overhead.items()}
+        ideal = base_flops / work if work else float("nan")
+        speedup = base_step / step
+        rows.append({
+            **asdict(c), "seconds_per_step": step, "min": min(m.seconds_per_step), "max": max(m.seconds_per_step),
+            "speedup": speedup, "ideal": ideal, "measured_over_ideal": speedup / ideal,
+            "tflop_per_step": m.flops / steps / 1e12,
+            "match_gflop_per_step": m.match_flops / steps / 1e9, "peak_mib": max(m.peak_mib),
+            "overhead_seconds": overhead, "overhead_share": sum(overhead.values()) / step,
+        })
+    return {"model": spec.name, "cut": spec.cut, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def child(args: argparse.Namespace) -> int:
+    """Run the models under one attention backend (ComfyUI fixes it at import) and write their rows as JSON."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter
+    comfy_env.bootstrap_comfyui(pytorch_attention=BACKENDS[args.child])
+    comfy_env.import_pack()
+    results = []
+    for name in args.models:
+        spec = MODELS[name]()
+        print(f"[{args.child}] {spec.name}", flush=True)
+        results.append(run_model(spec, tuple(args.ratios), args.steps, args.rounds,
+                                 args.full_grid or name in args.grid_models, log=print))
+        Path(args.json).write_text(json.dumps(results, indent=1))  # each model's rows as soon as done
+    return 0
+
+
+def _fmt(value: float, digits: int = 2, suffix: str = "") -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}{suffix}"
+
+
+def table(result: dict) -> list[str]:
+    lines = [f"#### {result['model']} ({result['cut']})", "",
+             ("| condition | s/step (min-max) | speed-up | ideal (FLOPs) | measured / ideal | TFLOP/step | "
+              "peak MiB | overhead: match / merge / unmerge / capture ms per step (share of step) |"),
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        o = r["overhead_seconds"]
+        parts = " / ".join(f"{o[k] * 1e3:.0f}" for k in ("match", "merge", "unmerge", "capture"))
+        name = f"**{r['name']}** (preset)" if r["preset"] else r["name"]
+        lines.append(f"| {name} | {r['seconds_per_step']:.3f} ({r['min']:.3f}-{r['max']:.3f}) | {r['speedup']:.2f}x | "
+                     f"{_fmt(r['ideal'], suffix='x')} | {_fmt(r['measured_over_ideal'])} | "
+                     f"{r['tflop_per_step']:.2f} | {r['peak_mib']:.0f} | {parts} ({r['overhead_share']:.1%}) |")
+    return [*lines, ""]
+
+
+def find(results: dict[str, list[dict]], backend: str, model_prefix: str, condition: str) -> dict | None:
+    for result in results.get(backend, []):
+        if result["model"].startswith(model_prefix):
+            for row in result["rows"]:
+                if row["name"] == condition:
+                    return row
+    return None
+
+
+def targets(results: dict[str, list[dict]]) -> list[str]:
+    """The issue's targets, each checked against this run's rows (skipped where the run lacks the row)."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def check(label: str, value: float | None, ok: bool | None, shown: str) -> None:
+        if value is not None:
+            lines.append(f"| {label} | {shown} | {'yes' if ok else '**no**'} |")
+
+    ours = find(results, "pytorch", "SD1.5 512", "ibtm 0.5")
+    builtin = find(results, "pytorch", "SD1.5 512", "builtin 0.5")
+    if ours and builtin:
+        check("SD1.5 512², PyTorch attention, IBTM 0.5 (preset): ≥ 1.3x and ≥ the built-in at 0.5", ours["speedup"],
+              ours["speedup"] >= 1.3 and ours["speedup"] >= builtin["speedup"],
+              f"{ours['speedup']:.2f}x vs built-in {builtin['speedup']:.2f}x")
+    sdtm = find(results, "pytorch", "SD3", "sdtm 0.4 (Simple node)")
+    if sdtm:
+        check("SD3-medium width 1024², SDTM default: ≥ 1.5x per step", sdtm["speedup"], sdtm["speedup"] >= 1.5,
+              f"{sdtm['speedup']:.2f}x")
+    merged = [(b, res["model"], r) for b, per in results.items() for res in per for r in res["rows"]
+              if r["preset"] and r["method"] != "unpatched"]
+    for backend, model, r in merged:
+        check(f"{model}, {backend}, {r['name']}: overhead < 10 %, measured / ideal ≥ 0.8", r["overhead_share"],
+              r["overhead_share"] < 0.10 and r["measured_over_ideal"] >= 0.8,
+              f"overhead {r['overhead_share']:.1%} of the step, measured / ideal {_fmt(r['measured_over_ideal'])}")
+    return [*lines, ""]
+
+
+def plots(results: dict[str, list[dict]], stem: Path) -> list[str]:
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for backend, per_model in results.items():
+        fig, axes = plt.subplots(len(per_model), 1, figsize=(9, 2.4 * len(per_model)), squeeze=False)
+        for ax, result in zip(axes[:, 0], per_model, strict=True):
+            rows = [r for r in result["rows"] if r["method"] != "unpatched"]
+            x = range(len(rows))
+            ax.bar([i - 0.2 for i in x], [r["speedup"] for r in rows], 0.4, label="measured")
+            ax.bar([i + 0.2 for i in x], [r["ideal"] for r in rows], 0.4, label="ideal (FLOP model)", alpha=0.6)
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_xticks(list(x), [r["name"] for r in rows], rotation=20, ha="right", fontsize=7)
+            ax.set_ylabel("speed-up")
+            ax.set_title(f"{result['model']} ({backend} attention)", fontsize=9)
+        axes[0, 0].legend(fontsize=7)
+        fig.tight_layout()
+        path = stem.parent / f"{stem.name}-{backend}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
+    return written
+
+
+def report(results: dict[str, list[dict]], args: argparse.Namespace, figures: list[str], seconds: float) -> str:
+    today = dt.datetime.now(dt.UTC).date()
+    lines = [
+        f"# Speed benchmark, {today}", "",
+        (f"Machine: {args.machine} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+         f"threads 2), fp32. No GPU was available for this run."),
+        (f"Each condition: one untimed run (FLOPs counted), then {args.rounds} timed runs of {args.steps} steps, "
+         "conditions alternating; batch 1 with cfg 5 (2 rows per step), euler; median seconds per step, min-max "
+         "over the runs. Random weights at real widths (the compute does not depend on the values)."),
+        f"Command: `python -m benchmarks.speed {' '.join(args.argv)}` ({seconds / 60:.1f} min).", "",
+        ("Columns: **speed-up** over unpatched from the same process; **ideal**: FLOPs of the unpatched run over "
+         "the merged run's (matching excluded), the bound merging can reach; **measured / ideal**; **peak MiB**: "
+         "largest resident-set growth during a timed run; **overhead**: CPU time in the pack's profiler ranges."), "",
+        "## Targets", "", *targets(results),
+    ]
+    for backend, per_model in results.items():
+        lines += [f"## {backend} attention", ""]
+        for result in per_model:
+            lines += table(result)
+    lines += [f"![{name}]({name})" for name in figures] + [""]
+    if args.notes:
+        lines += ["## Analysis", "", Path(args.notes).read_text()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--steps", type=int, default=4, help="steps per run")
+    parser.add_argument("--rounds", type=int, default=2, help="timed runs per condition")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument("--full-grid", action="store_true", help="every method at every ratio on every model")
+    parser.add_argument("--grid-models", nargs="*", default=["sd15-512", "sd3-1024"],
+                        help="models that get every ratio even without --full-grid")
+    parser.add_argument("--smoke", action="store_true", help="one tiny model, 2 steps, 1 round (CI)")
+    parser.add_argument("--machine", default=f"cpu{os.cpu_count()}", help="machine label for the report name")
+    parser.add_argument("--notes", help="markdown file appended to the report as its analysis")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--child", choices=list(BACKENDS), help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.models, args.steps, args.rounds, args.grid_models = ["smoke"], 2, 1, []
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    began = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"speed-{'smoke-' if args.smoke else ''}{args.machine}-{dt.datetime.now(dt.UTC).date()}"
+    results: dict[str, list[dict]] = {}
+    for backend in args.backends:
+        json_path = stem.parent / f"{stem.name}-{backend}.json"
+        command = [sys.executable, "-m", "benchmarks.speed", *args.argv, "--child", backend, "--json", str(json_path)]
+        subprocess.run(command, cwd=REPO, check=True)
+        results[backend] = json.loads(json_path.read_text())
+    figures = plots(results, stem)
+    path = stem.with_suffix(".md")
+    path.write_text(report(results, args, figures, time.perf_counter() - began))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
