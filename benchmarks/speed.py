@@ -3,9 +3,11 @@ pack's spatial ToMe, IBTM and SDTM, with a FLOP-model bound and a breakdown of t
 
 Models are ComfyUI's own classes at the real widths and token counts, with random weights (the values do not
 change the compute); the depth of the largest ones is cut so that a step fits this CPU, and the report says
-where. Every condition gets one untimed run first, under ``torch.utils.flop_counter.FlopCounterMode``: that
-counts the FLOPs the run executes (projections, MLPs, attention, convolutions). Then ``--rounds`` timed runs per
-condition, the conditions alternating (A B C A B C ...). A run's clock starts when the sampler starts (after
+where. Every condition gets two untimed runs first: one under ``torch.utils.flop_counter.FlopCounterMode``, which
+counts the FLOPs the run executes (projections, MLPs, attention, convolutions), and one under ``torch.profiler``
+for the overhead and memory below (apart, since the FLOP counter's per-op dispatch would inflate the small ops of
+the overhead ranges). Then ``--rounds`` timed runs per condition, with no instrument, the conditions alternating
+(A B C A B C ...). A run's clock starts when the sampler starts (after
 ComfyUI has loaded the model) and stops at its last step; seconds per step = run time / steps. Batch 1 with
 cfg 5, so each step is one forward of 2 rows (cond + uncond).
 
@@ -15,16 +17,18 @@ cfg 5, so each step is one forward of 2 rows (cond + uncond).
   the implementation comes to what removing those FLOPs allows;
 * overhead: CPU seconds inside this pack's profiler ranges (``tokenmerge.match`` = similarity and matching,
   ``tokenmerge.merge`` / ``tokenmerge.unmerge`` = gathers and scatters, ``tokenmerge.capture`` = the CFG
-  importance), from ``torch.profiler`` over the timed runs, as a share of the step;
-* peak memory: the largest resident-set growth during a timed run (CPU), sampled every 5 ms.
+  importance), from the profiled run, as a share of the timed step (the profiler's per-op cost weighs more on
+  the small ops of the ranges than on the big ones, so the share errs high);
+* peak memory: the largest sum of live tensor allocations during the untimed run, above what was live at its
+  start (the activations; the weights are the same for every condition), from the profiler's allocation events.
 
 ``python -m benchmarks.speed`` runs every model under both attention backends (ComfyUI's CPU default, the
 sub-quadratic attention, and ``--use-pytorch-cross-attention``; each in its own process, since ComfyUI picks the
 backend at import) and writes ``benchmarks/results/speed-<machine>-<date>.md`` with PNG plots and the raw JSON.
 ``--smoke`` runs one tiny model in a few seconds, to prove that the harness works (CI runs it). The flags
-``--models``, ``--ratios``, ``--steps``, ``--rounds``, ``--backends`` and ``--full-grid`` (every method at every
-ratio on every model; otherwise the big models get unpatched, ratio 0.5 and the recommended presets) choose
-the work.
+``--models``, ``--grid-models`` (every method at every ratio; the others get unpatched and the recommended
+presets), ``--ratios``, ``--steps``, ``--rounds``, ``--backends`` (the first one runs the grid) and
+``--other-backend-models`` choose the work.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,7 +56,7 @@ import torch  # noqa: E402
 from devkit import comfy_env, tiny_models  # noqa: E402
 
 CFG = 5.0
-BACKENDS = {"sub-quadratic": False, "pytorch": True}  # label -> --use-pytorch-cross-attention
+BACKENDS = {"pytorch": True, "sub-quadratic": False}  # label -> --use-pytorch-cross-attention
 RANGES = ("tokenmerge.match", "tokenmerge.merge", "tokenmerge.unmerge", "tokenmerge.capture")
 UNET_HEADS = {"num_heads": 8, "num_head_channels": -1}  # SD1.5: 8 heads at every level
 
@@ -103,12 +106,12 @@ def _sd3() -> ModelSpec:
 
 
 def _flux() -> ModelSpec:
-    config = {**tiny_models.FLUX_TINY, "hidden_size": 3072, "num_heads": 24, "depth": 1, "depth_single_blocks": 2,
+    config = {**tiny_models.FLUX_TINY, "hidden_size": 3072, "num_heads": 24, "depth": 1, "depth_single_blocks": 1,
               "context_in_dim": 4096, "vec_in_dim": 768}
     family = tiny_models.TinyFamily("flux", "Flux", config, latent_channels=16, context_dim=4096, pooled_dim=768,
                                     cond_extras={"guidance": 3.5})
     return ModelSpec("Flux width 1024x1024", family, 1024, 1024, 512, unet=False, scheduler="simple",
-                     cut="1 of 19 double blocks and 2 of 38 single blocks (width 3072)")
+                     cut="1 of 19 double blocks and 1 of 38 single blocks (width 3072)")
 
 
 def _pixart() -> ModelSpec:
@@ -148,16 +151,17 @@ class Condition:
     preset: bool = False
 
 
-def conditions_for(spec: ModelSpec, ratios: tuple[float, ...], full_grid: bool) -> list[Condition]:
-    """The conditions of one model: unpatched; the built-in TomePatchModel (UNets); our methods at ``ratios``
-    (only 0.5 unless ``full_grid``, on all but the primary model); the recommended presets of the README."""
+def conditions_for(spec: ModelSpec, ratios: tuple[float, ...], grid: bool) -> list[Condition]:
+    """The conditions of one model: unpatched and the recommended presets of the README; with ``grid``, also this
+    pack's methods at every ratio (spatial ToMe and the built-in TomePatchModel, the baselines, at 0.5)."""
     cells = [Condition("unpatched", "unpatched", 0.0)]
-    grid = ratios if full_grid else tuple(r for r in ratios if r == 0.5)
-    methods = ("builtin", "tome", "ibtm") if spec.unet else ("tome", "ibtm", "sdtm")
-    for ratio in grid:
-        for method in methods:
-            preset = ratio == 0.5 and method == "ibtm"
-            cells.append(Condition(f"{method} {ratio}", method, ratio, preset=preset))
+    if grid:
+        methods = ("ibtm",) if spec.unet else ("ibtm", "sdtm")
+        baselines = ("builtin", "tome") if spec.unet else ("tome",)
+        cells += [Condition(f"{m} 0.5", m, 0.5) for m in baselines]
+        cells += [Condition(f"{m} {r}", m, r, preset=r == 0.5) for r in ratios for m in methods]
+    else:
+        cells.append(Condition("ibtm 0.5", "ibtm", 0.5, preset=True))
     if spec.unet:
         cells.append(Condition("ibtm 0.5 + cross-attn + FF", "ibtm-max", 0.5, preset=True))
     else:
@@ -198,41 +202,24 @@ def patch(base: Any, condition: Condition) -> Any:
 
 
 # ----------------------------------------------------------------------------------------- measurement
-class PeakRss:
-    """Largest growth of this process's resident set while active (sampled every 5 ms from /proc)."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def __enter__(self) -> PeakRss:  # noqa: PYI034  (final class)
-        start = self._rss()
-
-        def watch() -> None:
-            while not self._stop.wait(0.005):
-                self.peak = max(self.peak, self._rss() - start)
-
-        self._thread = threading.Thread(target=watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def peak_tensor_bytes(prof: torch.profiler.profile) -> int:
+    """Largest sum of live tensor allocations during a profiled run, above what was live when it started (from
+    the profiler's allocation events; unlike the resident set, not hidden by the allocator's reuse)."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 @dataclass
 class Measured:
-    seconds_per_step: list[float] = field(default_factory=list)
-    peak_mib: list[float] = field(default_factory=list)
-    overhead: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in RANGES})
-    flops: float = 0.0
+    seconds_per_step: list[float] = field(default_factory=list)  # timed runs
+    flops: float = 0.0  # the counted run; the rest from the profiled run
     match_flops: float = 0.0
+    peak_mib: float = 0.0
+    overhead: dict[str, float] = field(default_factory=dict)  # CPU seconds per step in each profiler range
 
 
 def sample(spec: ModelSpec, patcher: Any, steps: int, on_start: Callable[[], None] | None = None) -> None:
@@ -258,16 +245,6 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *_args, **_kwargs) -> i
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def count_flops(spec: ModelSpec, patcher: Any, steps: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # torch counts the CUDA SDPA kernels but not the CPU one, which --use-pytorch-cross-attention runs.
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}  # noqa: SLF001
-    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
-        sample(spec, patcher, steps)
-    return float(counter.get_total_flops())
-
-
 def _ranges(events: list) -> tuple[dict[str, float], float]:
     """Seconds inside each outermost ``tokenmerge.*`` range, and the FLOPs under ``tokenmerge.match``."""
     seconds = dict.fromkeys(RANGES, 0.0)
@@ -291,33 +268,48 @@ def _ranges(events: list) -> tuple[dict[str, float], float]:
     return seconds, match_flops
 
 
+def count_flops(spec: ModelSpec, patcher: Any, steps: int, result: Measured) -> None:
+    """The first untimed run: the FLOPs it executes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # torch counts the CUDA SDPA kernels but not the CPU one, which --use-pytorch-cross-attention runs.
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}  # noqa: SLF001
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        sample(spec, patcher, steps)
+    result.flops = float(counter.get_total_flops())
+
+
+def profiled_run(spec: ModelSpec, patcher: Any, steps: int, result: Measured) -> None:
+    """The second untimed run, under the profiler: the pack's ranges, the FLOPs of its matching, the activation
+    memory."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
+                                with_flops=True, profile_memory=True) as prof:
+        sample(spec, patcher, steps)
+    result.peak_mib = peak_tensor_bytes(prof) / 2**20
+    seconds, result.match_flops = _ranges(prof.events())
+    result.overhead = {name: value / steps for name, value in seconds.items()}
+
+
 def timed_run(spec: ModelSpec, patcher: Any, steps: int, result: Measured) -> None:
     began: list[float] = []
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
-                                with_flops=True) as prof, PeakRss() as rss:
-        sample(spec, patcher, steps, on_start=lambda: began.append(time.perf_counter()))
-        ended = time.perf_counter()
-    result.seconds_per_step.append((ended - began[0]) / steps)
-    result.peak_mib.append(rss.peak / 2**20)
-    seconds, match_flops = _ranges(prof.events())
-    for name, value in seconds.items():
-        result.overhead[name].append(value / steps)
-    result.match_flops = match_flops
+    sample(spec, patcher, steps, on_start=lambda: began.append(time.perf_counter()))
+    result.seconds_per_step.append((time.perf_counter() - began[0]) / steps)
 
 
-def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: int, full_grid: bool,
+def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: int, grid: bool,
               log: Callable[[str], None]) -> dict:
     """All conditions of one model in this process; returns the per-condition rows."""
     base = tiny_models.build_patcher(spec.family, seed=0, scale=0.5)
-    conditions = conditions_for(spec, ratios, full_grid)
+    conditions = conditions_for(spec, ratios, grid)
     patched = {c.name: patch(base, c) for c in conditions}
     measured = {c.name: Measured() for c in conditions}
     with torch.inference_mode():
-        for c in conditions:  # the untimed first run of each condition counts its FLOPs
+        for c in conditions:
             began = time.perf_counter()
-            measured[c.name].flops = count_flops(spec, patched[c.name], steps)
+            count_flops(spec, patched[c.name], steps, measured[c.name])
+            profiled_run(spec, patched[c.name], steps, measured[c.name])
             log(f"  {spec.name} / {c.name}: {measured[c.name].flops / 1e12:.2f} TFLOP per run "
-                f"(counted in {time.perf_counter() - began:.0f} s)")
+                f"(counted and profiled in {time.perf_counter() - began:.0f} s)")
         for round_index in range(rounds):
             order = conditions[round_index % len(conditions):] + conditions[:round_index % len(conditions)]
             for c in order:
@@ -330,14 +322,14 @@ def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: in
         m = measured[c.name]
         step = statistics.median(m.seconds_per_step)
         work = m.flops - m.match_flops  # both per run of ``steps`` steps
-        overhead = {name.split(".")[1]: statistics.median(values) for name, values in m.overhead.items()}
+        overhead = {name.split(".")[1]: value for name, value in m.overhead.items()}
         ideal = base_flops / work if work else float("nan")
         speedup = base_step / step
         rows.append({
             **asdict(c), "seconds_per_step": step, "min": min(m.seconds_per_step), "max": max(m.seconds_per_step),
             "speedup": speedup, "ideal": ideal, "measured_over_ideal": speedup / ideal,
             "tflop_per_step": m.flops / steps / 1e12,
-            "match_gflop_per_step": m.match_flops / steps / 1e9, "peak_mib": max(m.peak_mib),
+            "match_gflop_per_step": m.match_flops / steps / 1e9, "peak_mib": m.peak_mib,
             "overhead_seconds": overhead, "overhead_share": sum(overhead.values()) / step,
         })
     return {"model": spec.name, "cut": spec.cut, "rows": rows}
@@ -346,15 +338,18 @@ def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: in
 # ---------------------------------------------------------------------------------------------- driver
 def child(args: argparse.Namespace) -> int:
     """Run the models under one attention backend (ComfyUI fixes it at import) and write their rows as JSON."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter
     comfy_env.bootstrap_comfyui(pytorch_attention=BACKENDS[args.child])
     comfy_env.import_pack()
     results = []
     for name in args.models:
         spec = MODELS[name]()
         print(f"[{args.child}] {spec.name}", flush=True)
-        results.append(run_model(spec, tuple(args.ratios), args.steps, args.rounds,
-                                 args.full_grid or name in args.grid_models, log=print))
+        try:
+            results.append(run_model(spec, tuple(args.ratios), args.steps, args.rounds, name in args.grid_models,
+                                     log=print))
+        except Exception as exc:  # noqa: BLE001  one model's failure must not lose the others' rows
+            print(f"[{args.child}] {spec.name} failed: {exc!r}", flush=True)
+            results.append({"model": spec.name, "cut": spec.cut, "rows": [], "error": repr(exc)})
         Path(args.json).write_text(json.dumps(results, indent=1))  # each model's rows as soon as done
     return 0
 
@@ -364,6 +359,8 @@ def _fmt(value: float, digits: int = 2, suffix: str = "") -> str:
 
 
 def table(result: dict) -> list[str]:
+    if result.get("error"):
+        return [f"#### {result['model']}", "", f"Failed: `{result['error']}`", ""]
     lines = [f"#### {result['model']} ({result['cut']})", "",
              ("| condition | s/step (min-max) | speed-up | ideal (FLOPs) | measured / ideal | TFLOP/step | "
               "peak MiB | overhead: match / merge / unmerge / capture ms per step (share of step) |"),
@@ -424,6 +421,8 @@ def plots(results: dict[str, list[dict]], stem: Path) -> list[str]:
     for backend, per_model in results.items():
         fig, axes = plt.subplots(len(per_model), 1, figsize=(9, 2.4 * len(per_model)), squeeze=False)
         for ax, result in zip(axes[:, 0], per_model, strict=True):
+            if not result["rows"]:
+                continue
             rows = [r for r in result["rows"] if r["method"] != "unpatched"]
             x = range(len(rows))
             ax.bar([i - 0.2 for i in x], [r["speedup"] for r in rows], 0.4, label="measured")
@@ -441,19 +440,20 @@ def plots(results: dict[str, list[dict]], stem: Path) -> list[str]:
     return written
 
 
-def report(results: dict[str, list[dict]], args: argparse.Namespace, figures: list[str], seconds: float) -> str:
-    today = dt.datetime.now(dt.UTC).date()
+def report(results: dict[str, list[dict]], args: argparse.Namespace, figures: list[str], run: dict) -> str:
     lines = [
-        f"# Speed benchmark, {today}", "",
+        f"# Speed benchmark, {run['date']}", "",
         (f"Machine: {args.machine} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-         f"threads 2), fp32. No GPU was available for this run."),
-        (f"Each condition: one untimed run (FLOPs counted), then {args.rounds} timed runs of {args.steps} steps, "
-         "conditions alternating; batch 1 with cfg 5 (2 rows per step), euler; median seconds per step, min-max "
-         "over the runs. Random weights at real widths (the compute does not depend on the values)."),
-        f"Command: `python -m benchmarks.speed {' '.join(args.argv)}` ({seconds / 60:.1f} min).", "",
+         f"threads {torch.get_num_threads()}), fp32. No GPU was available for this run."),
+        (f"Each condition: two untimed runs (one counting the FLOPs, one profiled for memory and overhead), then "
+         f"{args.rounds} timed runs of {args.steps} steps, uninstrumented, conditions alternating; batch 1 with cfg 5 "
+         "(2 rows per step), euler; median seconds per step, min-max over the runs. Random weights at real widths "
+         "(the compute does not depend on the values)."),
+        f"Command: `python -m benchmarks.speed {' '.join(run['argv'])}` ({run['minutes']:.0f} min).", "",
         ("Columns: **speed-up** over unpatched from the same process; **ideal**: FLOPs of the unpatched run over "
          "the merged run's (matching excluded), the bound merging can reach; **measured / ideal**; **peak MiB**: "
-         "largest resident-set growth during a timed run; **overhead**: CPU time in the pack's profiler ranges."), "",
+         "activation memory, the largest sum of live tensors during a run above its start; **overhead**: CPU time "
+         "in the pack's profiler ranges."), "",
         "## Targets", "", *targets(results),
     ]
     for backend, per_model in results.items():
@@ -473,19 +473,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="steps per run")
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per condition")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
-    parser.add_argument("--full-grid", action="store_true", help="every method at every ratio on every model")
-    parser.add_argument("--grid-models", nargs="*", default=["sd15-512", "sd3-1024"],
-                        help="models that get every ratio even without --full-grid")
+    parser.add_argument("--grid-models", nargs="*", default=["sd15-512", "sd3-1024"], choices=list(MODELS),
+                        help="models that get every method at every ratio (the others: unpatched and the presets)")
+    parser.add_argument("--other-backend-models", nargs="*", choices=list(MODELS),
+                        help="models for the backends after the first, with the presets only (default: --models)")
     parser.add_argument("--smoke", action="store_true", help="one tiny model, 2 steps, 1 round (CI)")
     parser.add_argument("--machine", default=f"cpu{os.cpu_count()}", help="machine label for the report name")
     parser.add_argument("--notes", help="markdown file appended to the report as its analysis")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--rebuild", metavar="DATE",
+                        help="only rewrite the report and plots of the run of DATE in --out (e.g. with --notes)")
     parser.add_argument("--child", choices=list(BACKENDS), help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command as the report shows it: where the files go and the analysis notes are not part of the run.
+    shown, items = [], iter(argv)
+    for item in items:
+        if item in ("--out", "--notes", "--rebuild"):
+            next(items, None)  # and its value
+            continue
+        shown.append(item)
+    args.argv = shown
     if args.smoke:
-        args.models, args.steps, args.rounds, args.grid_models = ["smoke"], 2, 1, []
+        args.models, args.grid_models, args.other_backend_models = ["smoke"], ["smoke"], ["smoke"]
+        args.ratios, args.steps, args.rounds = [0.5], 2, 1
+    if args.other_backend_models is None:
+        args.other_backend_models = args.models
     return args
 
 
@@ -496,16 +510,33 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"speed-{'smoke-' if args.smoke else ''}{args.machine}-{dt.datetime.now(dt.UTC).date()}"
+    date = args.rebuild or dt.datetime.now(dt.UTC).date().isoformat()
+    stem = out / f"speed-{'smoke-' if args.smoke else ''}{args.machine}-{date}"
     results: dict[str, list[dict]] = {}
-    for backend in args.backends:
+    for index, backend in enumerate(args.backends):
+        # The first backend gets the grid; the others compare the backends on the presets.
+        models, grid = (args.models, args.grid_models) if index == 0 else (args.other_backend_models, [])
         json_path = stem.parent / f"{stem.name}-{backend}.json"
-        command = [sys.executable, "-m", "benchmarks.speed", *args.argv, "--child", backend, "--json", str(json_path)]
+        if args.rebuild:
+            if json_path.exists():
+                results[backend] = json.loads(json_path.read_text())
+            continue
+        if not models:
+            continue
+        command = [sys.executable, "-m", "benchmarks.speed", "--models", *models, "--grid-models", *grid,
+                   "--ratios", *map(str, args.ratios), "--steps", str(args.steps), "--rounds", str(args.rounds),
+                   "--child", backend, "--json", str(json_path)]
         subprocess.run(command, cwd=REPO, check=True)
         results[backend] = json.loads(json_path.read_text())
+    run_path = stem.parent / f"{stem.name}-run.json"
+    if args.rebuild:
+        run = json.loads(run_path.read_text())
+    else:
+        run = {"date": date, "argv": args.argv, "minutes": (time.perf_counter() - began) / 60}
+        run_path.write_text(json.dumps(run))
     figures = plots(results, stem)
     path = stem.with_suffix(".md")
-    path.write_text(report(results, args, figures, time.perf_counter() - began))
+    path.write_text(report(results, args, figures, run))
     print(f"wrote {path}")
     return 0
 
