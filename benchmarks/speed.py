@@ -28,7 +28,8 @@ backend at import) and writes ``benchmarks/results/speed-<machine>-<date>.md`` w
 ``--smoke`` runs one tiny model in a few seconds, to prove that the harness works (CI runs it). The flags
 ``--models``, ``--grid-models`` (every method at every ratio; the others get unpatched and the recommended
 presets), ``--ratios``, ``--steps``, ``--rounds``, ``--backends`` (the first one runs the grid) and
-``--other-backend-models`` choose the work.
+``--other-backend-models`` choose the work; ``--append`` adds models to the day's run (its other rows kept, each
+command listed in the report), and ``--rebuild DATE --notes FILE`` rewrites a run's report with an analysis.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def conditions_for(spec: ModelSpec, ratios: tuple[float, ...], grid: bool) -> li
         methods = ("ibtm",) if spec.unet else ("ibtm", "sdtm")
         baselines = ("builtin", "tome") if spec.unet else ("tome",)
         cells += [Condition(f"{m} 0.5", m, 0.5) for m in baselines]
-        cells += [Condition(f"{m} {r}", m, r, preset=r == 0.5) for r in ratios for m in methods]
+        cells += [Condition(f"{m} {r}", m, r, preset=m == "ibtm" and r == 0.5) for r in ratios for m in methods]
     else:
         cells.append(Condition("ibtm 0.5", "ibtm", 0.5, preset=True))
     if spec.unet:
@@ -332,7 +333,7 @@ def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: in
             "match_gflop_per_step": m.match_flops / steps / 1e9, "peak_mib": m.peak_mib,
             "overhead_seconds": overhead, "overhead_share": sum(overhead.values()) / step,
         })
-    return {"model": spec.name, "cut": spec.cut, "rows": rows}
+    return {"model": spec.name, "cut": spec.cut, "steps": steps, "rounds": rounds, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -340,9 +341,14 @@ def child(args: argparse.Namespace) -> int:
     """Run the models under one attention backend (ComfyUI fixes it at import) and write their rows as JSON."""
     comfy_env.bootstrap_comfyui(pytorch_attention=BACKENDS[args.child])
     comfy_env.import_pack()
-    results = []
+    results = json.loads(Path(args.json).read_text()) if args.append and Path(args.json).exists() else []
+    done = {result["model"] for result in results if not result.get("error")}
+    results = [result for result in results if result["model"] in done]  # a failed model is run again
     for name in args.models:
         spec = MODELS[name]()
+        if spec.name in done:
+            print(f"[{args.child}] {spec.name}: already in {args.json}", flush=True)
+            continue
         print(f"[{args.child}] {spec.name}", flush=True)
         try:
             results.append(run_model(spec, tuple(args.ratios), args.steps, args.rounds, name in args.grid_models,
@@ -361,7 +367,7 @@ def _fmt(value: float, digits: int = 2, suffix: str = "") -> str:
 def table(result: dict) -> list[str]:
     if result.get("error"):
         return [f"#### {result['model']}", "", f"Failed: `{result['error']}`", ""]
-    lines = [f"#### {result['model']} ({result['cut']})", "",
+    lines = [f"#### {result['model']} ({result['cut']}; {result['steps']} steps, {result['rounds']} timed runs)", "",
              ("| condition | s/step (min-max) | speed-up | ideal (FLOPs) | measured / ideal | TFLOP/step | "
               "peak MiB | overhead: match / merge / unmerge / capture ms per step (share of step) |"),
              "|---|---|---|---|---|---|---|---|"]
@@ -445,11 +451,13 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace, figures: li
         f"# Speed benchmark, {run['date']}", "",
         (f"Machine: {args.machine} ({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
          f"threads {torch.get_num_threads()}), fp32. No GPU was available for this run."),
-        (f"Each condition: two untimed runs (one counting the FLOPs, one profiled for memory and overhead), then "
-         f"{args.rounds} timed runs of {args.steps} steps, uninstrumented, conditions alternating; batch 1 with cfg 5 "
-         "(2 rows per step), euler; median seconds per step, min-max over the runs. Random weights at real widths "
-         "(the compute does not depend on the values)."),
-        f"Command: `python -m benchmarks.speed {' '.join(run['argv'])}` ({run['minutes']:.0f} min).", "",
+        ("Each condition: two untimed runs (one counting the FLOPs, one profiled for memory and overhead), then "
+         "the timed runs (their number and steps in each model's heading), uninstrumented, conditions alternating; "
+         "batch 1 with cfg 5 (2 rows per step), euler; median seconds per step, min-max over the runs. Random "
+         "weights at real widths (the compute does not depend on the values)."),
+        "Commands:", "",
+        *(f"- `python -m benchmarks.speed {' '.join(c['argv'])}` ({c['minutes']:.0f} min){c.get('note', '')}"
+          for c in run["commands"]), "",
         ("Columns: **speed-up** over unpatched from the same process; **ideal**: FLOPs of the unpatched run over "
          "the merged run's (matching excluded), the bound merging can reach; **measured / ideal**; **peak MiB**: "
          "activation memory, the largest sum of live tensors during a run above its start; **overhead**: CPU time "
@@ -481,6 +489,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--machine", default=f"cpu{os.cpu_count()}", help="machine label for the report name")
     parser.add_argument("--notes", help="markdown file appended to the report as its analysis")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--append", action="store_true",
+                        help="add the models missing from today's run in --out, keeping its rows")
     parser.add_argument("--rebuild", metavar="DATE",
                         help="only rewrite the report and plots of the run of DATE in --out (e.g. with --notes)")
     parser.add_argument("--child", choices=list(BACKENDS), help=argparse.SUPPRESS)
@@ -525,15 +535,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         command = [sys.executable, "-m", "benchmarks.speed", "--models", *models, "--grid-models", *grid,
                    "--ratios", *map(str, args.ratios), "--steps", str(args.steps), "--rounds", str(args.rounds),
-                   "--child", backend, "--json", str(json_path)]
+                   "--child", backend, "--json", str(json_path), *(["--append"] if args.append else [])]
         subprocess.run(command, cwd=REPO, check=True)
         results[backend] = json.loads(json_path.read_text())
     run_path = stem.parent / f"{stem.name}-run.json"
-    if args.rebuild:
-        run = json.loads(run_path.read_text())
-    else:
-        run = {"date": date, "argv": args.argv, "minutes": (time.perf_counter() - began) / 60}
-        run_path.write_text(json.dumps(run))
+    run = json.loads(run_path.read_text()) if (args.rebuild or args.append) and run_path.exists() else \
+        {"date": date, "commands": []}
+    if not args.rebuild:
+        run["commands"].append({"argv": args.argv, "minutes": (time.perf_counter() - began) / 60})
+        run_path.write_text(json.dumps(run, indent=1))
     figures = plots(results, stem)
     path = stem.with_suffix(".md")
     path.write_text(report(results, args, figures, run))

@@ -228,3 +228,27 @@ def test_eval_scenes_are_held_out_from_training():
     from devkit.shapes import latents
 
     assert latents.scene_seed(10**6) < EVAL_SEED  # training chunk seeds stay far below the evaluation seed
+
+
+def test_a_fresh_clone_continues_training_from_the_committed_export(tmp_path, monkeypatch):
+    """Checkpoints stay out of git, so a new chunk starts from the export the log records, with a fresh optimiser
+    whose warm-up counts from there."""
+    from devkit.shapes import training
+
+    monkeypatch.setattr(training, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(training, "CHECKPOINTS", tmp_path / "checkpoints")
+    net = torch.nn.Linear(2, 2)
+    run = training.Run("toy", {"net": net}, torch.optim.AdamW(net.parameters()))
+    assert not run.resumed
+    with pytest.raises(FileNotFoundError, match="no export"):
+        run.last_export()
+    run.log_path.write_text("[toy] step 40 loss 0.1 wall 3.0 min\n[toy] step 50 loss 0.1 wall 4.5 min\n"
+                            "[toy] exported the EMA weights of step 50 to toy.safetensors (1.0 MB)\n"
+                            "[toy] step 60 loss 0.1 wall 6.0 min\n")  # a later chunk that was never exported
+    assert run.last_export() == (50, 270.0)
+    run.start_from(*run.last_export(), source="toy.safetensors")
+    assert (run.step, run.optimiser_from, run.resumed) == (50, 50, True)
+    assert 270.0 <= run.wall() < 280.0
+    run.save()
+    resumed = training.Run("toy", {"net": torch.nn.Linear(2, 2)}, torch.optim.AdamW(net.parameters()))
+    assert (resumed.step, resumed.optimiser_from) == (50, 50)

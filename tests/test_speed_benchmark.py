@@ -81,3 +81,22 @@ def test_cpu_sdpa_is_counted_like_attention():
     with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert counter.get_total_flops() == 2 * (2 * 2 * 8 * 256 * 256 * 40)  # QK^T and AV, 2 FLOPs per MAC
+
+
+def test_append_keeps_the_rows_and_lists_every_command(smoke_run, tmp_path):
+    import shutil
+
+    from benchmarks import speed
+
+    out = tmp_path / "results"
+    shutil.copytree(smoke_run, out)
+    before = {backend: _rows(out, backend) for backend in ("sub-quadratic", "pytorch")}
+    assert speed.main(["--smoke", "--append", "--out", str(out)]) == 0  # every model is there: nothing reruns
+    assert {backend: _rows(out, backend) for backend in ("sub-quadratic", "pytorch")} == before
+    (run,) = out.glob("speed-smoke-*-run.json")
+    commands = json.loads(run.read_text())["commands"]
+    assert [c["argv"] for c in commands] == [["--smoke"], ["--smoke", "--append"]]
+    (report,) = out.glob("speed-smoke-*.md")
+    assert report.read_text().count("- `python -m benchmarks.speed --smoke") == 2
+    (result,) = json.loads(next(out.glob("speed-smoke-*-pytorch.json")).read_text())
+    assert (result["steps"], result["rounds"]) == (2, 1)

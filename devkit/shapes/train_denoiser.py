@@ -120,7 +120,8 @@ def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
     return 1 + object_weight * torch.cat(masks)[:count]
 
 
-def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, save_every: int = 50) -> None:
+def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, from_export: bool = False,
+          save_every: int = 50) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -128,6 +129,14 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
     ema = copy.deepcopy(net).requires_grad_(requires_grad=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     run = Run(family, {"net": net, "ema": ema}, optimizer)
+    if from_export and not run.resumed:
+        import safetensors.torch
+
+        path = UNET_FILE if family == "sd15" else DIT_FILE
+        exported = safetensors.torch.load_file(str(path))  # the EMA weights, fp16
+        net.load_state_dict(exported)
+        ema.load_state_dict(exported)
+        run.start_from(*run.last_export(), source=path.name)
     cache = latent_cache.load_cache()
     raw_all = cache["latents"]
     if family == "sd3":
@@ -141,7 +150,7 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         prompts = [training_prompt(cache["prompts"][i], gen) for i in index.tolist()]
         context, pooled = shapes_prompt.encode_batch(prompts)
         x, timestep, target = model_inputs(family, model, raw_all[index], gen)
-        run.set_lr(lr * min(1.0, (run.step + 1) / 100))  # linear warm-up over the first 100 steps
+        run.set_lr(lr * min(1.0, (run.step - run.optimiser_from + 1) / 100))  # warm-up: a fresh optimiser's 100 steps
         w = weights[index]  # [batch, 1, h, w], broadcast over the latent channels
         loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
         run.optimise(loss, clip_norm=1.0)
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--object-weight", type=float, default=0.0,
                         help="extra loss weight inside the objects (0: plain MSE)")
+    parser.add_argument("--from-export", action="store_true",
+                        help="without a checkpoint, continue from the committed weights (step from the log)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
@@ -181,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         export(args.family)
     else:
-        train(args.family, args.steps, args.batch, args.lr, args.object_weight)
+        train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export)
     return 0
 
 

@@ -2,12 +2,15 @@
 
 Every training runs in chunks: ``--steps`` is the total, a checkpoint (model, optimiser, step, elapsed
 seconds) is written to ``.comfyui/shapes_checkpoints/`` every ``save_every`` steps, and a rerun continues
-from it. The log (``devkit/shapes/logs/<name>.log``, committed) records the loss and the accumulated wall
-time, so the training budget is on record.
+from it. The checkpoints are not committed (they are several times the weights' size), so a fresh clone
+continues from the committed export instead (:meth:`Run.start_from`), with a fresh optimiser. The log
+(``devkit/shapes/logs/<name>.log``, committed) records the loss and the accumulated wall time, so the training
+budget is on record.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ class Run:
         self.name, self.modules, self.optimizer = name, modules, optimizer
         self.path = CHECKPOINTS / f"{name}.pt"
         self.step, self.elapsed = 0, 0.0
+        self.optimiser_from = 0  # the step this optimiser's state began at (its warm-up counts from there)
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{name}.log"
         if self.path.exists():
@@ -38,9 +42,31 @@ class Run:
                 module.load_state_dict(state[key])
             optimizer.load_state_dict(state["optimizer"])
             self.step, self.elapsed = state["step"], state["elapsed"]
+            self.optimiser_from = state.get("optimiser_from", 0)
             self.log(f"resumed at step {self.step} ({self.elapsed / 60:.1f} min so far)")
         self._started = time.perf_counter()
         self._base = self.elapsed
+
+    @property
+    def resumed(self) -> bool:
+        return self.step > 0
+
+    def start_from(self, step: int, elapsed: float, source: str) -> None:
+        """Count this run as continuing at ``step`` (``elapsed`` seconds so far), its weights loaded by the caller
+        from ``source``; the optimiser state starts afresh."""
+        self.step, self.elapsed, self.optimiser_from = step, elapsed, step
+        self._base = elapsed
+        self.log(f"started from {source} at step {step} ({elapsed / 60:.1f} min so far), fresh optimiser")
+
+    def last_export(self) -> tuple[int, float]:
+        """(step, elapsed seconds) of the last export this run's log records: what the committed file holds."""
+        text = self.log_path.read_text() if self.log_path.exists() else ""
+        exports = re.findall(rf"\[{self.name}\] exported .* of step (\d+) ", text)
+        if not exports:
+            raise FileNotFoundError(f"{self.log_path} records no export to start from")
+        step = int(exports[-1])
+        walls = re.findall(rf"\[{self.name}\] step {step} loss \S+ wall ([\d.]+) min", text)
+        return step, float(walls[-1]) * 60 if walls else 0.0
 
     def wall(self) -> float:
         return self._base + time.perf_counter() - self._started
@@ -76,7 +102,8 @@ class Run:
     def save(self) -> None:
         CHECKPOINTS.mkdir(parents=True, exist_ok=True)
         state = {key: module.state_dict() for key, module in self.modules.items()}
-        state |= {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.wall()}
+        state |= {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.wall(),
+                  "optimiser_from": self.optimiser_from}
         torch.save(state, str(self.path) + ".tmp")
         Path(str(self.path) + ".tmp").replace(self.path)
 
