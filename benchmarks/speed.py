@@ -456,8 +456,8 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace, figures: li
          "batch 1 with cfg 5 (2 rows per step), euler; median seconds per step, min-max over the runs. Random "
          "weights at real widths (the compute does not depend on the values)."),
         "Commands:", "",
-        *(f"- `python -m benchmarks.speed {' '.join(c['argv'])}` ({c['minutes']:.0f} min){c.get('note', '')}"
-          for c in run["commands"]), "",
+        *(f"- `python -m benchmarks.speed {' '.join(c['argv'])}` ({c['minutes']:.0f} min)"
+          + (f"; {c['note']}" if c.get("note") else "") for c in run["commands"]), "",
         ("Columns: **speed-up** over unpatched from the same process; **ideal**: FLOPs of the unpatched run over "
          "the merged run's (matching excluded), the bound merging can reach; **measured / ideal**; **peak MiB**: "
          "activation memory, the largest sum of live tensors during a run above its start; **overhead**: CPU time "

@@ -52,6 +52,11 @@ def dit_config() -> dict:
                                         "params": {"in_features": width, "out_features": 64 * 3}}}
 
 
+def weights_file(family: str) -> Path:
+    """The committed UNETLoader file of ``family``."""
+    return UNET_FILE if family == "sd15" else DIT_FILE
+
+
 def build(family: str):
     """The ComfyUI model (``model_base``) of ``family`` with random weights: diffusion_model + model_sampling."""
     import comfy.supported_models
@@ -132,7 +137,7 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
     if from_export and not run.resumed:
         import safetensors.torch
 
-        path = UNET_FILE if family == "sd15" else DIT_FILE
+        path = weights_file(family)
         exported = safetensors.torch.load_file(str(path))  # the EMA weights, fp16
         net.load_state_dict(exported)
         ema.load_state_dict(exported)
@@ -167,7 +172,7 @@ def export(family: str) -> None:
     model = build(family)
     ema = copy.deepcopy(model.diffusion_model)
     run = Run(family, {"net": model.diffusion_model, "ema": ema}, torch.optim.AdamW(model.parameters()))
-    path = UNET_FILE if family == "sd15" else DIT_FILE
+    path = weights_file(family)
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.half().contiguous() for k, v in ema.state_dict().items()}, path)
     run.log(f"exported the EMA weights of step {run.step} to {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
