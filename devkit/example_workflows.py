@@ -253,12 +253,12 @@ def wan_video() -> Graph:
 
 
 def _branches(g: Graph, models: dict[str, Any], positive: Node, negative: Node, latent: Node, vae: Any, *,
-              prefix: str, save_height: int, **sampler: Any) -> dict[str, Node]:
+              prefix: str, save_height: int, scheduler: str = "normal", **sampler: Any) -> dict[str, Node]:
     """One column per model (KSampler, VAEDecode, SaveImage ``<prefix><label>``), same inputs; the decoded nodes."""
     decoded = {}
     for column, (label, model) in enumerate(models.items()):
         node = g.add("KSampler", 2 + column, f"KSampler ({label})", (320, 270), model=model, positive=positive,
-                     negative=negative, latent_image=latent, **sampler, scheduler="normal", denoise=1.0)
+                     negative=negative, latent_image=latent, **sampler, scheduler=scheduler, denoise=1.0)
         decoded[label] = g.add("VAEDecode", 2 + column, None, (220, 50), samples=node, vae=vae)
         g.add("SaveImage", 2 + column, f"Save ({label})", (320, save_height), images=decoded[label],
               filename_prefix=f"{prefix}{label}")
@@ -290,25 +290,28 @@ SHAPES_PROMPT = "a large red circle at top left and a small blue square at botto
 
 
 def shapes_demo() -> Graph:
-    """The demo (``make demo``): the trained shapes UNet unmerged, with spatial ToMe and with IBTM, same seed."""
+    """The demo (``make demo``): the trained shapes DiT (SD3 family) unmerged, with spatial ToMe and with IBTM, same
+    seed. The DiT, not the UNet: it is the shapes model that draws the prompted objects (devkit/shapes/README.md)."""
     g = Graph()
-    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="tokenmerge_shapes_sd15.safetensors",
+    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="tokenmerge_shapes_sd3.safetensors",
                  weight_dtype="default")
-    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="tokenmerge_shapes_taesd.safetensors")
+    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="tokenmerge_shapes_taesd3.safetensors")
     tome = g.add("TokenMergeSpatialToMe", 0, "Spatial ToMe 0.5", (320, 230), model=unet, ratio=0.5)
     ibtm = g.add("TokenMergeImportance", 0, "IBTM 0.5", (320, 60), model=unet, ratio=0.5)
-    latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=128, height=128, batch_size=4)
+    latent = g.add("EmptySD3LatentImage", 0, None, (320, 110), width=128, height=128, batch_size=4)
     positive = g.add("TokenMergeDemoPrompt", 1, "Positive", (400, 160), text=SHAPES_PROMPT)
     negative = g.add("TokenMergeDemoPrompt", 1, "Negative (empty: unconditional)", (400, 100), text="")
     decoded = _branches(g, {"unmerged": unet, "spatial_tome": tome, "ibtm": ibtm}, positive, negative, latent, vae,
-                        prefix="tokenmerge_demo_", save_height=300, seed=7, steps=20, cfg=5.0,
-                        sampler_name="dpmpp_2m")
+                        prefix="tokenmerge_demo_", save_height=300, seed=7, steps=20, cfg=3.0,
+                        sampler_name="dpmpp_2m", scheduler="simple")
     g.add("TokenMergeHeatmapPreview", 5, None, (400, 460), model=ibtm, images=decoded["ibtm"], steps="1,4,8,12,16,20",
           colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
     g.add("Note", 0, "About this demo", (320, 200), text=(
         "The pack's small trained shapes models (tokenmerge_shapes_*, in demo_models/ of the repository): copy them "
-        "to models/diffusion_models and models/vae. Same seed and prompt: unmerged, spatial ToMe and IBTM at "
-        "ratio 0.5. The preview shows where CFG puts the importance: on the prompted objects."))
+        "to models/diffusion_models and models/vae. This is the SD3-family DiT; the SD1.x UNet is "
+        "tokenmerge_shapes_sd15 with tokenmerge_shapes_taesd and EmptyLatentImage. Same seed and prompt: unmerged, "
+        "spatial ToMe and IBTM at ratio 0.5. The preview shows where CFG puts the importance: on the prompted "
+        "objects."))
     return g
 
 

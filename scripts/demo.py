@@ -2,8 +2,8 @@
 
 Run through ``make demo`` (which sets the environment up first). Steps:
 
-1. link the pack's small trained shapes models (``demo_models/``: an SD1.x-family UNet and its TAESD-format
-   VAE, see ``devkit/shapes``) into the server's models folder;
+1. link the pack's small trained shapes models (``demo_models/``: the SD3-family DiT the workflow samples, its
+   TAESD-format VAE and the SD1.x-family UNet, see ``devkit/shapes``) into the server's models folder;
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
 3. convert ``example_workflows/tokenmerge_demo_shapes.json`` to API format and queue it: the same prompt and
    seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "side_by_side.png").write_bytes(side_by_side({m: rows[m] for m in METHODS}))
 
     settings = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
-    lines = [(f"tokenmerge demo: trained shapes UNet (SD1.x family), 128x128, batch 4, {settings['steps']} steps "
+    model = next(node for node in prompt.values() if node["class_type"] == "UNETLoader")["inputs"]["unet_name"]
+    lines = [(f"tokenmerge demo: {model}, 128x128, batch 4, {settings['steps']} steps "
              f"{settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler (server events):")]
     base = None
     for method in METHODS:

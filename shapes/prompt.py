@@ -10,10 +10,14 @@ for example ``a large red circle at top left and a small blue square at center o
 Why not a text encoder: SD1.x's stock CLIP-L alone is 246 MB, far over the demo's 60 MB budget, and a
 small CLIP cannot be loaded by the stock CLIPLoader (its size is fixed by ComfyUI's config). The demo world
 has a closed vocabulary, so each word gets a fixed random vector (seeded, never trained) and the denoisers
-learned to read those through cross-attention. Each object is four tokens (size, colour, shape, position),
-each the word's vector plus a role vector and an object-slot vector; the background is one more token.
-Missing words and the empty prompt are zero tokens; the empty prompt is the unconditional input that
-classifier-free guidance needs. The pooled vector (SD3's ``y``) is the mean of the used tokens.
+learned to read those through cross-attention. Each object is **one token**: the normalised sum of its words'
+vectors (colour, shape, position and the optional size), so a single cross-attention lookup binds them: an
+image location that matches an object's position reads that object's colour and shape from the same token.
+(A first design gave every word its own token, tagged with role and object-slot vectors; binding a colour to
+its position then took two attention hops, and the models trained on it placed the right colours in the wrong
+places.) The background is one more token. Missing objects and the empty prompt are zero tokens; the empty
+prompt is the unconditional input that classifier-free guidance needs. The pooled vector (SD3's ``y``) is the
+mean of the used tokens.
 """
 
 from __future__ import annotations
@@ -34,9 +38,7 @@ BACKGROUNDS = ("plain", "gradient", "striped", "checkered")
 MAX_OBJECTS = 3
 
 CONTEXT_DIM = 768  # the SD1.x UNet's cross-attention width (ComfyUI detects SD1.x by it); SD3 demo uses it too
-TOKENS_PER_OBJECT = 4
-CONTEXT_TOKENS = 16  # 3 objects x 4 tokens + 1 background token, padded
-_ROLES = ("size", "colour", "shape", "position", "background")
+CONTEXT_TOKENS = MAX_OBJECTS + 1  # one token per object, then the background token
 _SEED = 20261121
 
 
@@ -107,34 +109,29 @@ def parse(text: str) -> ScenePrompt:
 
 
 def _table() -> dict[str, torch.Tensor]:
-    """The fixed vectors: one per word, role and object slot (seeded; identical on every machine)."""
+    """The fixed vectors: one per word (seeded; identical on every machine)."""
     gen = torch.Generator().manual_seed(_SEED)
     words = [*SIZES, *COLOURS, *SHAPES, *POSITIONS, *BACKGROUNDS]
-    table = {f"word:{w}": torch.randn(CONTEXT_DIM, generator=gen) for w in words}
-    table |= {f"role:{r}": 0.5 * torch.randn(CONTEXT_DIM, generator=gen) for r in _ROLES}
-    table |= {f"slot:{i}": 0.5 * torch.randn(CONTEXT_DIM, generator=gen) for i in range(MAX_OBJECTS)}
-    return table
+    return {word: torch.randn(CONTEXT_DIM, generator=gen) for word in words}
 
 
 _TABLE = _table()
 
 
+def object_token(obj: ObjectPhrase) -> torch.Tensor:
+    """The token [CONTEXT_DIM] of one object: its words' vectors summed, scaled back to unit variance."""
+    words = [word for word in (obj.colour, obj.shape, obj.position, obj.size) if word is not None]
+    return torch.stack([_TABLE[word] for word in words]).sum(0) / len(words) ** 0.5
+
+
 def encode(prompt: ScenePrompt) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditioning of one prompt: context [CONTEXT_TOKENS, CONTEXT_DIM] and pooled [CONTEXT_DIM] (float32)."""
     context = torch.zeros(CONTEXT_TOKENS, CONTEXT_DIM)
-    used = torch.zeros(CONTEXT_TOKENS, dtype=torch.bool)
-    for slot, obj in enumerate(prompt.objects):
-        for role_index, (role, word) in enumerate(zip(_ROLES, (obj.size, obj.colour, obj.shape, obj.position),
-                                                      strict=False)):
-            if word is None:
-                continue
-            row = slot * TOKENS_PER_OBJECT + role_index
-            context[row] = _TABLE[f"word:{word}"] + _TABLE[f"role:{role}"] + _TABLE[f"slot:{slot}"]
-            used[row] = True
+    for row, obj in enumerate(prompt.objects):
+        context[row] = object_token(obj)
     if prompt.background:
-        row = MAX_OBJECTS * TOKENS_PER_OBJECT
-        context[row] = _TABLE[f"word:{prompt.background}"] + _TABLE["role:background"]
-        used[row] = True
+        context[MAX_OBJECTS] = _TABLE[prompt.background]
+    used = context.abs().sum(1) > 0
     pooled = context[used].mean(0) if used.any() else torch.zeros(CONTEXT_DIM)
     return context, pooled
 

@@ -74,8 +74,7 @@ def test_prompt_text_round_trips_and_encodes_to_fixed_shapes(scene_prompt):
     assert context.shape == (prompt.CONTEXT_TOKENS, prompt.CONTEXT_DIM)
     assert pooled.shape == (prompt.CONTEXT_DIM,)
     used = int((context.abs().sum(1) > 0).sum())
-    words = sum(3 + (o.size is not None) for o in scene_prompt.objects) + (scene_prompt.background is not None)
-    assert used == words
+    assert used == len(scene_prompt.objects) + (scene_prompt.background is not None)  # a token per object
     assert torch.equal(prompt.encode(scene_prompt)[0], context)  # fixed vectors, no randomness per call
 
 
@@ -85,9 +84,13 @@ def test_the_empty_prompt_is_all_zero_and_words_matter():
     assert not pooled.any()
     red = prompt.encode(prompt.parse("a red circle at center"))[0]
     blue = prompt.encode(prompt.parse("a blue circle at center"))[0]
-    first_slot = prompt.encode(prompt.parse("a red circle at center and a red circle at top left"))[0]
     assert not torch.equal(red, blue)
-    assert not torch.equal(first_slot[4:8], red[0:4])  # the same words in the second object slot differ
+    # One token per object binds its words: the same words bound the other way round give other tokens.
+    bound = prompt.encode(prompt.parse("a red circle at center and a blue square at top left"))[0]
+    swapped = prompt.encode(prompt.parse("a blue circle at center and a red square at top left"))[0]
+    assert not torch.equal(bound[:2], swapped[:2])
+    assert torch.equal(bound[0], red[0])  # an object's token does not depend on the other objects
+    assert torch.allclose(bound[0].var(), torch.tensor(1.0), atol=0.15)  # unit variance, like one word
 
 
 @pytest.mark.parametrize(("text", "names"), [
@@ -112,7 +115,7 @@ def test_the_demo_prompt_node_validates_and_emits_conditioning(pack):
     assert "circle" in message  # the vocabulary is listed
     assert TokenMergeDemoPrompt.validate_inputs("a small red circle at center") is True
     ((context, extras),) = TokenMergeDemoPrompt.execute("a small red circle at center").result[0]
-    assert context.shape == (1, 16, 768)
+    assert context.shape == (1, prompt.CONTEXT_TOKENS, 768)  # 3 object tokens and the background token
     assert extras["pooled_output"].shape == (1, 768)
 
 
@@ -132,6 +135,15 @@ def test_the_classifier_names_held_out_scenes():
     assert classifier.accuracy(classifier.load(), count=256) >= 0.95
 
 
+def test_the_classifier_names_scenes_sent_through_the_demo_vae(pack):
+    """The judge of the samples must read what the VAE can show: it was trained on VAE round trips too."""
+    from devkit.shapes import classifier
+    from devkit.shapes.latents import load_vae
+    from devkit.shapes.train_vae import VAE_FILE
+
+    assert classifier.accuracy(classifier.load(), count=128, vae=load_vae(VAE_FILE)) >= 0.85
+
+
 def _png_to_tensor(data: bytes) -> torch.Tensor:
     import numpy as np
     from PIL import Image
@@ -147,13 +159,13 @@ MODELS = [
 
 
 def sample_on_server(server, unet: str, vae: str, latent: str, text: str, *, seed: int = 3) -> torch.Tensor:
-    """Four 128x128 samples of ``text`` (cfg 5, 20 steps) through the stock loaders, as images [4, 3, H, W]."""
+    """Four 128x128 samples of ``text`` (cfg 3, 20 steps) through the stock loaders, as images [4, 3, H, W]."""
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
         "2": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": text}},
         "3": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
         "4": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 4}},
-        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": seed, "steps": 20, "cfg": 5.0,
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": seed, "steps": 20, "cfg": 3.0,
                                                    "sampler_name": "dpmpp_2m", "scheduler": "normal",
                                                    "positive": ["2", 0], "negative": ["3", 0],
                                                    "latent_image": ["4", 0], "denoise": 1.0}},
@@ -181,11 +193,15 @@ def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_s
     assert _yellowness(yellow) > _yellowness(blue) + 0.1
 
 
+UNET_CANNOT_PLACE_OBJECTS = pytest.mark.xfail(
+    strict=True, reason="issue 7: the one-level demo UNet has no position signal and draws the prompted colours at "
+                        "random places (devkit/shapes/README.md); strict, so this turns red once it places them and "
+                        "the marker must go")
+
+
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason="issue 7 is mid-training: the committed weights do not yet draw shapes the "
-                                       "classifier recognises (see devkit/shapes/README.md); strict, so this turns "
-                                       "red once they do and the marker must go")
-@pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
+@pytest.mark.parametrize(("unet", "vae", "latent"),
+                         [pytest.param(*MODELS[0], marks=UNET_CANNOT_PLACE_OBJECTS), MODELS[1]])
 def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet, vae, latent):
     from devkit.shapes import classifier
 
@@ -228,6 +244,36 @@ def test_eval_scenes_are_held_out_from_training():
     from devkit.shapes import latents
 
     assert latents.scene_seed(10**6) < EVAL_SEED  # training chunk seeds stay far below the evaluation seed
+
+
+def test_the_sanity_rates_count_prompted_objects_by_hand():
+    from devkit.shapes.sanity import rates
+
+    colours = len(scenes.COLOURS)
+
+    def label(shape: int, colour: int) -> int:
+        return 1 + shape * colours + colour
+
+    labels = torch.tensor([[label(0, 0), 0, 0, 0, label(2, 3)], [0, label(1, 5), 0, 0, 0]])
+    predicted = torch.tensor([[label(0, 0), label(3, 3), 0, 0, label(2, 1)],  # right; wrong colour (shape right)
+                              [0, 0, label(0, 0), 0, 0]])  # the prompted object missing: wrong in every rate
+    # 3 prompted objects: both right 1, colour right 1, shape right 2; the extra object in an empty slot is not counted
+    assert rates(predicted, labels) == pytest.approx({"object": 1 / 3, "colour": 1 / 3, "shape": 2 / 3})
+
+
+def test_the_dit_position_table_encodes_column_then_row_in_its_two_halves():
+    """The demo DiT's position table (ComfyUI's MMDiT keeps it as an untrained buffer): tokens in rows-first
+    order, the first half of the channels a function of the column only, the second of the row only."""
+    from devkit.shapes.train_denoiser import sincos_position_table
+
+    table = sincos_position_table(4, 8)[0].view(4, 4, 8)  # [row, column, channel]
+    assert torch.allclose(table[0, 2, :4], table[3, 2, :4])  # same column, other row: first half equal
+    assert torch.allclose(table[1, 0, 4:], table[1, 3, 4:])  # same row, other column: second half equal
+    # By hand, width 8: frequencies 1 and 1/100; the token at row 1, column 2 is sin/cos of (2, 0.02) | (1, 0.01).
+    expected = torch.tensor([math.sin(2), math.sin(0.02), math.cos(2), math.cos(0.02),
+                             math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)])
+    assert torch.allclose(table[1, 2], expected, atol=1e-6)
+    assert len({tuple(row.tolist()) for row in table.view(16, 8)}) == 16  # every token has its own code
 
 
 def test_a_fresh_clone_continues_training_from_the_committed_export(tmp_path, monkeypatch):

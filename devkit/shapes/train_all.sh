@@ -5,15 +5,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.comfyui/venv/bin/python
-$PY devkit/shapes/classifier.py --steps 600
 $PY devkit/shapes/train_vae.py --steps 1000 --batch 16 --lr 1e-3
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/latents.py --count 4096
 # One at a time: side by side on 2 cores they slow each other down far more than 2x. The decoder-only steps keep
 # the encoder, and so the cached latents, fixed.
 $PY devkit/shapes/train_vae.py --steps 1100 --batch 16 --lr 5e-4 --decoder-only
+# The committed UNet trained its first 1350 steps under the first prompt encoding (a token per word, see
+# shapes/prompt.py); this recipe runs them under today's.
 $PY devkit/shapes/train_denoiser.py sd15 --steps 1350 --lr 6e-4 --threads 2
-$PY devkit/shapes/train_denoiser.py sd3 --steps 800 --batch 32 --lr 4e-4 --threads 2
+$PY devkit/shapes/train_denoiser.py sd15 --steps 1600 --lr 6e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 4000 --batch 32 --lr 5e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 7000 --batch 32 --lr 3e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 11000 --batch 32 --lr 2e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 14000 --batch 32 --lr 1.5e-4 --threads 2 --object-weight 2
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/train_denoiser.py sd15 --export
 $PY devkit/shapes/train_denoiser.py sd3 --export
+# The judge learns the final VAE's softened shapes too: half of each batch is sent through it.
+$PY devkit/shapes/classifier.py --steps 1000 --through-vae

@@ -69,7 +69,27 @@ def build(family: str):
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     random_init_(model.diffusion_model, seed=0, scale=0.5)
+    if family == "sd3":
+        # ComfyUI keeps the MMDiT's position table as a buffer (checkpoints carry it; it is never trained), and the
+        # random init leaves it at std 0.02: the blocks could barely tell where a token is. SD3 ships a 2D sin-cos
+        # table; so does the demo DiT.
+        net = model.diffusion_model
+        net.pos_embed.copy_(sincos_position_table(net.pos_embed_max_size, net.pos_embed.shape[-1]))
     return model
+
+
+def sincos_position_table(side: int, width: int) -> torch.Tensor:
+    """A 2D sin-cos position table [1, side * side, width] over a side x side token grid, rows first (the layout
+    of the MMDiT's ``pos_embed``): the first half of the channels encodes the column, the second the row."""
+    quarter = width // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter) / quarter)  # [quarter]
+    rows, columns = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")  # [side, side] each
+
+    def encode(coordinate: torch.Tensor) -> torch.Tensor:
+        angles = coordinate.flatten()[:, None] * frequencies[None]  # [side * side, quarter]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)  # [side * side, width / 2]
+
+    return torch.cat([encode(columns), encode(rows)], dim=-1)[None]  # [1, side * side, width]
 
 
 def training_prompt(text: str, gen: torch.Generator) -> shapes_prompt.ScenePrompt:

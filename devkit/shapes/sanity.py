@@ -1,0 +1,128 @@
+"""The demo models' sanity bar: do unmerged CFG samples show the prompted objects, and does CFG matter?
+
+Samples held-out prompts (scenes no model trained on) with CFG and without it (cfg 1), decodes them with the
+demo VAE and asks the classifier, per prompted object, whether its slot holds the prompted shape and colour.
+The bar (issue 7): at least 90 % with CFG, clearly less without. The colour-only and shape-only rates say
+which half is missing. ``--checkpoint`` judges the EMA weights of the training checkpoint instead of the
+committed file, so a run can be checked mid-way without an export::
+
+    .comfyui/venv/bin/python devkit/shapes/sanity.py sd15 [--checkpoint] [--samples 48] [--grid out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+from devkit import comfy_env
+
+BAR = 0.9
+
+
+def load_model(family: str, checkpoint: bool):
+    """The ModelPatcher of ``family``: the committed file, or the EMA weights of the training checkpoint."""
+    import comfy.sd
+
+    from devkit.shapes import train_denoiser
+    from devkit.shapes.training import CHECKPOINTS
+
+    if not checkpoint:
+        return comfy.sd.load_diffusion_model(str(train_denoiser.weights_file(family)))
+    state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
+    print(f"[sanity] {family} checkpoint at step {state['step']}", flush=True)
+    return comfy.sd.load_diffusion_model_state_dict({k: v.half() for k, v in state["ema"].items()})
+
+
+def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Shares of the prompted objects (occupied slots of ``labels`` [B, 5]) whose slot the classifier's ``predicted``
+    labels [B, 5] name right: shape and colour, colour alone, shape alone (an empty prediction is wrong in all)."""
+    from devkit.shapes import scenes
+
+    occupied = labels > 0
+    want, got = labels[occupied] - 1, predicted[occupied] - 1  # class - 1 = shape * colours + colour; -1 is empty
+    colours = len(scenes.COLOURS)
+    named = got >= 0
+    return {"object": (got == want).float().mean().item(),
+            "colour": (named & (got % colours == want % colours)).float().mean().item(),
+            "shape": (named & (got // colours == want // colours)).float().mean().item()}
+
+
+def sanity(family: str, checkpoint: bool, samples: int, steps: int, batch: int, cfg: float,
+           grid: Path | None = None) -> dict[str, dict[str, float]]:
+    from benchmarks import quality
+    from devkit.shapes import classifier, scenes, train_vae
+    from devkit.shapes.latents import load_vae
+    from devkit.shapes.training import EVAL_SEED
+
+    model = load_model(family, checkpoint)
+    vae_file = train_vae.VAE_FILE if family == "sd15" else train_vae.VAE3_FILE
+    loaded = quality.Loaded(family, model, load_vae(vae_file), "normal" if family == "sd15" else "simple")
+    held_out = scenes.sample_scenes(EVAL_SEED, samples)
+    labels = torch.stack([scene.slot_labels() for scene in held_out])
+    images: dict[float, list[torch.Tensor]] = {cfg: [], 1.0: []}
+    with torch.no_grad():
+        for start in range(0, samples, batch):
+            chunk = held_out[start:start + batch]
+            seeds = list(range(start, start + len(chunk)))
+            for scale, decoded in images.items():
+                latents = quality.sample_batch(loaded, model, seeds, [s.prompt for s in chunk], steps, scale)
+                decoded.append(quality.decode(loaded, latents))
+    judge = classifier.load()
+    with torch.no_grad():
+        result = {f"cfg {scale:g}": rates(judge(torch.cat(batches)).argmax(-1), labels)
+                  for scale, batches in images.items()}
+    if grid is not None:
+        write_grid(grid, torch.cat(images[cfg])[:16], [s.prompt.text() for s in held_out[:16]])
+    return result
+
+
+def write_grid(path: Path, images: torch.Tensor, prompts: list[str]) -> None:
+    """The first samples [N, 3, H, W] in a grid, each titled with its prompt (for a look by eye)."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    rows = (len(images) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, text in zip(axes.flat, images, prompts, strict=False):
+        axis.imshow(image.permute(1, 2, 0).numpy())
+        axis.set_title(text.replace(" and ", "\nand ").replace(" on a", "\non a"), fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("family", choices=("sd15", "sd3"))
+    parser.add_argument("--checkpoint", action="store_true", help="judge the training checkpoint's EMA weights")
+    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--cfg", type=float, default=3.0, help="the guidance scale (the benchmark's)")
+    parser.add_argument("--grid", type=Path, help="write the first 16 CFG samples to this PNG")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    comfy_env.bootstrap_comfyui()
+    comfy_env.import_pack()  # the benchmark's conditioning reads the pack's prompt encoder
+    result = sanity(args.family, args.checkpoint, args.samples, args.steps, args.batch, args.cfg, args.grid)
+    for name, rates in result.items():
+        print(f"[sanity] {args.family} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()), flush=True)
+    met = result[f"cfg {args.cfg:g}"]["object"] >= BAR
+    print(f"[sanity] bar ({BAR:.0%} of objects with CFG): {'met' if met else 'not met'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
