@@ -24,15 +24,12 @@ from devkit import comfy_env
 BAR = 0.9
 
 
-def load_model(family: str, checkpoint: bool):
-    """The ModelPatcher of ``family``: the committed file, or the EMA weights of the training checkpoint."""
+def checkpoint_model(family: str):
+    """The ModelPatcher of the EMA weights in ``family``'s training checkpoint."""
     import comfy.sd
 
-    from devkit.shapes import train_denoiser
     from devkit.shapes.training import CHECKPOINTS
 
-    if not checkpoint:
-        return comfy.sd.load_diffusion_model(str(train_denoiser.weights_file(family)))
     state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
     print(f"[sanity] {family} checkpoint at step {state['step']}", flush=True)
     return comfy.sd.load_diffusion_model_state_dict({k: v.half() for k, v in state["ema"].items()})
@@ -55,13 +52,13 @@ def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 def sanity(family: str, checkpoint: bool, samples: int, steps: int, batch: int, cfg: float,
            grid: Path | None = None) -> dict[str, dict[str, float]]:
     from benchmarks import quality
-    from devkit.shapes import classifier, scenes, train_vae
-    from devkit.shapes.latents import load_vae
+    from devkit.shapes import classifier, scenes
     from devkit.shapes.training import EVAL_SEED
 
-    model = load_model(family, checkpoint)
-    vae_file = train_vae.VAE_FILE if family == "sd15" else train_vae.VAE3_FILE
-    loaded = quality.Loaded(family, model, load_vae(vae_file), "normal" if family == "sd15" else "simple")
+    loaded = quality.load_family(family)  # the committed files, as the benchmark samples them
+    if checkpoint:
+        loaded.model = checkpoint_model(family)
+    model = loaded.model
     held_out = scenes.sample_scenes(EVAL_SEED, samples)
     labels = torch.stack([scene.slot_labels() for scene in held_out])
     images: dict[float, list[torch.Tensor]] = {cfg: [], 1.0: []}
