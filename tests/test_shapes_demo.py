@@ -298,3 +298,29 @@ def test_a_fresh_clone_continues_training_from_the_committed_export(tmp_path, mo
     run.save()
     resumed = training.Run("toy", {"net": torch.nn.Linear(2, 2)}, torch.optim.AdamW(net.parameters()))
     assert (resumed.step, resumed.optimiser_from) == (50, 50)
+    # The VAE's export line has its own wording; it is found too.
+    run.log("exported at step 70: raw encoder mean 0.0 std 1.0; vae_scale 0.2 (4ch), 1.7 (16ch)")
+    assert run.last_export()[0] == 70
+
+
+def test_the_vae_decoder_goes_on_training_from_the_committed_file_with_the_encoder_kept(tmp_path, monkeypatch, pack):
+    """``train_vae.py --decoder-only --from-export``: a fresh clone improves the committed decoder without moving the
+    latent space the denoisers were trained in."""
+    import safetensors.torch
+
+    from devkit.shapes import train_vae, training
+
+    monkeypatch.setattr(training, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(training, "CHECKPOINTS", tmp_path / "checkpoints")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "vae.log").write_text("[vae] step 10 loss 0.3 wall 1.0 min\n[vae] exported at step 10: "
+                                               "raw encoder mean 0.0 std 1.0; vae_scale 0.2 (4ch), 1.7 (16ch)\n")
+    train_vae.train(steps=11, batch=2, lr=1e-3, decoder_only=True, from_export=True)
+    committed = safetensors.torch.load_file(str(train_vae.VAE_FILE))
+    trained = torch.load(tmp_path / "checkpoints" / "vae.pt", weights_only=True)
+    assert trained["step"] == 11
+    weights = trained["vae"]
+    encoder = [k for k in weights if k.startswith("taesd_encoder.")]
+    decoder = [k for k in weights if k.startswith("taesd_decoder.")]
+    assert all(torch.equal(weights[k], committed[k].float()) for k in encoder)
+    assert not all(torch.equal(weights[k], committed[k].float()) for k in decoder)

@@ -84,7 +84,7 @@ def vae_round_trip(images: torch.Tensor, vae) -> torch.Tensor:
     return decoded.float().movedim(-1, 1).clamp(0, 1)
 
 
-VAE_POOL = 1024
+VAE_POOL = 2048
 
 
 def train(steps: int, batch: int, lr: float = 2e-3, through_vae: bool = False) -> None:

@@ -11,6 +11,7 @@ $PY devkit/shapes/latents.py --count 4096
 # One at a time: side by side on 2 cores they slow each other down far more than 2x. The decoder-only steps keep
 # the encoder, and so the cached latents, fixed.
 $PY devkit/shapes/train_vae.py --steps 1100 --batch 16 --lr 5e-4 --decoder-only
+$PY devkit/shapes/train_vae.py --steps 1900 --batch 16 --lr 3e-4 --decoder-only
 # The committed UNet trained its first 1350 steps under the first prompt encoding (a token per word, see
 # shapes/prompt.py); this recipe runs them under today's.
 $PY devkit/shapes/train_denoiser.py sd15 --steps 1350 --lr 6e-4 --threads 2
@@ -19,8 +20,11 @@ $PY devkit/shapes/train_denoiser.py sd3 --steps 4000 --batch 32 --lr 5e-4 --thre
 $PY devkit/shapes/train_denoiser.py sd3 --steps 7000 --batch 32 --lr 3e-4 --threads 2 --object-weight 2
 $PY devkit/shapes/train_denoiser.py sd3 --steps 11000 --batch 32 --lr 2e-4 --threads 2 --object-weight 2
 $PY devkit/shapes/train_denoiser.py sd3 --steps 14000 --batch 32 --lr 1.5e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 17000 --batch 32 --lr 1e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 20000 --batch 32 --lr 6e-5 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd3 --steps 23000 --batch 32 --lr 3e-5 --threads 2 --object-weight 2 --ema-decay 0.999
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/train_denoiser.py sd15 --export
 $PY devkit/shapes/train_denoiser.py sd3 --export
 # The judge learns the final VAE's softened shapes too: half of each batch is sent through it.
-$PY devkit/shapes/classifier.py --steps 1000 --through-vae
+$PY devkit/shapes/classifier.py --steps 1200 --through-vae

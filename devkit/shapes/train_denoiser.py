@@ -146,7 +146,7 @@ def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
 
 
 def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, from_export: bool = False,
-          save_every: int = 50) -> None:
+          ema_decay: float = EMA_DECAY, save_every: int = 50) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -180,7 +180,7 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
         run.optimise(loss, clip_norm=1.0)
         with torch.no_grad():
-            decay = min(EMA_DECAY, (run.step + 1) / (run.step + 10))
+            decay = min(ema_decay, (run.step + 1) / (run.step + 10))
             for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         run.advance(loss, steps, log_every=10, save_every=save_every)
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra loss weight inside the objects (0: plain MSE)")
     parser.add_argument("--from-export", action="store_true",
                         help="without a checkpoint, continue from the committed weights (step from the log)")
+    parser.add_argument("--ema-decay", type=float, default=EMA_DECAY,
+                        help="decay of the exported weight average (a longer one for the last, low-rate chunk)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
@@ -217,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         export(args.family)
     else:
-        train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export)
+        if not 0.0 <= args.ema_decay < 1.0:
+            parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+        train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export, args.ema_decay)
     return 0
 
 

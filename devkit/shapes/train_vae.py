@@ -65,15 +65,23 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, objects: torch.Tensor)
     return (plain.mean() + 3 * chroma.mean()) / weight.mean()
 
 
-def train(steps: int, batch: int, lr: float, decoder_only: bool = False, save_every: int = 100) -> None:
+def train(steps: int, batch: int, lr: float, decoder_only: bool = False, from_export: bool = False,
+          save_every: int = 100) -> None:
     """Train to ``steps`` in total; ``decoder_only`` keeps the encoder (and so the latent space the denoisers were
-    trained in) fixed and goes on improving the decoder."""
+    trained in) fixed and goes on improving the decoder; ``from_export`` starts, without a checkpoint, from the
+    committed weights."""
     vae = build()
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     run = Run("vae", {"vae": vae}, optimizer)
-    run.set_lr(lr)
+    if from_export and not run.resumed:
+        import safetensors.torch
+
+        exported = safetensors.torch.load_file(str(VAE_FILE))  # fp16 weights; export recomputes scale and shift
+        vae.load_state_dict({k: v.float() for k, v in exported.items()})
+        run.start_from(*run.last_export(), source=VAE_FILE.name)
     gen = torch.Generator().manual_seed(TRAIN_SEED + run.step)
     while run.step < steps:
+        run.set_lr(lr * min(1.0, (run.step - run.optimiser_from + 1) / 100))  # warm-up: a fresh optimiser's 100 steps
         images, masks = scenes.render(scenes.sample_scenes(TRAIN_SEED * 7919 + run.step, batch))
         both = crops(torch.cat([images, masks.amax(1, keepdim=True)], 1), 64, gen)  # [B, 3 + 1, 64, 64]
         x, objects = both[:, :3] * 2 - 1, both[:, 3:]  # TAESD's encoder input is [-1, 1] (encode() maps it to [0, 1])
@@ -128,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--decoder-only", action="store_true", help="keep the encoder fixed (latent space frozen)")
+    parser.add_argument("--from-export", action="store_true",
+                        help="without a checkpoint, continue from the committed weights (step from the log)")
     parser.add_argument("--export", action="store_true", help="write the VAELoader files from the checkpoint")
     args = parser.parse_args(argv)
     comfy_env.bootstrap_comfyui()
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         export()
     else:
-        train(args.steps, args.batch, args.lr, decoder_only=args.decoder_only)
+        train(args.steps, args.batch, args.lr, decoder_only=args.decoder_only, from_export=args.from_export)
     return 0
 
 

@@ -61,7 +61,7 @@ class Run:
     def last_export(self) -> tuple[int, float]:
         """(step, elapsed seconds) of the last export this run's log records: what the committed file holds."""
         text = self.log_path.read_text() if self.log_path.exists() else ""
-        exports = re.findall(rf"\[{self.name}\] exported .* of step (\d+) ", text)
+        exports = re.findall(rf"\[{self.name}\] exported\D*step (\d+)", text)
         if not exports:
             raise FileNotFoundError(f"{self.log_path} records no export to start from")
         step = int(exports[-1])
