@@ -240,6 +240,19 @@ def test_quality_benchmark_quick_mode_checks_its_invariants(tmp_path, pack):
     assert "sdtm 0.5" in {row["cell"] for row in results[1]["rows"]}
 
 
+def test_quality_benchmark_takes_a_sample_count_per_model_and_refuses_bad_ones(capsys):
+    from benchmarks import quality
+
+    assert quality.parse_args(["--samples", "24", "sd3=192"]).samples == {"sd15": 24, "sd3": 192}
+    assert quality.parse_args(["--samples", "sd3=5", "--models", "sd3"]).samples == {"sd3": 5}
+    assert quality.parse_args([]).samples == {"sd15": 128, "sd3": 128}
+    assert quality.parse_args(["--quick", "--samples", "sd3=192"]).samples == {"sd15": 8, "sd3": 8}
+    for bad, named in (("sdxl=5", "unknown model 'sdxl'"), ("0", "at least 1"), ("sd3=many", "whole count")):
+        with pytest.raises(SystemExit):
+            quality.parse_args(["--samples", bad])
+        assert named in capsys.readouterr().err
+
+
 def test_eval_scenes_are_held_out_from_training():
     from devkit.shapes import latents
 
