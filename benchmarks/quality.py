@@ -442,10 +442,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[l
     return results, path
 
 
+DEFAULT_SAMPLES = 128
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 samples, 6 steps, ratio 0.5: proves it works (CI)")
-    parser.add_argument("--samples", nargs="+", default=["128"], metavar="N|FAMILY=N",
+    parser.add_argument("--samples", nargs="+", default=[str(DEFAULT_SAMPLES)], metavar="N|FAMILY=N",
                         help="held-out prompts per cell: N for every model, FAMILY=N for one (e.g. 24 sd3=192)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
@@ -474,7 +477,7 @@ def samples_by_family(values: list[str], families: list[str], error: Callable[[s
             counts[family] = int(count)
         else:
             default = int(count)
-    return {family: counts.get(family, 128 if default is None else default) for family in families}
+    return {family: counts.get(family, DEFAULT_SAMPLES if default is None else default) for family in families}
 
 
 def main(argv: list[str] | None = None) -> int:

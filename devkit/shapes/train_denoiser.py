@@ -175,7 +175,7 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         prompts = [training_prompt(cache["prompts"][i], gen) for i in index.tolist()]
         context, pooled = shapes_prompt.encode_batch(prompts)
         x, timestep, target = model_inputs(family, model, raw_all[index], gen)
-        run.set_lr(lr * min(1.0, (run.step - run.optimiser_from + 1) / 100))  # warm-up: a fresh optimiser's 100 steps
+        run.warm_up_lr(lr)
         w = weights[index]  # [batch, 1, h, w], broadcast over the latent channels
         loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
         run.optimise(loss, clip_norm=1.0)

@@ -81,7 +81,7 @@ def train(steps: int, batch: int, lr: float, decoder_only: bool = False, from_ex
         run.start_from(*run.last_export(), source=VAE_FILE.name)
     gen = torch.Generator().manual_seed(TRAIN_SEED + run.step)
     while run.step < steps:
-        run.set_lr(lr * min(1.0, (run.step - run.optimiser_from + 1) / 100))  # warm-up: a fresh optimiser's 100 steps
+        run.warm_up_lr(lr)
         images, masks = scenes.render(scenes.sample_scenes(TRAIN_SEED * 7919 + run.step, batch))
         both = crops(torch.cat([images, masks.amax(1, keepdim=True)], 1), 64, gen)  # [B, 3 + 1, 64, 64]
         x, objects = both[:, :3] * 2 - 1, both[:, 3:]  # TAESD's encoder input is [-1, 1] (encode() maps it to [0, 1])

@@ -82,6 +82,11 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def warm_up_lr(self, lr: float, steps: int = 100) -> None:
+        """``lr``, ramped up linearly over the first ``steps`` of this optimiser (a fresh one after
+        ``start_from``)."""
+        self.set_lr(lr * min(1.0, (self.step - self.optimiser_from + 1) / steps))
+
     def optimise(self, loss: torch.Tensor, clip_norm: float | None = None) -> None:
         """One optimiser step on ``loss``, with the gradient norm clipped to ``clip_norm`` when given."""
         self.optimizer.zero_grad()
