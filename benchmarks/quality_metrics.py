@@ -22,27 +22,35 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)  # log10(1 / 0) = inf
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_kernel(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The 1-D Gaussian [size], summing to 1; SSIM's 11x11 window is its outer product with itself."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-x * x / (2 * sigma * sigma))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """Each channel of x [B, C, H, W] filtered with the 11x11 Gaussian window, valid windows only
+    [B, C, H - 10, W - 10]. The window is separable: a row pass then a column pass (22 multiplies a pixel
+    instead of 121)."""
+    g = _gaussian_kernel().to(x.dtype)
+    size = len(g)
+    batch, channels, height, width = x.shape
+    planes = x.reshape(batch * channels, 1, height, width)  # [B*C, 1, H, W], each channel on its own
+    planes = torch.nn.functional.conv2d(planes, g.view(1, 1, 1, size))  # rows  [B*C, 1, H, W - 10]
+    planes = torch.nn.functional.conv2d(planes, g.view(1, 1, size, 1))  # columns [B*C, 1, H - 10, W - 10]
+    return planes.view(batch, channels, height - size + 1, width - size + 1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image mean SSIM [B] (valid windows only, channels averaged)."""
     c1, c2 = 0.01**2, 0.03**2
-    channels = a.shape[1]
-    window = _gaussian_window().repeat(channels, 1, 1, 1)  # [C, 1, 11, 11], depthwise
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(x, window, groups=channels)
-
     a, b = a.double(), b.double()
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    # One blur for the five local statistics: [5B, C, H, W] -> [5, B, C, H - 10, W - 10]
+    mu_a, mu_b, aa, bb, ab = _blur(torch.cat([a, b, a * a, b * b, a * b])).unflatten(0, (5, a.shape[0]))
+    var_a = aa - mu_a**2
+    var_b = bb - mu_b**2
+    cov = ab - mu_a * mu_b
     value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return value.flatten(1).mean(1)
 
