@@ -3,8 +3,8 @@
 Samples held-out prompts (scenes no model trained on) with CFG and without it (cfg 1), decodes them with the
 demo VAE and asks the classifier, per prompted object, whether its slot holds the prompted shape and colour.
 The bar (issue 7): at least 90 % with CFG, clearly less without. The colour-only and shape-only rates say
-which half is missing. ``--checkpoint`` judges the EMA weights of the training checkpoint instead of the
-committed file, so a run can be checked mid-way without an export::
+which half is missing. ``--checkpoint`` judges the EMA weights of the training checkpoint (stored as the export would
+store them) instead of the committed file, so a run can be checked mid-way without an export::
 
     .comfyui/venv/bin/python devkit/shapes/sanity.py sd15 [--checkpoint] [--samples 48] [--grid out.png]
 """
@@ -28,11 +28,13 @@ def checkpoint_model(family: str):
     """The ModelPatcher of the EMA weights in ``family``'s training checkpoint."""
     import comfy.sd
 
+    from devkit.shapes.train_denoiser import export_dtype
     from devkit.shapes.training import CHECKPOINTS
 
     state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
     print(f"[sanity] {family} checkpoint at step {state['step']}", flush=True)
-    return comfy.sd.load_diffusion_model_state_dict({k: v.half() for k, v in state["ema"].items()})
+    # in the dtypes the export would write (fp8 kernels for the UNet), so the figure is the file's
+    return comfy.sd.load_diffusion_model_state_dict({k: export_dtype(family, v) for k, v in state["ema"].items()})
 
 
 def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -12,10 +12,9 @@ $PY devkit/shapes/latents.py --count 4096
 # the encoder, and so the cached latents, fixed.
 $PY devkit/shapes/train_vae.py --steps 1100 --batch 16 --lr 5e-4 --decoder-only
 $PY devkit/shapes/train_vae.py --steps 1900 --batch 16 --lr 3e-4 --decoder-only
-# The committed UNet trained its first 1350 steps under the first prompt encoding (a token per word, see
-# shapes/prompt.py); this recipe runs them under today's.
-$PY devkit/shapes/train_denoiser.py sd15 --steps 1350 --lr 6e-4 --threads 2
-$PY devkit/shapes/train_denoiser.py sd15 --steps 1600 --lr 6e-4 --threads 2 --object-weight 2
+# The two-level UNet; its last steps see the fp8 rounding its file stores.
+$PY devkit/shapes/train_denoiser.py sd15 --steps 3000 --batch 8 --lr 4e-4 --threads 2 --object-weight 2
+$PY devkit/shapes/train_denoiser.py sd15 --steps 3150 --batch 8 --lr 4e-4 --threads 2 --object-weight 2 --fp8-aware
 $PY devkit/shapes/train_denoiser.py sd3 --steps 4000 --batch 32 --lr 5e-4 --threads 2 --object-weight 2
 $PY devkit/shapes/train_denoiser.py sd3 --steps 7000 --batch 32 --lr 3e-4 --threads 2 --object-weight 2
 $PY devkit/shapes/train_denoiser.py sd3 --steps 11000 --batch 32 --lr 2e-4 --threads 2 --object-weight 2

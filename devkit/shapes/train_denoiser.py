@@ -1,9 +1,10 @@
 """Train the demo denoisers on cached VAE latents, with condition dropout so that CFG works.
 
 * ``sd15``: a UNet of ComfyUI's SD1.x family (``openaimodel.UNetModel``). ComfyUI recognises SD1.x by
-  320 model channels and a 768-wide context, so the width is fixed; the depth is cut to one resolution
-  level (one input block, two output blocks, each with a transformer, no middle block). eps prediction on
-  SD1.x's discrete schedule.
+  320 model channels and a 768-wide context, so the width is fixed; the depth is cut to two resolution
+  levels (see :func:`unet_config`), and the file stores its kernels in fp8 to fit the budget
+  (``FP8_FAMILIES``; ``--fp8-aware`` trains with that rounding in the loop). eps prediction on SD1.x's
+  discrete schedule; the residual branches start at zero, as SD's own init does.
 * ``sd3``: a small MMDiT (``mmdit.OpenAISignatureMMDITWrapper``) that ComfyUI sizes from its tensors:
   depth 3 (hidden 192, 3 heads), patch size 2 (64 image tokens on a 16x16 latent; ComfyUI's
   position embedding crop assumes patch 2), 768-wide context and pooled inputs. Rectified flow
@@ -18,8 +19,10 @@ prompts so partial prompts work too. An EMA of the weights (decay 0.995) is what
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -34,12 +37,23 @@ UNET_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd15.safetenso
 DIT_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd3.safetensors"
 COND_DROPOUT = 0.1
 EMA_DECAY = 0.995
+# The families whose file stores its matrices and convolution kernels in fp8 (e4m3, unscaled; the biases and norms in
+# fp16). ComfyUI loads such a file like any other and computes in its usual dtype. The two-level UNet needs it to fit
+# the 60 MB budget: 31.9 M parameters are 64 MB in fp16.
+FP8_FAMILIES = ("sd15",)
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn; anything larger would cast to NaN
 
 
 def unet_config() -> dict:
+    """Two resolution levels (16x16 and 8x8), one ResBlock down and two up per level, a middle block without a
+    transformer. Transformers (``UNetModel`` takes ``transformer_depth_output`` from its end): at 8x8 in
+    ``input_blocks.3`` and ``output_blocks.0``, and at 16x16 (256 tokens) in ``output_blocks.2``.
+    A second level is what lets an SD1.x UNet, which has no position embedding, learn where it is (from the zero
+    padding of its 8x8 convolutions)."""
     from devkit.tiny_models import SD15_LOADABLE
 
-    return {**SD15_LOADABLE, "transformer_depth_output": [1, 1], "transformer_depth_middle": -2}
+    return {**SD15_LOADABLE, "channel_mult": [1, 1], "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
+            "transformer_depth_output": [0, 1, 0, 1], "transformer_depth_middle": -1}
 
 
 def dit_config() -> dict:
@@ -69,6 +83,8 @@ def build(family: str):
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     random_init_(model.diffusion_model, seed=0, scale=0.5)
+    if family == "sd15":
+        zero_residual_outputs_(model.diffusion_model)
     if family == "sd3":
         # ComfyUI keeps the MMDiT's position table as a buffer (checkpoints carry it; it is never trained), and the
         # random init leaves it at std 0.02: the blocks could barely tell where a token is. SD3 ships a 2D sin-cos
@@ -76,6 +92,24 @@ def build(family: str):
         net = model.diffusion_model
         net.pos_embed.copy_(sincos_position_table(net.pos_embed_max_size, net.pos_embed.shape[-1]))
     return model
+
+
+def zero_residual_outputs_(unet: torch.nn.Module) -> None:
+    """Start every residual branch of the UNet at zero, as SD's own init does (``zero_module``): the last
+    convolution of each ResBlock, each transformer's ``proj_out`` and the output convolution. Each block starts as
+    its skip path, which trains faster than random residuals."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    for module in unet.modules():
+        if isinstance(module, ResBlock):
+            torch.nn.init.zeros_(module.out_layers[-1].weight)
+            torch.nn.init.zeros_(module.out_layers[-1].bias)
+        elif isinstance(module, SpatialTransformer):
+            torch.nn.init.zeros_(module.proj_out.weight)
+            torch.nn.init.zeros_(module.proj_out.bias)
+    torch.nn.init.zeros_(unet.out[-1].weight)
+    torch.nn.init.zeros_(unet.out[-1].bias)
 
 
 def sincos_position_table(side: int, width: int) -> torch.Tensor:
@@ -146,7 +180,7 @@ def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
 
 
 def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, from_export: bool = False,
-          ema_decay: float = EMA_DECAY, save_every: int = 50) -> None:
+          ema_decay: float = EMA_DECAY, fp8_aware: bool = False, save_every: int = 50) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -158,8 +192,8 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         import safetensors.torch
 
         path = weights_file(family)
-        exported = safetensors.torch.load_file(str(path))  # the EMA weights, fp16
-        net.load_state_dict(exported)
+        exported = safetensors.torch.load_file(str(path))  # the EMA weights, fp16 or fp8
+        net.load_state_dict(exported)  # copied into the fp32 parameters
         ema.load_state_dict(exported)
         run.start_from(*run.last_export(), source=path.name)
     cache = latent_cache.load_cache()
@@ -177,13 +211,52 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         x, timestep, target = model_inputs(family, model, raw_all[index], gen)
         run.warm_up_lr(lr)
         w = weights[index]  # [batch, 1, h, w], broadcast over the latent channels
-        loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
-        run.optimise(loss, clip_norm=1.0)
+        with fp8_rounded_weights(net) if fp8_aware else contextlib.nullcontext():
+            loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
+            run.backward(loss)
+        run.apply_gradients(clip_norm=1.0)
         with torch.no_grad():
             decay = min(ema_decay, (run.step + 1) / (run.step + 10))
             for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         run.advance(loss, steps, log_every=10, save_every=save_every)
+
+
+def is_fp8_stored(tensor: torch.Tensor) -> bool:
+    """Whether the exported file stores ``tensor`` in fp8: every matrix and kernel (2-D or more), not the
+    biases, norms or buffers."""
+    return tensor.is_floating_point() and tensor.ndim >= 2
+
+
+def to_fp8(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+@contextlib.contextmanager
+def fp8_rounded_weights(net: torch.nn.Module) -> Iterator[None]:
+    """Inside, the weights that the file stores in fp8 hold their fp8-rounded values; on leaving, the exact ones
+    come back. Forward and backward run inside, the optimiser step outside: the gradient is taken at the rounded
+    weights and applied to the exact ones (the straight-through estimator of quantisation-aware training)."""
+    exact = {}
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if is_fp8_stored(param):
+                exact[name] = param.detach().clone()
+                param.copy_(to_fp8(param).to(param.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in net.named_parameters():
+                if name in exact:
+                    param.copy_(exact[name])
+
+
+def export_dtype(family: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the file stores it: fp8 for the matrices of an ``FP8_FAMILIES`` model, fp16 otherwise."""
+    if family in FP8_FAMILIES and is_fp8_stored(tensor):
+        return to_fp8(tensor).contiguous()
+    return tensor.half().contiguous()
 
 
 def export(family: str) -> None:
@@ -194,7 +267,7 @@ def export(family: str) -> None:
     run = Run(family, {"net": model.diffusion_model, "ema": ema}, torch.optim.AdamW(model.parameters()))
     path = weights_file(family)
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.half().contiguous() for k, v in ema.state_dict().items()}, path)
+    safetensors.torch.save_file({k: export_dtype(family, v) for k, v in ema.state_dict().items()}, path)
     run.log(f"exported the EMA weights of step {run.step} to {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -210,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="without a checkpoint, continue from the committed weights (step from the log)")
     parser.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                         help="decay of the exported weight average (a longer one for the last, low-rate chunk)")
+    parser.add_argument("--fp8-aware", action="store_true",
+                        help="forward and backward at the fp8-rounded weights the file will hold (for "
+                             f"{', '.join(FP8_FAMILIES)}; quantisation-aware training)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
@@ -221,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not 0.0 <= args.ema_decay < 1.0:
             parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-        train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export, args.ema_decay)
+        if args.fp8_aware and args.family not in FP8_FAMILIES:
+            parser.error(f"--fp8-aware is for the fp8-stored families ({', '.join(FP8_FAMILIES)}), not {args.family}")
+        train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export, args.ema_decay,
+              args.fp8_aware)
     return 0
 
 

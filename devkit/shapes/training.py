@@ -89,8 +89,16 @@ class Run:
 
     def optimise(self, loss: torch.Tensor, clip_norm: float | None = None) -> None:
         """One optimiser step on ``loss``, with the gradient norm clipped to ``clip_norm`` when given."""
+        self.backward(loss)
+        self.apply_gradients(clip_norm)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The gradients of ``loss`` alone (the first half of :meth:`optimise`)."""
         self.optimizer.zero_grad()
         loss.backward()
+
+    def apply_gradients(self, clip_norm: float | None = None) -> None:
+        """The optimiser step on the gradients :meth:`backward` left (the second half of :meth:`optimise`)."""
         if clip_norm is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, clip_norm)
