@@ -237,19 +237,16 @@ def fp8_rounded_weights(net: torch.nn.Module) -> Iterator[None]:
     """Inside, the weights that the file stores in fp8 hold their fp8-rounded values; on leaving, the exact ones
     come back. Forward and backward run inside, the optimiser step outside: the gradient is taken at the rounded
     weights and applied to the exact ones (the straight-through estimator of quantisation-aware training)."""
-    exact = {}
     with torch.no_grad():
-        for name, param in net.named_parameters():
-            if is_fp8_stored(param):
-                exact[name] = param.detach().clone()
-                param.copy_(to_fp8(param).to(param.dtype))
+        exact = [(param, param.detach().clone()) for param in net.parameters() if is_fp8_stored(param)]
+        for param, _ in exact:
+            param.copy_(to_fp8(param).to(param.dtype))
     try:
         yield
     finally:
         with torch.no_grad():
-            for name, param in net.named_parameters():
-                if name in exact:
-                    param.copy_(exact[name])
+            for param, value in exact:
+                param.copy_(value)
 
 
 def export_dtype(family: str, tensor: torch.Tensor) -> torch.Tensor:
