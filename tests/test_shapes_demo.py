@@ -369,3 +369,49 @@ def test_the_unet_export_stores_its_matrices_in_fp8_and_the_rest_in_fp16():
     assert stored.float().tolist() == [[0.3125, 448.0, -448.0]]  # clamped to the largest finite value, never NaN
     assert export_dtype("sd15", bias).dtype == torch.float16
     assert export_dtype("sd3", kernel).dtype == torch.float16
+
+
+class _ZeroVelocity(torch.nn.Module):
+    """A stand-in teacher network that predicts v = 0 and records what it was asked with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, timestep, context=None, y=None):
+        self.calls.append((timestep, context, y))
+        return torch.zeros_like(x)
+
+
+def test_the_dit_teacher_maps_the_unets_noisy_latent_onto_rectified_flow_and_back(pack):
+    """``train_denoiser.py sd15 --teacher``. The UNet's noisy latent x0 + sigma eps is, on the DiT's first four
+    channels, x0' + k sigma eps (x0' = k x0 + b), which rectified flow sees at time s = k sigma / (1 + k sigma) after
+    dividing by 1 + k sigma. A teacher predicting v = 0 returns its input as the clean estimate, so by hand the
+    estimate is ((k noisy + b) / (1 + k sigma) - b) / k, and the eps target (noisy - estimate) / sigma from
+    sigma = 1 on; below it the true noise stays."""
+    from devkit.shapes.teacher import MIN_SIGMA, DitTeacher
+    from devkit.shapes.train_denoiser import build, model_inputs
+
+    student = build("sd15")
+    teacher = DitTeacher(student, build("sd3"))
+    assert teacher.scale == pytest.approx(1.0, abs=1e-4)  # the two VAE files' scales put both spaces on one scale
+    teacher.net = _ZeroVelocity()
+    gen = torch.Generator().manual_seed(0)
+    sigma = torch.tensor([0.5, MIN_SIGMA, 4.0])
+    noise = torch.randn(3, 4, 2, 2, generator=gen)
+    noisy = torch.randn(3, 4, 2, 2, generator=gen) + sigma.view(-1, 1, 1, 1) * noise
+    context, pooled = prompt.encode_batch([prompt.parse(text) for text in ("a red circle at center",
+                                                                          "a blue square at top left",
+                                                                          "a green triangle at center")])
+    target = teacher.eps_target(noisy, sigma, noise, context, pooled, gen)
+    k, b, level = teacher.scale, teacher.offset, teacher.scale * sigma[1:].view(-1, 1, 1, 1)
+    estimate = ((k * noisy[1:] + b) / (1 + level) - b) / k
+    assert torch.equal(target[0], noise[0])
+    assert torch.allclose(target[1:], (noisy[1:] - estimate) / sigma[1:].view(-1, 1, 1, 1), atol=1e-5)
+    timestep, asked_context, asked_pooled = teacher.net.calls[0]
+    assert torch.allclose(timestep, 1000 * level.flatten() / (1 + level.flatten()))
+    assert torch.equal(asked_context, context[1:])  # each taught sample under its own prompt
+    assert torch.equal(asked_pooled, pooled[1:])
+    # --v-weighting: each sample weighs 1 + sigma^2.
+    _, timestep, _, weight = model_inputs("sd15", student, torch.randn(5, 4, 2, 2), gen, v_weighting=True)
+    assert torch.allclose(weight, 1 + student.model_sampling.sigma(timestep).square(), rtol=1e-4)

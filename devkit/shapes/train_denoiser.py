@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from devkit import comfy_env
+from devkit.shapes.teacher import MIN_SIGMA, DitTeacher
 from devkit.shapes.training import DEMO_MODELS, Run
 from shapes import prompt as shapes_prompt
 
@@ -138,8 +139,14 @@ def training_prompt(text: str, gen: torch.Generator) -> shapes_prompt.ScenePromp
     return shapes_prompt.ScenePrompt(objects, background)
 
 
-def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator):
-    """(noisy model input, timestep, target) for a batch of raw latents, through ComfyUI's model_sampling."""
+def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator, teacher: DitTeacher | None = None,
+                 context: torch.Tensor | None = None, pooled: torch.Tensor | None = None, v_weighting: bool = False):
+    """(noisy model input, timestep, target, per-sample loss weight [B]) for a batch of raw latents, through
+    ComfyUI's model_sampling. The UNet only: with a ``teacher``, the eps target of the high-noise samples comes from
+    it, under ``context``/``pooled``; with ``v_weighting``, a sample's weight is 1 + sigma^2, which turns its eps loss
+    into v-prediction's loss: the clean latent's error at high noise, the noise's error at low noise. (An eps loss
+    divides the clean latent's error by sigma^2, so at sigma 14 a UNet can be worse than the dataset mean at what it
+    draws first, and barely feel it.)"""
     ms = model.model_sampling
     x0 = model.process_latent_in(raw)
     noise = torch.randn(x0.shape, generator=gen)
@@ -150,13 +157,15 @@ def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator):
         u = torch.rand(batch, generator=gen).sqrt()
         index = (u * (len(ms.sigmas) - 1)).round().long()
         sigma = ms.sigmas[index]
-        noisy = ms.noise_scaling(sigma, noise, x0)
-        return ms.calculate_input(sigma, noisy), ms.timestep(sigma), noise
+        noisy = ms.noise_scaling(sigma, noise, x0)  # x0 + sigma * noise
+        target = noise if teacher is None else teacher.eps_target(noisy, sigma, noise, context, pooled, gen)
+        weight = 1 + sigma.square() if v_weighting else torch.ones(batch)
+        return ms.calculate_input(sigma, noisy), ms.timestep(sigma), target, weight
     u = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal, as SD3 trains
     shift = ms.shift
     sigma = shift * u / (1 + (shift - 1) * u)
     noisy = ms.noise_scaling(sigma, noise, x0)
-    return noisy, ms.timestep(sigma), noise - x0
+    return noisy, ms.timestep(sigma), noise - x0, torch.ones(batch)
 
 
 def forward(family: str, net: torch.nn.Module, x, timestep, context, pooled):
@@ -179,8 +188,18 @@ def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
     return 1 + object_weight * torch.cat(masks)[:count]
 
 
+def load_teacher(student) -> DitTeacher:
+    """The committed DiT (``DIT_FILE``) as the UNet's teacher."""
+    import safetensors.torch
+
+    dit = build("sd3")
+    dit.diffusion_model.load_state_dict(safetensors.torch.load_file(str(DIT_FILE)))  # fp16 into fp32 parameters
+    return DitTeacher(student, dit)
+
+
 def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, from_export: bool = False,
-          ema_decay: float = EMA_DECAY, fp8_aware: bool = False, save_every: int = 50) -> None:
+          ema_decay: float = EMA_DECAY, fp8_aware: bool = False, taught: bool = False, v_weighting: bool = False,
+          save_every: int = 50) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -203,14 +222,20 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
 
         raw_all = latent_cache.to_sd3_raw(raw_all, VAE_FILE, VAE3_FILE)
     weights = loss_weights(raw_all.shape[0], raw_all.shape[-1], object_weight)
+    teacher = load_teacher(model) if taught else None
+    if teacher is not None:
+        run.log(f"targets at sigma >= {MIN_SIGMA} from the DiT's clean estimate ({DIT_FILE.name})")
+    if v_weighting:
+        run.log("sample weights 1 + sigma^2 (v-prediction's loss)")
     gen = torch.Generator().manual_seed(1000 + run.step)
     while run.step < steps:
         index = torch.randint(0, raw_all.shape[0], (batch,), generator=gen)
         prompts = [training_prompt(cache["prompts"][i], gen) for i in index.tolist()]
         context, pooled = shapes_prompt.encode_batch(prompts)
-        x, timestep, target = model_inputs(family, model, raw_all[index], gen)
+        x, timestep, target, sample_weight = model_inputs(family, model, raw_all[index], gen, teacher, context, pooled,
+                                                          v_weighting)
         run.warm_up_lr(lr)
-        w = weights[index]  # [batch, 1, h, w], broadcast over the latent channels
+        w = weights[index] * sample_weight.view(-1, 1, 1, 1)  # [batch, 1, h, w], broadcast over the latent channels
         with fp8_rounded_weights(net) if fp8_aware else contextlib.nullcontext():
             loss = ((forward(family, net, x, timestep, context, pooled) - target).pow(2) * w).mean() / w.mean()
             run.backward(loss)
@@ -283,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp8-aware", action="store_true",
                         help="forward and backward at the fp8-rounded weights the file will hold (for "
                              f"{', '.join(FP8_FAMILIES)}; quantisation-aware training)")
+    parser.add_argument("--teacher", action="store_true",
+                        help=f"sd15: at sigma >= {MIN_SIGMA}, learn the noise implied by the trained DiT's clean "
+                             "estimate instead of the scene's own (distillation; see devkit/shapes/teacher.py)")
+    parser.add_argument("--v-weighting", action="store_true",
+                        help="sd15: weight each sample's eps loss by 1 + sigma^2 (v-prediction's loss; normalised "
+                             "over the batch), so that the UNet learns what it draws at high noise")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
@@ -296,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
         if args.fp8_aware and args.family not in FP8_FAMILIES:
             parser.error(f"--fp8-aware is for the fp8-stored families ({', '.join(FP8_FAMILIES)}), not {args.family}")
+        if args.family != "sd15" and (args.teacher or args.v_weighting):
+            parser.error("--teacher and --v-weighting are for sd15 (the DiT is its teacher; it already learns v)")
         train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export, args.ema_decay,
-              args.fp8_aware)
+              args.fp8_aware, args.teacher, args.v_weighting)
     return 0
 
 
