@@ -194,8 +194,8 @@ def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_s
 
 
 UNET_CANNOT_PLACE_OBJECTS = pytest.mark.xfail(
-    strict=True, reason="issue 7: the two-level demo UNet has had its first training chunk only (10.5 % of the "
-                        "objects named right, devkit/shapes/README.md); strict, so this turns red once it draws them "
+    strict=True, reason="issue 7: the two-level demo UNet has had two training chunks (20.2 % of the objects "
+                        "named right, devkit/shapes/README.md); strict, so this turns red once it draws them "
                         "and the marker must go")
 
 

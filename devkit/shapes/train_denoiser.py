@@ -4,7 +4,10 @@
   320 model channels and a 768-wide context, so the width is fixed; the depth is cut to two resolution
   levels (see :func:`unet_config`), and the file stores its kernels in fp8 to fit the budget
   (``FP8_FAMILIES``; ``--fp8-aware`` trains with that rounding in the loop). eps prediction on SD1.x's
-  discrete schedule; the residual branches start at zero, as SD's own init does.
+  discrete schedule; the residual branches start at zero, as SD's own init does. With ``--teacher`` and
+  ``--v-weighting`` it learns from the trained DiT at high noise, weighted as v-prediction would be
+  (:mod:`devkit.shapes.teacher`): 25 times dearer per sample than the DiT on this CPU, it cannot average the
+  scenes' own randomness out of an eps target at high noise, where the layout is drawn.
 * ``sd3``: a small MMDiT (``mmdit.OpenAISignatureMMDITWrapper``) that ComfyUI sizes from its tensors:
   depth 3 (hidden 192, 3 heads), patch size 2 (64 image tokens on a 16x16 latent; ComfyUI's
   position embedding crop assumes patch 2), 768-wide context and pooled inputs. Rectified flow
