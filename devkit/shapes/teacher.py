@@ -35,7 +35,7 @@ class DitTeacher:
         from devkit.shapes import latents as latent_cache
         from devkit.shapes.train_vae import VAE3_FILE, VAE_FILE
 
-        self.teacher = teacher
+        self.sampling = teacher.model_sampling  # rectified flow's (SD3's) time and denoised-latent conversions
         self.net = teacher.diffusion_model.requires_grad_(requires_grad=False)
 
         def to_teacher_space(x_unet: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ class DitTeacher:
         scaled = torch.cat([self.scale * noisy + self.offset, rest], dim=1)  # x0' + level * eps, [B, 16, h, w]
         s = level / (1 + level)  # rectified-flow time, [B, 1, 1, 1]
         x_flow = scaled / (1 + level)  # (1 - s) x0' + s eps
-        ms = self.teacher.model_sampling
+        ms = self.sampling
         s_flat = s.flatten()
         velocity = self.net(ms.calculate_input(s_flat, x_flow), ms.timestep(s_flat), context=context, y=pooled)
         x0_teacher = ms.calculate_denoised(s_flat, velocity, x_flow)  # [B, 16, h, w]
