@@ -193,15 +193,8 @@ def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_s
     assert _yellowness(yellow) > _yellowness(blue) + 0.1
 
 
-UNET_CANNOT_PLACE_OBJECTS = pytest.mark.xfail(
-    strict=True, reason="issue 7: the two-level demo UNet has had three training chunks (30.3 % of the objects "
-                        "named right, devkit/shapes/README.md); strict, so this turns red once it draws them "
-                        "and the marker must go")
-
-
 @pytest.mark.server
-@pytest.mark.parametrize(("unet", "vae", "latent"),
-                         [pytest.param(*MODELS[0], marks=UNET_CANNOT_PLACE_OBJECTS), MODELS[1]])
+@pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
 def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet, vae, latent):
     from devkit.shapes import classifier
 
