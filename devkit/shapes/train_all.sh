@@ -29,6 +29,7 @@ $PY devkit/shapes/train_denoiser.py sd15 --steps 6000 --batch 8 --lr 4e-4 --thre
 $PY devkit/shapes/train_denoiser.py sd15 --steps 6700 --batch 8 --lr 2e-4 --threads 2 --object-weight 2 --teacher --v-weighting --fp8-aware
 $PY devkit/shapes/train_denoiser.py sd15 --steps 10000 --batch 8 --lr 4e-4 --threads 2 --object-weight 2 --teacher --v-weighting
 $PY devkit/shapes/train_denoiser.py sd15 --steps 13500 --batch 8 --lr 4e-4 --threads 2 --object-weight 2 --teacher --v-weighting
+$PY devkit/shapes/train_denoiser.py sd15 --steps 17200 --batch 8 --lr 4e-4 --threads 2 --object-weight 2 --teacher --v-weighting
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/train_denoiser.py sd15 --export
 # The judge learns the final VAE's softened shapes too: half of each batch is sent through it.
