@@ -307,6 +307,10 @@ def test_a_fresh_clone_continues_training_from_the_committed_export(tmp_path, mo
     # The VAE's export line has its own wording; it is found too.
     run.log("exported at step 70: raw encoder mean 0.0 std 1.0; vae_scale 0.2 (4ch), 1.7 (16ch)")
     assert run.last_export()[0] == 70
+    # An export that was not kept (the file went back to an earlier step in git) is followed by a line naming the
+    # step the file holds again; a fresh clone starts there, at that step's wall time.
+    run.log("restored the committed file to the EMA weights of step 50 (git checkout: the step-70 export was not kept)")
+    assert run.last_export() == (50, 270.0)
 
 
 def test_the_vae_decoder_goes_on_training_from_the_committed_file_with_the_encoder_kept(tmp_path, monkeypatch, pack):
@@ -351,6 +355,23 @@ def test_fp8_aware_training_takes_the_gradient_at_the_rounded_weights_and_steps_
     assert layer.weight.item() == pytest.approx(0.3)  # the exact weight is back
     optimizer.step()
     assert layer.weight.item() == pytest.approx(0.3 - 0.1 * 2 * (0.3125 * 2 + 0.3) * 2)
+
+
+def test_bf16_training_computes_in_bfloat16_and_keeps_fp32_weights_and_gradients():
+    """``train_denoiser.py --bf16``: under the autocast the layers compute in bfloat16 while the parameters and their
+    gradients stay fp32 for the optimiser; without the flag nothing changes."""
+    from devkit.shapes.train_denoiser import mixed_precision
+
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with mixed_precision(bf16=True):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), layer(x), rtol=2e-2, atol=2e-2)  # bf16 keeps 8 bits of mantissa
+    y.float().square().sum().backward()
+    assert layer.weight.dtype == layer.weight.grad.dtype == torch.float32
+    with mixed_precision(bf16=False):
+        assert layer(x).dtype == torch.float32
 
 
 def test_the_unet_export_stores_its_matrices_in_fp8_and_the_rest_in_fp16():

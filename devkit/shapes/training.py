@@ -59,9 +59,10 @@ class Run:
         self.log(f"started from {source} at step {step} ({elapsed / 60:.1f} min so far), fresh optimiser")
 
     def last_export(self) -> tuple[int, float]:
-        """(step, elapsed seconds) of the last export this run's log records: what the committed file holds."""
+        """(step, elapsed seconds) of the last export this run's log records: what the committed file holds. An
+        export that was not kept is followed by a ``restored ... step N`` line, which names the step it went back to."""
         text = self.log_path.read_text() if self.log_path.exists() else ""
-        exports = re.findall(rf"\[{self.name}\] exported\D*step (\d+)", text)
+        exports = re.findall(rf"\[{self.name}\] (?:exported|restored)\D*step (\d+)", text)
         if not exports:
             raise FileNotFoundError(f"{self.log_path} records no export to start from")
         step = int(exports[-1])
