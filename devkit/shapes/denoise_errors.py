@@ -101,12 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     import safetensors.torch
 
     from devkit.shapes import train_denoiser
-    from devkit.shapes.training import CHECKPOINTS
 
     if args.checkpoint:
-        state = torch.load(CHECKPOINTS / "sd15.pt", weights_only=True)
-        print(f"[denoise_errors] sd15 checkpoint at step {state['step']}", flush=True)
-        weights = {k: train_denoiser.export_dtype("sd15", v) for k, v in state["ema"].items()}
+        step, weights = train_denoiser.checkpoint_weights("sd15")
+        print(f"[denoise_errors] sd15 checkpoint at step {step}", flush=True)
     else:
         weights = safetensors.torch.load_file(str(train_denoiser.UNET_FILE))
     print(format_rows(denoise_errors(weights, args.samples, args.seed)), flush=True)

@@ -28,13 +28,11 @@ def checkpoint_model(family: str):
     """The ModelPatcher of the EMA weights in ``family``'s training checkpoint."""
     import comfy.sd
 
-    from devkit.shapes.train_denoiser import export_dtype
-    from devkit.shapes.training import CHECKPOINTS
+    from devkit.shapes.train_denoiser import checkpoint_weights
 
-    state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
-    print(f"[sanity] {family} checkpoint at step {state['step']}", flush=True)
-    # in the dtypes the export would write (fp8 kernels for the UNet), so the figure is the file's
-    return comfy.sd.load_diffusion_model_state_dict({k: export_dtype(family, v) for k, v in state["ema"].items()})
+    step, weights = checkpoint_weights(family)
+    print(f"[sanity] {family} checkpoint at step {step}", flush=True)
+    return comfy.sd.load_diffusion_model_state_dict(weights)
 
 
 def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -245,7 +245,7 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         with fp8_rounded_weights(net) if fp8_aware else contextlib.nullcontext():
             with mixed_precision(bf16):
                 prediction = forward(family, net, x, timestep, context, pooled)
-            loss = ((prediction.float() - target.float()).pow(2) * w).mean() / w.mean()
+            loss = ((prediction.float() - target).pow(2) * w).mean() / w.mean()
             run.backward(loss)
         run.apply_gradients(clip_norm=1.0)
         with torch.no_grad():
@@ -293,6 +293,15 @@ def export_dtype(family: str, tensor: torch.Tensor) -> torch.Tensor:
     if family in FP8_FAMILIES and is_fp8_stored(tensor):
         return to_fp8(tensor).contiguous()
     return tensor.half().contiguous()
+
+
+def checkpoint_weights(family: str) -> tuple[int, dict[str, torch.Tensor]]:
+    """(step, EMA weights) of ``family``'s training checkpoint, in the dtypes the export would write (fp8 kernels for
+    the UNet), so that a figure measured on them is the file's."""
+    from devkit.shapes.training import CHECKPOINTS
+
+    state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
+    return state["step"], {k: export_dtype(family, v) for k, v in state["ema"].items()}
 
 
 def export(family: str) -> None:
