@@ -374,6 +374,44 @@ def test_bf16_training_computes_in_bfloat16_and_keeps_fp32_weights_and_gradients
         assert layer(x).dtype == torch.float32
 
 
+def test_the_unets_timestep_draw_by_hand_and_weighted_timesteps_keep_the_v_loss_in_expectation():
+    """``train_denoiser.py --weighted-timesteps``. The plain draw is round(2 sqrt(U)) over three timesteps: index 0
+    for sqrt(U) < 1/4, 1 up to 3/4, 2 above, so 1/16, 1/2 and 7/16. Weighted, each index is drawn sqrt(1 + sigma^2)
+    times more and weighs sqrt(1 + sigma^2) (not 1 + sigma^2), so draw x weight is the plain draw x (1 + sigma^2):
+    the same v-weighted loss in expectation."""
+    from devkit.shapes.train_denoiser import unet_timestep_probabilities
+
+    sigmas = torch.tensor([0.0, 1.0, 7.0])
+    plain = unet_timestep_probabilities(sigmas)
+    assert plain.tolist() == pytest.approx([1 / 16, 1 / 2, 7 / 16])
+    weighted = unet_timestep_probabilities(sigmas, weighted=True)
+    scale = torch.tensor([1.0, 2.0, 50.0]).sqrt()
+    assert weighted.tolist() == pytest.approx((plain * scale / (plain * scale).sum()).tolist())
+    in_expectation = weighted * scale
+    assert (in_expectation / in_expectation.sum()).tolist() == pytest.approx(
+        (plain * scale.square() / (plain * scale.square()).sum()).tolist())
+
+
+def test_weighted_timesteps_draw_more_of_the_batch_at_high_noise(pack, capsys):
+    """On the UNet's own schedule, ``--weighted-timesteps`` puts about two thirds of the draws at sigma >= 5 (the
+    plain draw about a third), weighs each by sqrt(1 + sigma^2), and needs ``--v-weighting``."""
+    from devkit.shapes.train_denoiser import build, main, model_inputs, unet_timestep_probabilities
+
+    student = build("sd15")
+    sigmas = student.model_sampling.sigmas
+    assert unet_timestep_probabilities(sigmas)[sigmas >= 5].sum() == pytest.approx(0.366, abs=0.01)
+    assert unet_timestep_probabilities(sigmas, weighted=True)[sigmas >= 5].sum() == pytest.approx(0.674, abs=0.01)
+    gen = torch.Generator().manual_seed(0)
+    _, timestep, _, weight = model_inputs("sd15", student, torch.randn(400, 4, 2, 2), gen, v_weighting=True,
+                                          weighted_timesteps=True)
+    sigma = student.model_sampling.sigma(timestep)
+    assert torch.allclose(weight, (1 + sigma.square()).sqrt(), rtol=1e-4)
+    assert 0.6 < (sigma >= 5).float().mean() < 0.75
+    with pytest.raises(SystemExit):
+        main(["sd15", "--weighted-timesteps"])
+    assert "add --v-weighting" in capsys.readouterr().err
+
+
 def test_the_unet_export_stores_its_matrices_in_fp8_and_the_rest_in_fp16():
     from devkit.shapes.train_denoiser import export_dtype
 

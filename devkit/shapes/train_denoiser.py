@@ -142,14 +142,29 @@ def training_prompt(text: str, gen: torch.Generator) -> shapes_prompt.ScenePromp
     return shapes_prompt.ScenePrompt(objects, background)
 
 
+def unet_timestep_probabilities(sigmas: torch.Tensor, weighted: bool = False) -> torch.Tensor:
+    """P(index) [len(sigmas)] of the UNet's training timesteps. Plain: the index round((n - 1) sqrt(U)), U uniform,
+    which has density 2t (more high-noise steps). ``weighted``: that times sqrt(1 + sigma^2), renormalised: the
+    draw of ``--weighted-timesteps``, which takes half of v-prediction's weight into the sampling."""
+    n = len(sigmas)
+    edges = ((torch.arange(n + 1, dtype=torch.float64) - 0.5) / (n - 1)).clamp(0, 1)  # index i <- sqrt(U) in these
+    probabilities = edges[1:].square() - edges[:-1].square()  # [n]
+    if weighted:
+        probabilities = probabilities * (1 + sigmas.double().square()).sqrt()
+    return (probabilities / probabilities.sum()).float()
+
+
 def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator, teacher: DitTeacher | None = None,
-                 context: torch.Tensor | None = None, pooled: torch.Tensor | None = None, v_weighting: bool = False):
+                 context: torch.Tensor | None = None, pooled: torch.Tensor | None = None, v_weighting: bool = False,
+                 weighted_timesteps: bool = False):
     """(noisy model input, timestep, target, per-sample loss weight [B]) for a batch of raw latents, through
     ComfyUI's model_sampling. The UNet only: with a ``teacher``, the eps target of the high-noise samples comes from
     it, under ``context``/``pooled``; with ``v_weighting``, a sample's weight is 1 + sigma^2, which turns its eps loss
     into v-prediction's loss: the clean latent's error at high noise, the noise's error at low noise. (An eps loss
     divides the clean latent's error by sigma^2, so at sigma 14 a UNet can be worse than the dataset mean at what it
-    draws first, and barely feel it.)"""
+    draws first, and barely feel it.) ``weighted_timesteps`` (with ``v_weighting``) draws the timesteps in
+    proportion to sqrt(1 + sigma^2) more and weighs each sample by sqrt(1 + sigma^2) only: the same loss in
+    expectation, with more of the batch at high noise, where nearly all of that loss is."""
     ms = model.model_sampling
     x0 = model.process_latent_in(raw)
     noise = torch.randn(x0.shape, generator=gen)
@@ -157,12 +172,18 @@ def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator, te
     if family == "sd15":
         # Timesteps drawn with density 2t (more high-noise steps): the layout, which the prompt decides, is learned
         # at high noise, and a short training run is weakest there.
-        u = torch.rand(batch, generator=gen).sqrt()
-        index = (u * (len(ms.sigmas) - 1)).round().long()
+        if weighted_timesteps:
+            probabilities = unet_timestep_probabilities(ms.sigmas, weighted=True)
+            index = torch.multinomial(probabilities, batch, replacement=True, generator=gen)
+        else:
+            u = torch.rand(batch, generator=gen).sqrt()
+            index = (u * (len(ms.sigmas) - 1)).round().long()
         sigma = ms.sigmas[index]
         noisy = ms.noise_scaling(sigma, noise, x0)  # x0 + sigma * noise
         target = noise if teacher is None else teacher.eps_target(noisy, sigma, noise, context, pooled, gen)
-        weight = 1 + sigma.square() if v_weighting else torch.ones(batch)
+        weight = torch.ones(batch)
+        if v_weighting:
+            weight = (1 + sigma.square()).sqrt() if weighted_timesteps else 1 + sigma.square()
         return ms.calculate_input(sigma, noisy), ms.timestep(sigma), target, weight
     u = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal, as SD3 trains
     shift = ms.shift
@@ -202,7 +223,7 @@ def load_teacher(student) -> DitTeacher:
 
 def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, from_export: bool = False,
           ema_decay: float = EMA_DECAY, fp8_aware: bool = False, taught: bool = False, v_weighting: bool = False,
-          bf16: bool = False, save_every: int = 50) -> None:
+          bf16: bool = False, weighted_timesteps: bool = False, save_every: int = 50) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -230,6 +251,8 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         run.log(f"targets at sigma >= {MIN_SIGMA} from the DiT's clean estimate ({DIT_FILE.name})")
     if v_weighting:
         run.log("sample weights 1 + sigma^2 (v-prediction's loss)")
+    if weighted_timesteps:
+        run.log("timesteps drawn in proportion to sqrt(1 + sigma^2) more, weights sqrt(1 + sigma^2) (the same loss)")
     if bf16:
         run.log("forward and backward under bfloat16 autocast (fp32 weights, optimiser and loss)")
     gen = torch.Generator().manual_seed(1000 + run.step)
@@ -239,7 +262,7 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         context, pooled = shapes_prompt.encode_batch(prompts)
         with mixed_precision(bf16):
             x, timestep, target, sample_weight = model_inputs(family, model, raw_all[index], gen, teacher, context,
-                                                              pooled, v_weighting)
+                                                              pooled, v_weighting, weighted_timesteps)
         run.warm_up_lr(lr)
         w = weights[index] * sample_weight.view(-1, 1, 1, 1)  # [batch, 1, h, w], broadcast over the latent channels
         with fp8_rounded_weights(net) if fp8_aware else contextlib.nullcontext():
@@ -337,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v-weighting", action="store_true",
                         help="sd15: weight each sample's eps loss by 1 + sigma^2 (v-prediction's loss; normalised "
                              "over the batch), so that the UNet learns what it draws at high noise")
+    parser.add_argument("--weighted-timesteps", action="store_true",
+                        help="sd15, with --v-weighting: draw the timesteps in proportion to sqrt(1 + sigma^2) more "
+                             "and weigh each sample by sqrt(1 + sigma^2) only: the same loss in expectation, with "
+                             "more of each batch at high noise")
     parser.add_argument("--bf16", action="store_true",
                         help="run the forward and backward passes (the teacher's too) under bfloat16 autocast: "
                              "faster on a CPU with AVX512-BF16 (the UNet's log: 49 steps of 16 a minute, 35 of 8 "
@@ -356,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--fp8-aware is for the fp8-stored families ({', '.join(FP8_FAMILIES)}), not {args.family}")
         if args.family != "sd15" and (args.teacher or args.v_weighting):
             parser.error("--teacher and --v-weighting are for sd15 (the DiT is its teacher; it already learns v)")
+        if args.weighted_timesteps and not args.v_weighting:
+            parser.error("--weighted-timesteps moves half of --v-weighting's weight into the draw; add --v-weighting")
         train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export, args.ema_decay,
-              args.fp8_aware, args.teacher, args.v_weighting, args.bf16)
+              args.fp8_aware, args.teacher, args.v_weighting, args.bf16, args.weighted_timesteps)
     return 0
 
 
