@@ -33,6 +33,9 @@ $PY devkit/shapes/train_denoiser.py sd15 --steps 17200 --batch 8 --lr 4e-4 --thr
 # Batch 16 under bfloat16 autocast (about 2.8 times the samples per minute of batch 8 in fp32); the committed run
 # started this chunk from the step-17200 file with a fresh optimiser (--from-export).
 $PY devkit/shapes/train_denoiser.py sd15 --steps 21000 --batch 16 --lr 2e-4 --threads 2 --object-weight 2 --teacher --v-weighting --bf16
+# Two thirds of each batch at sigma >= 5 (the same loss in expectation) and a longer EMA; the committed run started
+# this chunk from the step-21000 file with a fresh optimiser (--from-export).
+$PY devkit/shapes/train_denoiser.py sd15 --steps 26000 --batch 16 --lr 2e-4 --threads 2 --object-weight 2 --teacher --v-weighting --weighted-timesteps --ema-decay 0.999 --bf16
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/train_denoiser.py sd15 --export
 # The judge learns the final VAE's softened shapes too: half of each batch is sent through it.
