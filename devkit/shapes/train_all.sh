@@ -39,7 +39,7 @@ $PY devkit/shapes/train_denoiser.py sd15 --steps 26000 --batch 16 --lr 2e-4 --th
 # The committed run resumed this chunk from the step-26000 checkpoint, optimiser and EMA included.
 $PY devkit/shapes/train_denoiser.py sd15 --steps 32000 --batch 16 --lr 2e-4 --threads 2 --object-weight 2 --teacher --v-weighting --weighted-timesteps --ema-decay 0.999 --bf16
 # Half the rate. The committed run started this chunk from the step-32000 file with a fresh optimiser
-# (--from-export; the step-32000 checkpoint was lost with its machine).
+# (--from-export): its checkpoints had been lost with the machine.
 $PY devkit/shapes/train_denoiser.py sd15 --steps 36500 --batch 16 --lr 1e-4 --threads 2 --object-weight 2 --teacher --v-weighting --weighted-timesteps --ema-decay 0.999 --bf16
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/train_denoiser.py sd15 --export
