@@ -70,12 +70,13 @@ class Cell:
 def _config(method: str, ratio: float, **options):
     from tokenmerge.patching.config import MergeConfig, Method
 
-    return MergeConfig(Method(method), ratio=ratio, max_downsample=1, **options)
+    return MergeConfig(Method(method), ratio=ratio, **{"max_downsample": 1, **options})
 
 
 def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]:
-    """The cells of one model: unmerged, methods x ratios, the recommended presets (the Simple nodes) and hybrid
-    options. Quick mode adds a second unmerged cell, whose PSNR against the first must be infinite.
+    """The cells of one model: unmerged, methods x ratios, the recommended presets (the Simple nodes), hybrid
+    options and IBTM's knobs one at a time. Quick mode adds a second unmerged cell, whose PSNR against the first
+    must be infinite.
 
     On the UNet the Simple nodes at ratio 0.5 are exactly the ``tome 0.5`` / ``ibtm 0.5`` cells (same config),
     so they are marked as the presets there; on the DiT the merging cells cover all blocks, and the Simple nodes
@@ -87,7 +88,8 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
     from tokenmerge.patching.config import DstMode
 
     def merged(method: str, ratio: float, **options) -> Callable[[Any], Any]:
-        return lambda model: apply_token_merge(model, _config(method, ratio, **options))
+        config = _config(method, ratio, **options)  # validated here, before any sampling
+        return lambda model: apply_token_merge(model, config)
 
     dit = family == "sd3"
     extra = {"block_range": (0.0, 1.0)} if dit else {}
@@ -108,6 +110,16 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
         return cells
     cells.append(Cell("ibtm 0.5 dst top_k", "ibtm", 0.5, merged("importance", 0.5, dst_mode=DstMode.TOP_K, **extra)))
     cells.append(Cell("ibtm 0.5 no prune", "ibtm", 0.5, merged("importance", 0.5, prune_until=0.0, **extra)))
+    # Where IBTM trails spatial ToMe: its knobs one at a time at ratio 0.5, around the defaults (pool_factor 1.4,
+    # dst_fraction 0.25, prune_until 0.1).
+    for option, value in (("pool_factor", 1.0), ("pool_factor", 2.0), ("dst_fraction", 0.1),
+                          ("dst_fraction", 0.4), ("prune_until", 0.3)):
+        cells.append(Cell(f"ibtm 0.5 {option} {value}", "ibtm", 0.5,
+                          merged("importance", 0.5, **{option: value}, **extra)))
+    if not dit:  # the 8x8 blocks too (max_downsample 2): 64 more tokens per block merged
+        cells.append(Cell("tome 0.5 max_downsample 2", "tome", 0.5,
+                          merged("tome", 0.5, prune_until=0.0, max_downsample=2)))
+        cells.append(Cell("ibtm 0.5 max_downsample 2", "ibtm", 0.5, merged("importance", 0.5, max_downsample=2)))
     if dit:
         cells.append(Cell("ibtm preset (Simple node, 0.5)", "ibtm", 0.5,
                           lambda m: TokenMergeImportance.execute(m, 0.5).result[0], preset=True))

@@ -233,6 +233,17 @@ def test_quality_benchmark_quick_mode_checks_its_invariants(tmp_path, pack):
     assert "sdtm 0.5" in {row["cell"] for row in results[1]["rows"]}
 
 
+def test_the_full_benchmark_cells_are_valid_configs_with_unique_names(pack):
+    from benchmarks import quality
+
+    for family in ("sd15", "sd3"):
+        cells = quality.cells_for(family, (0.3, 0.5, 0.7), quick=False)  # builds and validates every config
+        names = [cell.name for cell in cells]
+        assert len(names) == len(set(names))
+        assert {"ibtm 0.5 pool_factor 2.0", "ibtm 0.5 dst_fraction 0.1", "ibtm 0.5 prune_until 0.3"} <= set(names)
+        assert ("ibtm 0.5 max_downsample 2" in names) is (family == "sd15")  # the DiT has one grid
+
+
 def test_quality_benchmark_takes_a_sample_count_per_model_and_refuses_bad_ones(capsys):
     from benchmarks import quality
 
