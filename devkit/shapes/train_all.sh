@@ -41,6 +41,8 @@ $PY devkit/shapes/train_denoiser.py sd15 --steps 32000 --batch 16 --lr 2e-4 --th
 # Half the rate. The committed run started this chunk from the step-32000 file with a fresh optimiser
 # (--from-export): its checkpoints had been lost with the machine.
 $PY devkit/shapes/train_denoiser.py sd15 --steps 36500 --batch 16 --lr 1e-4 --threads 2 --object-weight 2 --teacher --v-weighting --weighted-timesteps --ema-decay 0.999 --bf16
+# The committed run resumed this chunk from the step-36500 checkpoint, optimiser and EMA included.
+$PY devkit/shapes/train_denoiser.py sd15 --steps 41000 --batch 16 --lr 1e-4 --threads 2 --object-weight 2 --teacher --v-weighting --weighted-timesteps --ema-decay 0.999 --bf16
 $PY devkit/shapes/train_vae.py --export
 $PY devkit/shapes/train_denoiser.py sd15 --export
 # The judge learns the final VAE's softened shapes too: half of each batch is sent through it.
