@@ -110,8 +110,7 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
         return cells
     cells.append(Cell("ibtm 0.5 dst top_k", "ibtm", 0.5, merged("importance", 0.5, dst_mode=DstMode.TOP_K, **extra)))
     cells.append(Cell("ibtm 0.5 no prune", "ibtm", 0.5, merged("importance", 0.5, prune_until=0.0, **extra)))
-    # Where IBTM trails spatial ToMe: its knobs one at a time at ratio 0.5, around the defaults (pool_factor 1.4,
-    # dst_fraction 0.25, prune_until 0.1).
+    # Where IBTM trails spatial ToMe: its knobs one at a time at ratio 0.5, on either side of MergeConfig's defaults.
     for option, value in (("pool_factor", 1.0), ("pool_factor", 2.0), ("dst_fraction", 0.1),
                           ("dst_fraction", 0.4), ("prune_until", 0.3)):
         cells.append(Cell(f"ibtm 0.5 {option} {value}", "ibtm", 0.5,
