@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import itertools
 import json
 import math
@@ -85,7 +86,7 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
     from tokenmerge.nodes.importance import TokenMergeImportance
     from tokenmerge.nodes.sdtm import TokenMergeSDTM
     from tokenmerge.patching.apply import apply_token_merge
-    from tokenmerge.patching.config import DstMode
+    from tokenmerge.patching.config import DstMode, Match
 
     def merged(method: str, ratio: float, **options) -> Callable[[Any], Any]:
         config = _config(method, ratio, **options)  # validated here, before any sampling
@@ -115,6 +116,15 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
                           ("dst_fraction", 0.4), ("prune_until", 0.3)):
         cells.append(Cell(f"ibtm 0.5 {option} {value}", "ibtm", 0.5,
                           merged("importance", 0.5, **{option: value}, **extra)))
+    # What a source matches on (issue 30): the features layer-normalised, and (IBTM) the nearest destination.
+    for method in ("tome", "importance", *(("sdtm",) if dit else ())):
+        label = "ibtm" if method == "importance" else method
+        cells.append(Cell(f"{label} 0.5 match normalized", label, 0.5,
+                          merged(method, 0.5, match=Match.NORMALIZED, **{"prune_until": 0.0} if method != "importance"
+                                 else {}, **extra)))
+    cells.append(Cell("ibtm 0.5 match position", "ibtm", 0.5, merged("importance", 0.5, match=Match.POSITION, **extra)))
+    cells.append(Cell("ibtm 0.5 match position, pool_factor 1.0", "ibtm", 0.5,
+                      merged("importance", 0.5, match=Match.POSITION, pool_factor=1.0, **extra)))
     if not dit:  # the 8x8 blocks too (max_downsample 2): 64 more tokens per block merged
         cells.append(Cell("tome 0.5 max_downsample 2", "tome", 0.5,
                           merged("tome", 0.5, prune_until=0.0, max_downsample=2)))
@@ -209,13 +219,15 @@ class CellResult:
 
 @torch.no_grad()
 def run_family(family: str, samples: int, batch: int, steps: int, ratios: tuple[float, ...], quick: bool,
-               log: Callable[[str], None]) -> dict:
+               log: Callable[[str], None], only: list[str] | None = None) -> dict:
     from devkit.shapes import classifier as shapes_classifier
     from devkit.shapes import scenes
     from devkit.shapes.training import EVAL_SEED
 
     loaded = load_family(family)
     cells = cells_for(family, ratios, quick)
+    if only:  # the unmerged reference and the cells named
+        cells = [cells[0], *(cell for cell in cells[1:] if any(fnmatch.fnmatchcase(cell.name, pat) for pat in only))]
     held_out = scenes.sample_scenes(EVAL_SEED, samples)
     results = {cell.name: CellResult() for cell in cells}
     auc_by_step: list[list[float]] = [[] for _ in range(steps)]
@@ -441,7 +453,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[l
     stem.parent.mkdir(parents=True, exist_ok=True)
     path = stem.with_suffix(".md")
     for family in args.models:
-        result = run_family(family, args.samples[family], args.batch, args.steps, tuple(args.ratios), args.quick, log)
+        result = run_family(family, args.samples[family], args.batch, args.steps, tuple(args.ratios), args.quick, log,
+                            args.only)
         result["figures"] = write_figures(result, stem) if not args.no_figures else []
         results.append(result)
         path.write_text(report(results, args, time.perf_counter() - began))  # each model's rows as soon as done
@@ -467,6 +480,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["sd15", "sd3"], choices=("sd15", "sd3"))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="GLOB",
+                        help="run only the unmerged cell and the cells whose name matches one of these patterns")
     args = parser.parse_args(argv)
     args.samples = samples_by_family(args.samples, args.models, parser.error)
     if args.quick:

@@ -6,7 +6,8 @@ latent sample, with N tokens, r to merge and K = dst_fraction * N destinations:
 
 1. the pool is the M = min(pool_factor * (N - r), N) most important tokens;
 2. the K destinations are drawn from the pool (``random``, with the caller's generator, or ``top_k``);
-3. every other token is a source and finds its most similar destination (cosine, chunked);
+3. every other token is a source and finds its most similar destination (cosine, chunked), or, as the authors
+   run PixArt, the destination nearest to it on the token grid (``positions``);
 4. sources outside the pool are always merged (a boolean mask, not the reference code's +100000
    score offset, which overflows in fp16), and the rest of the budget goes to the pool sources most
    similar to a destination; the remaining pool tokens stay independent.
@@ -22,7 +23,7 @@ from enum import Enum
 import torch
 
 from .plan import MergePlan, select_merges, split_destinations
-from .similarity import best_destination
+from .similarity import best_destination, nearest_destination
 
 
 class DstMode(str, Enum):
@@ -37,8 +38,9 @@ def pool_size(num_tokens: int, r: int, pool_factor: float) -> int:
 @torch.no_grad()
 def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_fraction: float = 0.25,
                     pool_factor: float = 1.4, dst_mode: DstMode = DstMode.RANDOM,
-                    generator: torch.Generator | None = None) -> MergePlan:
-    """IBTM plan for ``metric`` [S, N, C] and ``importance`` [S, N] (higher = more important)."""
+                    generator: torch.Generator | None = None, positions: torch.Tensor | None = None) -> MergePlan:
+    """IBTM plan for ``metric`` [S, N, C] and ``importance`` [S, N] (higher = more important); with ``positions``
+    [N, 2] (the tokens' grid coordinates) sources match their nearest destination instead of the most similar."""
     S, N, C = metric.shape
     K = max(1, int(N * dst_fraction))
     r = min(r, N - K)
@@ -56,6 +58,10 @@ def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_
     outside_pool.scatter_(1, pool, value=False)
     dst_idx, src_idx = split_destinations(is_dst, K)
     always = outside_pool.gather(1, src_idx)  # [S, N - K]
-    score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
-                                   metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
+    if positions is None:
+        score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
+                                       metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
+    else:
+        pos = positions.to(device)
+        score, best = nearest_destination(pos[src_idx], pos[dst_idx])  # [S, n] -> [S, n, 2]
     return select_merges(dst_idx, src_idx, best, score, r, N, always_merge=always)

@@ -11,7 +11,9 @@ A plan partitions the N tokens of one latent sample into three disjoint sets:
 * ``keep`` (U tokens): independent, passed through untouched.
 
 ``merge`` turns ``[rows, N, C]`` into ``[rows, U + K, C]`` (keep first, then dst) and ``unmerge`` maps a
-block's output back to N tokens, giving every merged token its destination's output. A plan is built
+computation's output back to N tokens, giving every merged token its destination's output. What is unmerged is
+always an *update* (a sub-layer's output, or a block's output minus its merged input), added to each token's own
+input: merged tokens share their group's update, never its hidden state. A plan is built
 per latent sample and shared by every row of that sample in a model call (its cond, its uncond and
 any extra conds), so CFG differences never see merge artifacts. Plans are built under ``no_grad``
 once per block call; merge and unmerge reuse the indices.

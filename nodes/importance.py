@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..merging.ibtm import DstMode
 from ..patching.apply import apply_token_merge, default_max_downsample, model_family
-from ..patching.config import DOWNSAMPLE_LEVELS, Fallback, MergeConfig, Method
+from ..patching.config import DOWNSAMPLE_LEVELS, Fallback, Match, MergeConfig, Method
 from ..patching.graph import preview_consumers
 from ._comfy_api import ADVANCED, io
 
@@ -163,6 +163,12 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                                        "x0_change for DiTs."),
                 *block_range_inputs(),
                 proportional_attention_input(),
+                io.Combo.Input("match", options=[m.value for m in Match], default=Match.FEATURES.value,
+                               optional=True, **ADVANCED,
+                               tooltip="How a merged token picks its destination: features = the most similar "
+                                       "one (cosine, the default: it measured best); normalized = the same on "
+                                       "layer-normalised features; position = the nearest on the token grid, as "
+                                       "the IBTM authors run PixArt (with pool_factor 1.0)."),
             ],
         )
 
@@ -171,14 +177,14 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                 dst_mode: str, merge_cross_attention: bool, merge_feed_forward: bool, prune_until: float,
                 start_percent: float, end_percent: float, seed: int, fallback: str = AUTO,
                 block_start: float = 0.25, block_end: float = 0.75,
-                proportional_attention: bool = False) -> io.NodeOutput:
+                proportional_attention: bool = False, match: str = Match.FEATURES.value) -> io.NodeOutput:
         config = MergeConfig(
             Method.IMPORTANCE, ratio=ratio, max_downsample=resolve_max_downsample(model, max_downsample),
             dst_fraction=dst_fraction, pool_factor=pool_factor, dst_mode=DstMode(dst_mode),
             merge_attn2=merge_cross_attention, merge_ff=merge_feed_forward, prune_until=prune_until,
             start_percent=start_percent, end_percent=end_percent, seed=seed,
             fallback=resolve_fallback(model, fallback), block_range=(block_start, block_end),
-            proportional_attention=proportional_attention,
+            proportional_attention=proportional_attention, match=Match(match),
         )
         return patched_output(cls, model, config)
 

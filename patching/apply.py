@@ -17,11 +17,12 @@ from .dit import (
     block_keys,
     dit_family,
     ignored_attention_options,
-    mlp_path,
+    merged_sublayer_names,
     selected_blocks,
     spatial_patch,
 )
 from .state import MergeState
+from .sublayers import sublayer_paths
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
 logger = logging.getLogger(__name__)
@@ -111,12 +112,12 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
         else:
             previous = existing.get(key)
             patched.set_model_patch_replace(_chained(merger.block_replace(key, previous), previous), "dit", *key)
-        path = mlp_path(family, key)
-        if config.method is Method.SDTM and config.detail_mlp_only and path is not None:
-            name = f"diffusion_model.{path}.forward"
-            previous = patched.get_model_object(name)
-            patched.add_object_patch(name, _chained(merger.mlp_forward(previous, key), previous))
-            merger.mlp_keys.add(key)
+        merged = merged_sublayer_names(family, config)
+        for sublayer, path in sublayer_paths(family, key).items():
+            if sublayer in merged:
+                name = f"diffusion_model.{path}.forward"
+                previous = patched.get_model_object(name)
+                patched.add_object_patch(name, _chained(merger.sublayer_forward(previous, key, sublayer), previous))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state))
 
 

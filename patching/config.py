@@ -28,6 +28,14 @@ class Fallback(str, Enum):
     X0_CHANGE = "x0_change"  # how much each token's x0 prediction changed since the previous step
 
 
+class Match(str, Enum):
+    """How a source token picks its destination (the similarity every method matches on)."""
+
+    FEATURES = "features"  # the most similar destination (cosine of the features the block gets)
+    NORMALIZED = "normalized"  # ... of those features layer-normalised (DiTs: the block's norm, unmodulated)
+    POSITION = "position"  # the nearest destination on the token grid (IBTM only: the authors' PixArt variant)
+
+
 DOWNSAMPLE_LEVELS = (1, 2, 4, 8)
 
 
@@ -46,6 +54,7 @@ class MergeConfig:
     dst_fraction: float = 0.25  # IBTM: destinations as a fraction of the tokens
     pool_factor: float = 1.4  # IBTM: pool = pool_factor * (N - r) most important tokens
     dst_mode: DstMode = DstMode.RANDOM
+    match: Match = Match.FEATURES
     window: tuple[int, int] = (2, 2)  # ToMe: (sy, sx) window with one destination each
     merge_attn2: bool = False  # also merge the cross-attention queries
     merge_ff: bool = False  # also merge the feed-forward input

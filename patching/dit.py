@@ -1,17 +1,22 @@
 """Diffusion-transformer adapters (SD3/3.5, Flux, Chroma, QwenImage, PixArt alpha/sigma, Lumina 2, Wan 2.1): merge
-only the image tokens that enter a block, run the block on fewer tokens, unmerge its image output.
+only the image tokens that enter a block, run the block (or its sub-layers) on fewer tokens, and give every token
+its own input plus its group's unmerged update.
 
 * SD3, Flux (and Chroma, which runs Flux's blocks with its own modulations), QwenImage and Wan:
   ``patches_replace["dit"]`` block replaces that call the block they replaced (the ``original_block`` ComfyUI
-  hands in, which is any earlier pack's replace, or the block itself).
-* PixArt and Lumina 2 have no replace point: an object patch on ``blocks.<i>.forward`` / ``layers.<i>.forward``,
-  chained to the current one. Lumina 2 layers see ``cat(caption, image, pad)``; only the image span is merged.
+  hands in, which is any earlier pack's replace, or the block itself). The block runs on the merged tokens; its
+  update (output minus the merged input, copied first where blocks add to their input in place) is unmerged.
+* Lumina 2 has no replace point: an object patch on ``layers.<i>.forward``, chained to the current one, merges
+  the image span of ``cat(caption, image, pad)`` the same way.
+* PixArt: an object patch on ``blocks.<i>.forward`` plans the call and hands the plan to object patches on the
+  block's attention, cross-attention and MLP (``sublayers.py``), which run merged and return their output
+  unmerged; the block itself adds each to the token's own residual, per sub-layer as the papers' code does.
+* The SDTM detail stage merges only the MLP, through the same sub-layer patches.
 
 Text tokens are never merged. Positions stay right: RoPE tables (Flux/QwenImage ``pe``, Wan ``freqs``, Lumina
-``freqs_cis``) are
-gathered for the kept tokens, which keep their own position (a destination keeps its own); SD3 and
-PixArt add absolute embeddings before the blocks. Modulation is per sample and broadcasts over any
-token count. Wan merges within frames, so every frame keeps the same number of tokens.
+``freqs_cis``) are gathered for the kept tokens, which keep their own position (a destination keeps its own); SD3
+and PixArt add absolute embeddings before the blocks. Modulation is per sample and broadcasts over any token
+count. Wan merges within frames, so every frame keeps the same number of tokens.
 
 Attention over merged tokens (proportional attention, SDTM prompt reweighting; ``merging/attention_bias.py``)
 reaches the upstream attention as a per-key logit bias through the block's ``transformer_options``
@@ -30,17 +35,18 @@ import torch
 
 from ..merging.attention_bias import key_bias, multiplicity
 from ..merging.plan import MergePlan, kept_order, merge, take_tokens, unmerge
+from . import update_cache
 from .attention_override import with_key_bias
 from .config import Method
-from .planner import Planned, TokenPlanner, merged_forward
+from .planner import Planned, TokenPlanner
 from .steps import step_position
+from .sublayers import SublayerCall, sublayer_forward
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .config import MergeConfig
     from .state import MergeState
-
 
 
 def spatial_patch(diffusion_model: torch.nn.Module) -> tuple[int, int, int]:
@@ -64,6 +70,7 @@ DIT_CLASSES = {
 }
 JOINT_FAMILIES = {"sd3", "flux", "qwen", "lumina"}  # text and image tokens share one attention (text first)
 BLOCK_MODULES = {"pixart": "blocks", "lumina": "layers"}  # families without a replace point: object-patched blocks
+PIXART_SUBLAYERS = frozenset({"attn", "cross_attn", "mlp"})
 IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
 
 
@@ -116,7 +123,7 @@ class DiTMerger:
         self.patch = patch
         self.pad_multiple = pad_multiple  # Lumina 2 / Z-Image: the image part is padded to a multiple of this
         self.planner = TokenPlanner(config, state, switch_sigma)
-        self.mlp_keys: set[tuple[str, int]] = set()  # blocks whose MLP carries an SDTM detail-stage patch
+        self.sublayers: dict[tuple[str, int], frozenset[str]] = {}  # block -> its sub-layers that carry a patch
 
     def __deepcopy__(self, memo: dict) -> DiTMerger:
         return self
@@ -139,9 +146,6 @@ class DiTMerger:
         return self.planner.plan(img, h, w, call, call["latent_shape"][-2:], key, frames=frames)
 
     # ------------------------------------------------------------- SDTM protected steps and cache
-    def _cache_key(self, key: object, rows: int) -> tuple:
-        return key, rows, tuple(self.state.call.get("cond_or_uncond") or ())
-
     def _protected(self) -> bool:
         """SDTM: every ``protect_every``-th step runs in full and refreshes the cache."""
         every = self.config.protect_every
@@ -149,38 +153,51 @@ class DiTMerger:
             return False
         return step_position(self.state.call)[0] % every == 0
 
-    def _store(self, key: object, img_in: torch.Tensor, img_out: torch.Tensor) -> None:
-        state = self.state
-        state.counters["protected_calls"] += 1
-        cache_key = self._cache_key(key, img_in.shape[0])
-        update = (img_out - img_in).detach()
-        state.block_cache.pop(cache_key, None)
-        limit = self.config.cache_limit_mb * 2**20
-        if state.cache_bytes + update.numel() * update.element_size() > limit:
-            state.warn_once("cache_limit", f"tokenmerge: the SDTM cache reached cache_limit_mb="
-                            f"{self.config.cache_limit_mb}; further blocks run without cache fusion")
-            return
-        state.block_cache[cache_key] = update
-        state.counters["cache_peak_bytes"] = max(state.counters["cache_peak_bytes"], state.cache_bytes)
+    def _store_block(self, key: object, before: torch.Tensor, after: torch.Tensor) -> None:
+        """A protected block call: keep its whole-block update while structure-stage calls (which merge the whole
+        block) are still to come; the detail stage merges sub-layers only and needs none."""
+        self.state.counters["protected_calls"] += 1
+        if self.planner.structure_stage(self.state.call):
+            update_cache.store(self.state, self.config, "block", key, after - before)
+        else:
+            update_cache.drop(self.state, "block", key, before.shape[0])
 
-    def _fuse(self, key: object, img_in: torch.Tensor, img_out: torch.Tensor, plan: MergePlan) -> torch.Tensor:
-        """Merged tokens take cache_weight x computed + (1 - cache_weight) x cached block update."""
-        cached = self.state.block_cache.get(self._cache_key(key, img_in.shape[0]))
-        if self.config.method is not Method.SDTM or cached is None or cached.shape != img_in.shape:
-            return img_out
-        weight = self.config.cache_weight
-        merged = torch.cat([plan.src_idx, plan.dst_idx], dim=1).unsqueeze(-1).expand(-1, -1, img_in.shape[-1])
-        fused = img_in.gather(1, merged) + weight * (img_out - img_in).gather(1, merged) \
-            + (1 - weight) * cached.gather(1, merged)
+    def _blended(self, computation: str, key: object, update: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+        """SDTM: the unmerged ``update`` with its merged tokens blended with the cache; otherwise ``update``."""
+        if self.config.method is not Method.SDTM:
+            return update
+        fused = update_cache.blend(self.state, self.config, computation, key, update, plan)
+        if fused is None:
+            return update
         self.state.counters["fused_calls"] += 1
-        return img_out.scatter(1, merged, fused)
+        return fused
 
-    def _stage_mlp(self, key: tuple[str, int], planned: Planned) -> bool:
-        """Hand the plan to the block's MLP patch (SDTM detail stage); ``False`` if the block has none."""
-        if key not in self.mlp_keys:
-            return False
-        self.state.ff_plans[key] = planned
-        return True
+    def _merged_sublayers(self, planned: Planned) -> frozenset[str]:
+        """The sub-layers that run on the merged tokens in this call (empty: the whole block is merged)."""
+        if planned.mlp_only:
+            return frozenset({"mlp"})
+        return merged_sublayer_names(self.family, self.config) if self.family == "pixart" else frozenset()
+
+    def _stored_sublayers(self, key: tuple[str, int]) -> frozenset[str]:
+        """Protected call: the sub-layers whose outputs later merged calls blend with (PixArt: those the current
+        stage merges; elsewhere the MLP, for the detail stage)."""
+        patched = self.sublayers.get(key, frozenset())
+        if self.family == "pixart" and not self.planner.structure_stage(self.state.call) \
+                and self.config.detail_mlp_only:
+            return patched & {"mlp"}
+        return patched
+
+    def _with_sublayers(self, key: tuple[str, int], call: SublayerCall, run: Callable[..., Any], *args: Any,
+                        **kwargs: Any) -> Any:
+        """``run(*args, **kwargs)`` with ``call`` handed to the sub-layer patches of block ``key``."""
+        if not (call.merged or call.stored) or not self.sublayers.get(key):
+            return run(*args, **kwargs)
+        self.state.sublayer_calls[key] = call
+        try:
+            return run(*args, **kwargs)
+        finally:
+            self.state.sublayer_calls.pop(key, None)
+            self.state.counters["fused_calls"] += call.fused
 
     # --------------------------------------------------------------------- patches_replace["dit"]
     def block_replace(self, key: tuple[str, int], previous: Callable[[dict, dict], dict] | None = None,
@@ -199,8 +216,9 @@ class DiTMerger:
             img = args["img"][:, txt_len:]
             if self._protected():
                 before = self._kept_input(img)
-                out = original(args)
-                self._store(key, before, out["img"][:, txt_len:])
+                out = self._with_sublayers(key, SublayerCall(None, stored=self._stored_sublayers(key)), original,
+                                           args)
+                self._store_block(key, before, out["img"][:, txt_len:])
                 return out
             planned = self._plan(img, key)
             if planned is None:
@@ -209,20 +227,18 @@ class DiTMerger:
             text_len = txt_len if kind == "single_block" else self._text_keys(args)
             if planned.mlp_only:  # attention runs on all tokens; the prompt reweighting of the stage still applies
                 unmerged_args = self._with_key_bias(args, planned, text_len, img.shape[1])
-                if not self._stage_mlp(key, planned):
-                    return original(unmerged_args)
-                before = self._kept_input(img)
-                out = dict(original(unmerged_args))
-                out["img"] = self._with_image(out["img"], txt_len,
-                                              self._fuse(key, before, out["img"][:, txt_len:], plan))
-                return out
+                call = SublayerCall(planned, self._merged_sublayers(planned), fuse=True)
+                return self._with_sublayers(key, call, original, unmerged_args)
+            merged = merge(img, plan, planned.mode)
             new_args = dict(args)
-            new_args["img"] = self._with_image(args["img"], txt_len, merge(img, plan, planned.mode))
+            new_args["img"] = self._with_image(args["img"], txt_len, merged)
+            if txt_len == 0:  # the block gets ``merged`` itself, which in-place families overwrite
+                merged = self._kept_input(merged)
             if args.get("pe") is not None:
                 new_args["pe"] = self._gather_positions(args["pe"], plan)
             out = dict(original(self._with_key_bias(new_args, planned, text_len, plan.num_out)))
-            img_out = unmerge(out["img"][:, txt_len:], plan)
-            out["img"] = self._with_image(out["img"], txt_len, self._fuse(key, img, img_out, plan))
+            update = self._blended("block", key, unmerge(out["img"][:, txt_len:] - merged, plan), plan)
+            out["img"] = self._with_image(out["img"], txt_len, img + update)
             return out
 
         return replace
@@ -289,24 +305,21 @@ class DiTMerger:
     # ---------------------------------------------------------------- PixArt / Lumina 2 object patches
     def block_forward(self, previous: Callable[..., torch.Tensor], key: tuple[str, int]) -> Callable[..., Any]:
         """``blocks.<i>.forward`` (PixArt) or ``layers.<i>.forward`` (Lumina 2) replacement, chained to
-        ``previous``."""
+        ``previous``. PixArt's block runs unchanged: its plan goes to the sub-layer patches (attention,
+        cross-attention, MLP), each merged and unmerged on its own."""
         if self.family == "lumina":
             return self._lumina_forward(previous, key)
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if self._protected():
-                out = previous(x, *args, **kwargs)
-                self._store(key, x, out)
-                return out
+                call = SublayerCall(None, stored=self._stored_sublayers(key))
+                self.state.counters["protected_calls"] += 1
+                return self._with_sublayers(key, call, previous, x, *args, **kwargs)
             planned = self._plan(x, key)
             if planned is None:
                 return previous(x, *args, **kwargs)
-            if planned.mlp_only:
-                if not self._stage_mlp(key, planned):
-                    return previous(x, *args, **kwargs)
-                return self._fuse(key, x, previous(x, *args, **kwargs), planned.plan)
-            out = unmerge(previous(merge(x, planned.plan, planned.mode), *args, **kwargs), planned.plan)
-            return self._fuse(key, x, out, planned.plan)
+            call = SublayerCall(planned, self._merged_sublayers(planned), fuse=self.config.method is Method.SDTM)
+            return self._with_sublayers(key, call, previous, x, *args, **kwargs)
 
         return forward
 
@@ -337,25 +350,29 @@ class DiTMerger:
             start = x.shape[1] - n - pads
             img = x[:, start:start + n]
             if self._protected():
+                before = self._kept_input(img)
                 out = run(x, freqs_cis)
-                self._store(key, img, out[:, start:start + n])
+                self._store_block(key, before, out[:, start:start + n])
                 return out
             planned = self._plan(img, key)
             if planned is None or planned.mlp_only:  # MLP only: attention in full, with the stage's prompt scale
                 return run(x, freqs_cis, planned)
             plan, M = planned.plan, planned.plan.num_out
-            merged = splice(x, start, start + n, merge(img, plan, planned.mode))
+            merged_img = merge(img, plan, planned.mode)
+            merged = splice(x, start, start + n, merged_img)
             freqs = splice(freqs_cis, start, start + n, take_tokens(freqs_cis[:, start:start + n], 1, kept_order(plan)))
             out = run(merged, freqs, planned)
-            img_out = self._fuse(key, img, unmerge(out[:, start:start + M], plan), plan)
-            return splice(out, start, start + M, img_out)
+            update = self._blended("block", key, unmerge(out[:, start:start + M] - merged_img, plan), plan)
+            return splice(out, start, start + M, img + update)
 
         return forward
 
-    def mlp_forward(self, previous: Callable[[torch.Tensor], torch.Tensor], key: tuple[str, int],
-                    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """MLP ``forward`` replacement (SDTM detail stage), chained to ``previous``."""
-        return merged_forward(self.state, key, previous, "mlp_calls")
+    def sublayer_forward(self, previous: Callable[..., torch.Tensor], key: tuple[str, int], name: str,
+                         ) -> Callable[..., torch.Tensor]:
+        """``forward`` replacement of sub-layer ``name`` of block ``key`` (``sublayers.py``), chained to
+        ``previous``; the block patch hands it the call's plan."""
+        self.sublayers[key] = self.sublayers.get(key, frozenset()) | {name}
+        return sublayer_forward(self.state, self.config, key, name, previous)
 
 
 def splice(t: torch.Tensor, start: int, end: int, middle: torch.Tensor) -> torch.Tensor:
@@ -365,14 +382,9 @@ def splice(t: torch.Tensor, start: int, end: int, middle: torch.Tensor) -> torch
     return torch.cat([outer[:, :start], middle, outer[:, end:]], dim=1)
 
 
-# The image-token MLP of each family's block, for the SDTM detail stage (Flux single blocks fuse the MLP
-# with attention in one linear layer and have none).
-MLP_PATHS = {"sd3": "joint_blocks.{i}.x_block.mlp", "flux": "double_blocks.{i}.img_mlp",
-             "qwen": "transformer_blocks.{i}.img_mlp",
-             "pixart": "blocks.{i}.mlp", "wan": "blocks.{i}.ffn"}
-
-
-def mlp_path(family: str, key: tuple[str, int]) -> str | None:
-    if (family == "flux" and key[0] != "double_block") or family not in MLP_PATHS:
-        return None
-    return MLP_PATHS[family].format(i=key[1])
+def merged_sublayer_names(family: str, config: MergeConfig) -> frozenset[str]:
+    """The sub-layers a patch on ``family`` can merge on their own (the rest of its blocks merge as a whole)."""
+    if family == "pixart":
+        return PIXART_SUBLAYERS if config.method is Method.SDTM or config.merge_ff else frozenset({"attn",
+                                                                                                   "cross_attn"})
+    return frozenset({"mlp"}) if config.method is Method.SDTM and config.detail_mlp_only else frozenset()

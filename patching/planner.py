@@ -17,8 +17,9 @@ from ..merging.ibtm import importance_plan
 from ..merging.importance import to_token_grid
 from ..merging.plan import MergeMode, MergePlan, merge, stack_frames, unmerge
 from ..merging.sdtm import cosine_ratio, detail_plan, structure_plan, update_last_independent
+from ..merging.similarity import grid_positions
 from ..merging.tome import tome_plan
-from .config import DetailDestination, Method
+from .config import DetailDestination, Match, Method
 from .recorder import plan_categories
 from .steps import current_sigma, run_steps, step_position
 
@@ -107,6 +108,8 @@ class TokenPlanner:
         samples = rows // chunks
         # [chunks*S, T*n, C] -> [S*T, n, C]: one partition per sample (and frame), from its rows' mean
         metric = x.detach().view(chunks, samples, N, C).mean(0).reshape(samples * frames, n, C)
+        if cfg.match is Match.NORMALIZED:
+            metric = torch.nn.functional.layer_norm(metric.float(), (C,))
         generator = self.generator(step, key)
         mlp_only, text_scale = False, 1.0
         importance = self._importance_grid(samples, frames, latent_hw, h, w) if cfg.method is Method.IMPORTANCE \
@@ -117,8 +120,9 @@ class TokenPlanner:
                 return None
             plan, mlp_only, text_scale = planned
         elif importance is not None:
+            positions = grid_positions(h, w, metric.device) if cfg.match is Match.POSITION else None
             plan = importance_plan(metric, importance, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
-                                   generator)
+                                   generator, positions)
             state.counters["importance_calls"] += 1
         else:
             plan = tome_plan(metric, h, w, r, *cfg.window, generator=generator)
@@ -136,11 +140,15 @@ class TokenPlanner:
         state.counters["tokens_out"] += plan.num_out
         return Planned(plan.rows(chunks), mode, mlp_only, text_scale)
 
+    def structure_stage(self, options: dict) -> bool:
+        """SDTM: whether the call ``options`` describes falls in the structure stage (sigma above the switch)."""
+        sigma = current_sigma(options)
+        return sigma is None or self.switch_sigma is None or sigma > self.switch_sigma
+
     def _sdtm(self, metric: torch.Tensor, h: int, w: int, r: int, options: dict, generator: torch.Generator,
               samples: int, frames: int, latent_hw: list[int]) -> tuple[MergePlan, bool, float] | None:
         cfg, state = self.config, self.state
-        sigma = current_sigma(options)
-        structure = sigma is None or self.switch_sigma is None or sigma > self.switch_sigma
+        structure = self.structure_stage(options)
         last = state.last_independent
         if last is None or last.shape != metric.shape[:2] or last.device != metric.device:
             last = torch.zeros(metric.shape[:2], dtype=torch.long, device=metric.device)

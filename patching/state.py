@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..merging.plan import MergePlan
+    from .sublayers import SublayerCall
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class MergeState:
     """
 
     __slots__ = ("block_cache", "call", "counters", "ff_plans", "importance", "last_independent", "no_uncond",
-                 "previous_x0", "recorder", "warned")
+                 "previous_x0", "recorder", "sublayer_calls", "warned")
 
     def __init__(self) -> None:
         self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
@@ -41,7 +42,8 @@ class MergeState:
         self.ff_plans: dict[tuple, tuple[MergePlan, object]] = {}  # attn1 -> feed-forward hand-off per block
         self.warned: set[str] = set()
         self.last_independent: torch.Tensor | None = None  # SDTM: merge calls since each token was independent
-        self.block_cache: dict[tuple, torch.Tensor] = {}  # SDTM: block updates of the last protected step
+        self.sublayer_calls: dict[tuple, SublayerCall] = {}  # DiT block -> its sub-layer patches, for one call
+        self.block_cache: dict[tuple, torch.Tensor] = {}  # SDTM: updates of the last protected step (update_cache)
 
     @property
     def cache_bytes(self) -> int:

@@ -41,6 +41,28 @@ def test_ibtm_on_a_4x4_grid_with_known_importance_and_features(m):
     assert (pairs[4], pairs[5], pairs[6]) == (0, 1, 2)
 
 
+def test_ibtm_by_position_merges_the_least_important_into_their_nearest_destination(m):
+    """The authors' PixArt variant: pool factor 1.0 merges exactly the r least important tokens, each into the
+    destination nearest to it on the grid, whatever the features say."""
+    # 4x4 grid; importance falls row by row: the top half (tokens 0-7) is the pool of N - r = 8 tokens.
+    importance = torch.arange(16, 0, -1, dtype=torch.float32).view(1, 16)
+    feats = torch.randn(1, 16, 8, generator=torch.Generator().manual_seed(0))
+    positions = m.similarity.grid_positions(4, 4)
+    assert positions[6].tolist() == [1, 2]
+    plan = m.ibtm.importance_plan(feats, importance, r=8, dst_fraction=0.25, pool_factor=1.0,
+                                  dst_mode=m.ibtm.DstMode.TOP_K, positions=positions)
+    dst, src, keep = _sets(plan)
+    assert dst == {0, 1, 2, 3}  # the four most important
+    assert src == set(range(8, 16))  # the eight least important, all outside the pool
+    assert keep == {4, 5, 6, 7}
+    pairs = dict(zip(plan.src_idx[0].tolist(), plan.dst_idx[0][plan.src_to_dst[0]].tolist(), strict=True))
+    assert pairs == {8: 0, 9: 1, 10: 2, 11: 3, 12: 0, 13: 1, 14: 2, 15: 3}  # straight up the column
+    score, nearest = m.similarity.nearest_destination(torch.tensor([[[0.0, 0.0], [3.0, 4.0]]]),
+                                                      torch.tensor([[[0.0, 1.0], [3.0, 0.0]]]))
+    assert nearest.tolist() == [[0, 1]]
+    assert score.tolist() == [[-1.0, -4.0]]
+
+
 def test_tome_windows_on_a_5x3_grid_leave_the_leftover_strip_as_sources(m):
     is_dst = m.tome.window_destinations(1, 5, 3, sy=2, sx=2, generator=None)
     # windows: rows {0,1},{2,3} x cols {0,1}; row 4 and col 2 are the leftover strip

@@ -1,0 +1,81 @@
+"""Sub-layer merging inside a DiT block: object patches on a block's attention, cross-attention or MLP module.
+
+Where a block's sub-layers are modules of their own (PixArt's ``attn``, ``cross_attn`` and ``mlp``; every
+family's image MLP), the block patch builds one plan for the block call and hands it to the sub-layer patches in
+a :class:`SublayerCall`. Each named sub-layer then runs on the merged tokens and returns its output unmerged; the
+block adds that output (times its gate) to each token's own residual, as the authors of ToMeSD, IBTM and SDTM do
+per sub-layer. On SDTM's protected steps the sub-layers run in full and refresh the cache instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..merging.plan import merge, unmerge
+from . import update_cache
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+
+    from .config import MergeConfig
+    from .planner import Planned
+    from .state import MergeState
+
+# Module paths of each family's sub-layers that can run merged, by block index.
+SUBLAYER_PATHS = {
+    "pixart": {"attn": "blocks.{i}.attn", "cross_attn": "blocks.{i}.cross_attn", "mlp": "blocks.{i}.mlp"},
+    "sd3": {"mlp": "joint_blocks.{i}.x_block.mlp"},
+    "flux": {"mlp": "double_blocks.{i}.img_mlp"},  # single blocks fuse the MLP with attention: none
+    "qwen": {"mlp": "transformer_blocks.{i}.img_mlp"},
+    "wan": {"mlp": "blocks.{i}.ffn"},
+}
+
+
+def sublayer_paths(family: str, key: tuple[str, int]) -> dict[str, str]:
+    """``{sub-layer: module path}`` of the block ``key`` (Flux single blocks have none)."""
+    if family == "flux" and key[0] != "double_block":
+        return {}
+    return {name: path.format(i=key[1]) for name, path in SUBLAYER_PATHS.get(family, {}).items()}
+
+
+@dataclass
+class SublayerCall:
+    """What the sub-layers of one block call do; set by the block patch for the duration of the call."""
+
+    planned: Planned | None  # the block call's plan (None on a protected step)
+    merged: frozenset[str] = frozenset()  # sub-layers that run on the merged tokens
+    stored: frozenset[str] = frozenset()  # protected step: sub-layers whose outputs refresh the SDTM cache
+    fuse: bool = False  # SDTM: merged tokens blend their sub-layer outputs with the cache
+    fused: bool = field(default=False, init=False)  # set when a sub-layer blended with the cache
+
+
+def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int], name: str,
+                     previous: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``forward`` of sub-layer ``name`` of block ``key``, chained to ``previous``. Its first argument is the
+    sub-layer's token input [rows, N, C] (queries, for a cross-attention); the others pass through."""
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        call = state.sublayer_calls.get(key)
+        if call is None:
+            return previous(x, *args, **kwargs)
+        if name in call.stored:
+            out = previous(x, *args, **kwargs)
+            update_cache.store(state, config, name, key, out)
+            return out
+        planned = call.planned
+        if planned is None or name not in call.merged \
+                or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
+            return previous(x, *args, **kwargs)
+        state.counters[f"{name}_calls"] += 1
+        out = unmerge(previous(merge(x, planned.plan, planned.mode), *args, **kwargs), planned.plan)
+        if call.fuse:
+            fused = update_cache.blend(state, config, name, key, out, planned.plan)
+            if fused is not None:
+                call.fused = True
+                return fused
+        return out
+
+    return forward

@@ -1,0 +1,226 @@
+"""Every token leaves a merged DiT block as its own input plus its group's update, never its destination's hidden
+state, on every DiT family and with every method (through the real ComfyUI)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import sample, state_of
+
+from devkit import tiny_models
+
+DIT_FAMILIES = ["sd3", "flux", "chroma", "qwen_image", "pixart_alpha", "lumina2", "wan21"]
+REPLACE_FAMILIES = {"sd3", "flux", "chroma", "qwen_image", "wan21"}  # patches_replace["dit"]; the rest: object patches
+
+# (label, node, settings): IBTM, spatial ToMe, SDTM structure stage (protected steps on and off), SDTM detail stage
+# (MLP only and whole block). Every block merged; six steps, so IBTM merges by importance from step 1 on.
+METHODS = [
+    ("ibtm", "TokenMergeImportanceAdvanced", {"prune_until": 0.0}),
+    ("ibtm pruning", "TokenMergeImportanceAdvanced", {"prune_until": 0.5}),
+    ("tome", "TokenMergeSpatialToMe", {}),
+    ("sdtm structure", "TokenMergeSDTMAdvanced", {"switch_percent": 1.0}),
+    ("sdtm structure unprotected", "TokenMergeSDTMAdvanced", {"switch_percent": 1.0, "protect_every": 0}),
+    ("sdtm detail", "TokenMergeSDTMAdvanced", {"switch_percent": 0.0}),
+    ("sdtm detail whole block", "TokenMergeSDTMAdvanced", {"switch_percent": 0.0, "detail_mlp_only": False}),
+]
+
+
+def merging_node(name: str, model, settings: dict):
+    from tokenmerge.nodes import importance, sdtm
+
+    if name == "TokenMergeImportanceAdvanced":
+        values = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
+                  "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.1,
+                  "start_percent": 0.0, "end_percent": 1.0, "seed": 0, "block_start": 0.0, "block_end": 1.0}
+        return importance.TokenMergeImportanceAdvanced.execute(model, 0.5, **{**values, **settings})[0]
+    if name == "TokenMergeSpatialToMe":
+        return importance.TokenMergeSpatialToMe.execute(model, 0.5, "auto", 2, 2, merge_cross_attention=False,
+                                                        merge_feed_forward=False, seed=0, block_start=0.0)[0]
+    values = {"deviation": 0.2, "switch_percent": 0.4, "window_y": 2, "window_x": 2, "similarity_weight": 0.05,
+              "detail_destination": "dependent", "detail_mlp_only": True, "protect_every": 2, "cache_weight": 0.2,
+              "cache_limit_mb": 2048, "start_percent": 0.0, "end_percent": 1.0, "seed": 0}
+    return sdtm.TokenMergeSDTMAdvanced.execute(model, 0.4, **{**values, **settings})[0]
+
+
+def with_zero_updates(name: str, model):
+    """A clone of ``model`` whose blocks change no token (patched the ComfyUI way, below the merging node): replace
+    families get a block replace that returns its input, Lumina 2 layers an identity forward, and PixArt (merged per
+    sub-layer) attention, cross-attention and MLP patches that return zeros."""
+    from tokenmerge.patching.dit import block_keys, dit_family
+
+    base = model.clone()
+    diffusion_model = base.model.diffusion_model
+    family = dit_family(diffusion_model)
+    for key in block_keys(diffusion_model, family):
+        if name in REPLACE_FAMILIES:
+            base.set_model_patch_replace(lambda args, _extra: {"img": args["img"], "txt": args.get("txt")}, "dit", *key)
+        elif family == "lumina":
+            base.add_object_patch(f"diffusion_model.layers.{key[1]}.forward", lambda x, *_args, **_kwargs: x)
+        else:
+            for sublayer in ("attn", "cross_attn", "mlp"):
+                base.add_object_patch(f"diffusion_model.blocks.{key[1]}.{sublayer}.forward",
+                                      lambda x, *_args, **_kwargs: torch.zeros_like(x))
+    return base
+
+
+def with_zero_mlps(model):
+    """A clone of ``model`` whose image MLPs return zeros (its attention still updates every token)."""
+    from tokenmerge.patching.dit import block_keys, dit_family
+    from tokenmerge.patching.sublayers import sublayer_paths
+
+    base = model.clone()
+    family = dit_family(base.model.diffusion_model)
+    for key in block_keys(base.model.diffusion_model, family):
+        for sublayer, path in sublayer_paths(family, key).items():
+            if sublayer == "mlp":
+                base.add_object_patch(f"diffusion_model.{path}.forward", torch.zeros_like)
+    return base
+
+
+@pytest.fixture(scope="module")
+def dits(pack):
+    return {name: tiny_models.build_patcher(name, seed=0) for name in DIT_FAMILIES}
+
+
+@pytest.mark.parametrize("name", DIT_FAMILIES)
+@pytest.mark.parametrize(("label", "node", "settings"), METHODS, ids=[m[0] for m in METHODS])
+def test_a_block_that_changes_nothing_leaves_every_token_bitwise_unchanged(dits, name, label, node, settings):
+    family = tiny_models.FAMILIES[name]
+    side = max(family.min_side, 64)
+    base = with_zero_updates(name, dits[name])
+    patched = merging_node(node, base, settings)
+    merged = sample(patched, family, steps=6, height=side, width=side + 48, batch=2, frames=5)
+    counters = state_of(patched).counters
+    assert counters["merged_calls"] > 0
+    assert counters["tokens_out"] < counters["tokens_in"]
+    assert counters["skipped"] == 0
+    assert torch.equal(merged, sample(base, family, steps=6, height=side, width=side + 48, batch=2, frames=5))
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "qwen_image", "wan21", "pixart_alpha"])
+@pytest.mark.parametrize("protect_every", [0, 2])
+def test_the_detail_stage_changes_only_what_its_merged_mlp_adds(dits, name, protect_every):
+    """SDTM's detail stage merges only the MLP: with MLPs that add nothing, the merged run is the unmerged one bit
+    for bit, cache fusion included (attention keeps its fresh update on every token)."""
+    family = tiny_models.FAMILIES[name]
+    side = max(family.min_side, 64)
+    base = with_zero_mlps(dits[name])
+    patched = merging_node("TokenMergeSDTMAdvanced", base, {"switch_percent": 0.0, "protect_every": protect_every})
+    merged = sample(patched, family, steps=6, height=side, width=side + 48, frames=5)
+    counters = state_of(patched).counters
+    assert counters["detail_calls"] > 0
+    assert counters["mlp_calls"] > 0
+    assert counters["fused_calls"] == (counters["mlp_calls"] if protect_every else 0)
+    assert torch.equal(merged, sample(base, family, steps=6, height=side, width=side + 48, frames=5))
+
+
+# ------------------------------------------------------------------------------------ a hand-computed block call
+# Four tokens of two channels; token 0 stays independent, 2 and 3 merge into destination 1 (their mean, MEAN mode).
+X = torch.tensor([[[1.0, -2.0], [0.5, 0.0], [2.0, 1.0], [-1.0, 2.0]]])
+MEAN = torch.tensor([0.5, 1.0])  # (token 1 + token 2 + token 3) / 3
+
+
+def update(t: torch.Tensor) -> torch.Tensor:
+    """A per-token block update: tanh of the token."""
+    return torch.tanh(t)
+
+
+EXPECTED = torch.stack([X[0, 0] + update(X[0, 0]), X[0, 1] + update(MEAN), X[0, 2] + update(MEAN),
+                        X[0, 3] + update(MEAN)]).unsqueeze(0)
+
+
+def hand_planned():
+    from tokenmerge.merging.plan import MergeMode, MergePlan
+    from tokenmerge.patching.planner import Planned
+
+    plan = MergePlan(keep_idx=torch.tensor([[0]]), dst_idx=torch.tensor([[1]]), src_idx=torch.tensor([[2, 3]]),
+                     src_to_dst=torch.tensor([[0, 0]]), num_tokens=4)
+    return Planned(plan, MergeMode.MEAN)
+
+
+def hand_merger(family: str, method: str = "tome"):
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.dit import DiTMerger
+    from tokenmerge.patching.state import MergeState
+
+    state = MergeState()
+    state.call = {"latent_shape": [1, 16, 4, 4], "cond_or_uncond": [0], "sigmas": None, "sample_sigmas": None}
+    merger = DiTMerger(MergeConfig(Method(method), ratio=0.5, max_downsample=1), state, family, (1, 2, 2))
+    merger._plan = lambda _img, _key: hand_planned()  # the hand-made partition instead of a planned one
+    return merger
+
+
+def test_merged_tokens_get_their_own_input_plus_the_group_update(pack):
+    assert torch.allclose(EXPECTED[0, 2], torch.tensor([2.0 + math.tanh(0.5), 1.0 + math.tanh(1.0)]))
+    merger = hand_merger("sd3")
+    block = merger.block_replace(("double_block", 0))
+    out = block({"img": X.clone(), "txt": torch.zeros(1, 3, 2)},
+                {"original_block": lambda a: {"img": a["img"] + update(a["img"]), "txt": a["txt"]}})
+    assert torch.allclose(out["img"], EXPECTED)
+
+
+def test_in_place_flux_blocks_keep_the_residual(pack):
+    """Flux blocks add to their input in place (``img += ...``); single blocks see cat(txt, img)."""
+    txt = torch.full((1, 3, 2), 7.0)
+
+    def in_place(args):
+        args["img"] += update(args["img"])
+        return {"img": args["img"], "txt": args.get("txt")}
+
+    double = hand_merger("flux").block_replace(("double_block", 0))
+    assert torch.allclose(double({"img": X.clone(), "txt": txt}, {"original_block": in_place})["img"], EXPECTED)
+    single = hand_merger("flux").block_replace(("single_block", 0))
+    out = single({"img": torch.cat([txt, X], dim=1)}, {"original_block": in_place})["img"]
+    assert torch.allclose(out[:, 3:], EXPECTED)
+    assert torch.allclose(out[:, :3], txt + update(txt))  # text tokens: the block's own output, unmerged
+
+
+def test_pixart_merges_attention_queries_per_sub_layer(pack):
+    """PixArt: the block runs unchanged and each merged sub-layer returns its output unmerged, which the block adds
+    to every token's own residual; the MLP (not merged by IBTM on PixArt) sees every token."""
+    merger = hand_merger("pixart", "importance")
+    seen = {}
+
+    def sublayer(name):
+        def forward(x, *args, **kwargs):
+            seen[name] = x.shape[1]
+            return update(x)
+
+        return merger.sublayer_forward(forward, ("block", 0), name)
+
+    attn, cross_attn, mlp = sublayer("attn"), sublayer("cross_attn"), sublayer("mlp")
+
+    def block(x, y):
+        x = x + attn(x)
+        x = x + cross_attn(x, y)
+        return x + mlp(x)
+
+    out = merger.block_forward(block, ("block", 0))(X.clone(), torch.zeros(1, 3, 2))
+    step1 = EXPECTED  # x + unmerge(update(merge(x)))
+    merged = torch.stack([step1[0, 0], step1[0, 1:].mean(0)])  # the second sub-layer merges its own input again
+    step2 = step1 + update(torch.stack([merged[0], merged[1], merged[1], merged[1]])).unsqueeze(0)
+    assert seen == {"attn": 2, "cross_attn": 2, "mlp": 4}
+    assert torch.allclose(out, step2 + update(step2))
+
+
+
+
+def test_pixart_merges_the_attention_queries_but_not_the_mlp(dits):
+    """IBTM on PixArt as its authors run it: self-attention and cross-attention queries merged, the MLP sees every
+    token (``merge_feed_forward`` adds it)."""
+    from tokenmerge.nodes.importance import TokenMergeImportance
+
+    family = tiny_models.FAMILIES["pixart_alpha"]
+    patched = TokenMergeImportance.execute(dits["pixart_alpha"], 0.5)[0]
+    side = max(family.min_side, 64)
+    sample(patched, family, steps=3, height=side, width=side + 48)
+    counters = state_of(patched).counters
+    assert counters["attn_calls"] == counters["cross_attn_calls"] == counters["merged_calls"] > 0
+    assert counters["mlp_calls"] == 0
+    full = merging_node("TokenMergeImportanceAdvanced", dits["pixart_alpha"], {"merge_feed_forward": True,
+                                                                              "match": "position"})
+    sample(full, family, steps=3, height=side, width=side + 48)
+    counters = state_of(full).counters
+    assert counters["mlp_calls"] == counters["attn_calls"] == counters["merged_calls"] > 0
