@@ -16,6 +16,8 @@ finiteness and determinism, never content. ComfyUI must be bootstrapped first (`
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +180,23 @@ FAMILIES: dict[str, TinyFamily] = {
 }
 
 
+# Required fields that newer ComfyUI releases added to the Flux and Chroma parameter dataclasses (0.33:
+# ``txt_ids_dims``, and ``vec_in_dim`` for Chroma), with the values ``comfy.model_detection`` gives Flux.1 and
+# Chroma checkpoints. Only the fields the installed release has are filled, so one config builds on every release.
+PARAMS_CLASSES = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams")}
+DETECTED_VALUES = {"txt_ids_dims": [], "vec_in_dim": None}
+
+
+def with_release_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
+    """``unet_config`` plus the fields of :data:`DETECTED_VALUES` that this ComfyUI's parameter class requires."""
+    target = PARAMS_CLASSES.get(unet_config.get("image_model"))
+    if target is None:
+        return unet_config
+    names = {f.name for f in dataclasses.fields(getattr(importlib.import_module(target[0]), target[1]))}
+    missing = {name: value for name, value in DETECTED_VALUES.items() if name in names and name not in unet_config}
+    return {**unet_config, **missing}
+
+
 def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0):
     """A ``ModelPatcher`` around a freshly built, randomly initialised tiny model of ``family``."""
     import comfy.model_management
@@ -185,7 +204,7 @@ def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0):
     import comfy.supported_models
 
     fam = FAMILIES[family] if isinstance(family, str) else family
-    model_config = getattr(comfy.supported_models, fam.model_config)(fam.unet_config)
+    model_config = getattr(comfy.supported_models, fam.model_config)(with_release_fields(fam.unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     random_init_(model.diffusion_model, seed, scale)

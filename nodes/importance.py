@@ -168,7 +168,8 @@ class TokenMergeImportanceAdvanced(io.ComfyNode):
                                tooltip="How a merged token picks its destination: features = the most similar "
                                        "one (cosine, the default: it measured best); normalized = the same on "
                                        "layer-normalised features; position = the nearest on the token grid, as "
-                                       "the IBTM authors run PixArt (with pool_factor 1.0)."),
+                                       "the IBTM authors run PixArt (with pool_factor 1.0), from the first step "
+                                       "with an importance map."),
             ],
         )
 

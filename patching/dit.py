@@ -153,14 +153,42 @@ class DiTMerger:
             return False
         return step_position(self.state.call)[0] % every == 0
 
-    def _store_block(self, key: object, before: torch.Tensor, after: torch.Tensor) -> None:
-        """A protected block call: keep its whole-block update while structure-stage calls (which merge the whole
-        block) are still to come; the detail stage merges sub-layers only and needs none."""
-        self.state.counters["protected_calls"] += 1
-        if self.planner.structure_stage(self.state.call):
-            update_cache.store(self.state, self.config, "block", key, after - before)
+    def _stages_ahead(self) -> tuple[bool, bool]:
+        """Protected call: whether the merged steps before the next protected one include structure-stage steps,
+        and whether they include detail-stage steps (both where the switch falls between)."""
+        call = self.state.call
+        schedule, switch = call.get("sample_sigmas"), self.planner.switch_sigma
+        if schedule is None or switch is None:
+            structure = self.planner.structure_stage(call)
+            return structure, not structure
+        step = step_position(call)[0]
+        sigmas = torch.as_tensor(schedule).flatten().tolist()  # once per protected call, not per merged one
+        ahead = sigmas[step + 1:min(step + self.config.protect_every, len(sigmas) - 1)]
+        return any(sigma > switch for sigma in ahead), any(sigma <= switch for sigma in ahead)
+
+    def _refresh(self, key: tuple[str, int], rows: int) -> tuple[SublayerCall, bool]:
+        """Protected call: what to cache until the next protected step, only what the merged steps in between
+        blend with: the sub-layer outputs (handed to their patches in the returned call; the others' entries are
+        dropped) and whether the whole-block update (the structure stage, or a whole-block detail stage)."""
+        structure, detail = self._stages_ahead()
+        mlp_only = self.config.detail_mlp_only
+        patched = self.sublayers.get(key, frozenset())
+        if self.family == "pixart":  # every merged computation is a sub-layer
+            stored = (patched if structure else frozenset()) | \
+                ((patched & {"mlp"} if mlp_only else patched) if detail else frozenset())
+            block = False
         else:
-            update_cache.drop(self.state, "block", key, before.shape[0])
+            stored = patched & {"mlp"} if detail and mlp_only else frozenset()
+            block = structure or (detail and not mlp_only)
+        for name in (patched - stored) | (frozenset() if block else {"block"}):  # before the call stores anew
+            update_cache.drop(self.state, name, key, rows)
+        return SublayerCall(None, stored=stored), block
+
+    def _store_block(self, key: object, before: torch.Tensor | None, after: torch.Tensor) -> None:
+        """A protected block call: keep its whole-block update when ``before`` (its input) is given."""
+        self.state.counters["protected_calls"] += 1
+        if before is not None:
+            update_cache.store(self.state, self.config, "block", key, after - before)
 
     def _blended(self, computation: str, key: object, update: torch.Tensor, plan: MergePlan) -> torch.Tensor:
         """SDTM: the unmerged ``update`` with its merged tokens blended with the cache; otherwise ``update``."""
@@ -177,15 +205,6 @@ class DiTMerger:
         if planned.mlp_only:
             return frozenset({"mlp"})
         return merged_sublayer_names(self.family, self.config) if self.family == "pixart" else frozenset()
-
-    def _stored_sublayers(self, key: tuple[str, int]) -> frozenset[str]:
-        """Protected call: the sub-layers whose outputs later merged calls blend with (PixArt: those the current
-        stage merges; elsewhere the MLP, for the detail stage)."""
-        patched = self.sublayers.get(key, frozenset())
-        if self.family == "pixart" and not self.planner.structure_stage(self.state.call) \
-                and self.config.detail_mlp_only:
-            return patched & {"mlp"}
-        return patched
 
     def _with_sublayers(self, key: tuple[str, int], call: SublayerCall, run: Callable[..., Any], *args: Any,
                         **kwargs: Any) -> Any:
@@ -215,9 +234,9 @@ class DiTMerger:
             txt_len = args["img"].shape[1] - self._image_tokens() if kind == "single_block" else 0
             img = args["img"][:, txt_len:]
             if self._protected():
-                before = self._kept_input(img)
-                out = self._with_sublayers(key, SublayerCall(None, stored=self._stored_sublayers(key)), original,
-                                           args)
+                call, block = self._refresh(key, img.shape[0])
+                before = self._kept_input(img) if block else None
+                out = self._with_sublayers(key, call, original, args)
                 self._store_block(key, before, out["img"][:, txt_len:])
                 return out
             planned = self._plan(img, key)
@@ -312,7 +331,7 @@ class DiTMerger:
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if self._protected():
-                call = SublayerCall(None, stored=self._stored_sublayers(key))
+                call = self._refresh(key, x.shape[0])[0]
                 self.state.counters["protected_calls"] += 1
                 return self._with_sublayers(key, call, previous, x, *args, **kwargs)
             planned = self._plan(x, key)
@@ -350,7 +369,7 @@ class DiTMerger:
             start = x.shape[1] - n - pads
             img = x[:, start:start + n]
             if self._protected():
-                before = self._kept_input(img)
+                before = self._kept_input(img) if self._refresh(key, img.shape[0])[1] else None
                 out = run(x, freqs_cis)
                 self._store_block(key, before, out[:, start:start + n])
                 return out

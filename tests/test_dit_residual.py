@@ -224,3 +224,33 @@ def test_pixart_merges_the_attention_queries_but_not_the_mlp(dits):
     sample(full, family, steps=3, height=side, width=side + 48)
     counters = state_of(full).counters
     assert counters["mlp_calls"] == counters["attn_calls"] == counters["merged_calls"] > 0
+
+
+@pytest.mark.parametrize("switch_sigma", [0.5, 10.0], ids=["structure stage", "whole-block detail stage"])
+def test_sdtm_blends_the_cached_update_into_the_merged_tokens_only(pack, switch_sigma):
+    """A protected step caches the block update; the next merged step gives the merged tokens (sources and
+    destination) cache_weight x their fresh group update + (1 - cache_weight) x the cached one, and the independent
+    token its fresh update (the detail stage with ``detail_mlp_only`` off merges and caches the whole block too)."""
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.dit import DiTMerger
+    from tokenmerge.patching.state import MergeState
+
+    state = MergeState()
+    config = MergeConfig(Method.SDTM, ratio=0.4, max_downsample=1, protect_every=2, cache_weight=0.25,
+                         detail_mlp_only=False)
+    merger = DiTMerger(config, state, "sd3", (1, 2, 2), switch_sigma=switch_sigma)
+    merger._plan = lambda _img, _key: hand_planned()
+    block = merger.block_replace(("double_block", 0))
+    cached = torch.tensor([[[0.1, 0.2], [0.3, -0.4], [0.5, 0.6], [-0.7, 0.8]]])
+
+    def call(sigma, original):
+        state.call = {"latent_shape": [1, 16, 4, 4], "cond_or_uncond": [0], "sigmas": torch.tensor([sigma]),
+                      "sample_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.0])}
+        return block({"img": X.clone(), "txt": torch.zeros(1, 3, 2)}, {"original_block": original})["img"]
+
+    assert torch.equal(call(3.0, lambda a: {"img": a["img"] + cached, "txt": a["txt"]}), X + cached)  # protected
+    out = call(2.0, lambda a: {"img": a["img"] + update(a["img"]), "txt": a["txt"]})
+    fresh = EXPECTED - X
+    expected = X + torch.cat([fresh[:, :1], 0.25 * fresh[:, 1:] + 0.75 * cached[:, 1:]], dim=1)
+    assert torch.allclose(out, expected)
+    assert state.counters["fused_calls"] == 1

@@ -4,6 +4,7 @@ and samplers, and both ComfyUI clone semantics (0.3.75 deep copies, the newest v
 from __future__ import annotations
 
 import copy
+import threading
 
 import psutil
 import pytest
@@ -119,3 +120,33 @@ def test_both_clone_semantics_share_the_state_and_give_the_same_run(importance, 
                                                      merge_feed_forward=False, seed=0)[0]
     assert torch.equal(sample(tome, family, steps=3, batch=2), sample(alone, family, steps=3, batch=2))
     assert torch.equal(sample(patched, family, steps=3, batch=2), reference)  # the original is untouched
+
+
+def test_threads_in_one_model_call_keep_their_own_call_state(pack):
+    """Newer ComfyUI releases run the chunks of one model call in parallel threads (one per GPU) on clones that
+    share the pack's state: each thread must see its own call (latent shape, hand-offs), never another's."""
+    from tokenmerge.patching.apply import _call_wrapper
+    from tokenmerge.patching.state import MergeState
+
+    state = MergeState()
+    wrapper = _call_wrapper(state)
+    barrier = threading.Barrier(2, timeout=30)
+    seen = {}
+
+    def executor(x, *args, **kwargs):
+        state.sublayer_calls[("block", 0)] = x.shape[0]
+        barrier.wait()  # both threads have set their call
+        seen[threading.current_thread().name] = (state.call["latent_shape"], state.sublayer_calls[("block", 0)])
+        barrier.wait()  # both have read theirs before either clears it
+        return x
+
+    def chunk(batch: int) -> None:
+        wrapper(executor, torch.zeros(batch, 4, 8, 8), torch.zeros(batch), transformer_options={"cond_or_uncond": [0]})
+
+    threads = [threading.Thread(target=chunk, args=(batch,), name=f"chunk{batch}") for batch in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"chunk1": ([1, 4, 8, 8], 1), "chunk2": ([2, 4, 8, 8], 2)}
+    assert state.call is None
