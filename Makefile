@@ -1,11 +1,16 @@
 # The two commands of the README, plus their parts. Everything runs in the git-ignored .comfyui/
 # environment that scripts/setup_env.sh creates on first use (a few seconds when it already exists).
 PYTHON := .comfyui/venv/bin/python
+PYTHON33 := .comfyui33/venv/bin/python
 
-.PHONY: setup browser demo test lint pytest clean bench bench-quality demo-models
+.PHONY: setup setup33 browser demo test lint pytest pytest33 clean bench bench-quality demo-models
 
 setup:
 	bash scripts/setup_env.sh
+
+# The second environment: ComfyUI 0.33.0 from ../shared/comfyui/ComfyUI-0.33.0.tar.gz, in .comfyui33/.
+setup33:
+	COMFYUI=0.33.0 bash scripts/setup_env.sh
 
 browser:
 	bash scripts/install_browser.sh
@@ -13,7 +18,7 @@ browser:
 demo: setup
 	$(PYTHON) scripts/demo.py
 
-test: setup browser lint pytest
+test: setup setup33 browser lint pytest pytest33
 
 # The speed benchmark: real-size models, both attention backends, FLOP-model bound (hours on a 2-core CPU; see
 # benchmarks/speed.py for the flags that choose the work; --smoke: a minute).
@@ -34,5 +39,9 @@ lint: setup
 pytest: setup
 	$(PYTHON) -m pytest
 
+# The whole suite again on ComfyUI 0.33.0 (version-specific expectations: devkit/__init__.py).
+pytest33: setup33
+	TOKENMERGE_ENV_DIR=.comfyui33 $(PYTHON33) -m pytest
+
 clean:
-	rm -rf .comfyui demo_output test_artifacts
+	rm -rf .comfyui .comfyui33 demo_output test_artifacts

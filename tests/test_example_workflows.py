@@ -29,7 +29,13 @@ def test_every_example_is_committed_with_a_thumbnail_and_a_settings_note():
 
 
 def test_committed_examples_match_their_generator(comfy_server):
-    """The files are what ``python -m devkit.example_workflows`` writes (nobody edited one by hand)."""
+    """The files are what ``python -m devkit.example_workflows`` writes (nobody edited one by hand), on the ComfyUI
+    release they are generated on; the other tests of this module load and run them on every release."""
+    from devkit import EXPECTED_COMFYUI, PINNED_COMFYUI
+
+    if EXPECTED_COMFYUI != PINNED_COMFYUI:
+        pytest.skip(f"the committed examples are generated on ComfyUI {PINNED_COMFYUI}; {EXPECTED_COMFYUI}'s "
+                    "object_info adds node outputs (SaveImage IMAGE), so only loading and running them is checked")
     object_info = comfy_server.object_info()
     for name, build in {**EXAMPLES, **DEMOS}.items():
         assert load_example(name) == json.loads(json.dumps(build().ui(object_info))), name
