@@ -36,8 +36,9 @@ def comfyui_dir() -> Path:
     return path
 
 
-def bootstrap_comfyui(threads: int = 2, *, pytorch_attention: bool = False) -> Path:
-    """Import the real ComfyUI in-process, forced onto the CPU. Idempotent; returns its directory.
+def bootstrap_comfyui(threads: int = 2, *, pytorch_attention: bool = False, device: str = "cpu") -> Path:
+    """Import the real ComfyUI in-process, forced onto the CPU (``device="cuda"``: on the GPU, for the GPU
+    benchmarks). Idempotent; returns its directory.
 
     ``pytorch_attention`` selects PyTorch SDPA (``--use-pytorch-cross-attention``) instead of ComfyUI's CPU
     default (sub-quadratic attention); like the flag, it only takes effect on the first import.
@@ -48,16 +49,17 @@ def bootstrap_comfyui(threads: int = 2, *, pytorch_attention: bool = False) -> P
     from comfy.cli_args import args
 
     if "comfy.model_management" not in sys.modules:
-        args.cpu = True
+        args.cpu = device == "cpu"
         args.use_pytorch_cross_attention = pytorch_attention
     import comfy.model_management
     import utils.extra_config  # noqa: F401  binds 'utils' to ComfyUI/utils/ before nodes.py runs
 
-    if comfy.model_management.get_torch_device().type != "cpu":
-        raise RuntimeError("ComfyUI was imported before bootstrap_comfyui() could force the CPU")
+    if comfy.model_management.get_torch_device().type != device:
+        raise RuntimeError(f"ComfyUI was imported before bootstrap_comfyui() could choose the {device}")
     import torch
 
-    torch.set_num_threads(threads)
+    if device == "cpu":
+        torch.set_num_threads(threads)
     return path
 
 

@@ -197,17 +197,18 @@ def with_release_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
     return {**unet_config, **missing}
 
 
-def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0):
-    """A ``ModelPatcher`` around a freshly built, randomly initialised tiny model of ``family``."""
+def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0, dtype: torch.dtype = torch.float32):
+    """A ``ModelPatcher`` around a freshly built, randomly initialised tiny model of ``family`` in ``dtype``."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     fam = FAMILIES[family] if isinstance(family, str) else family
     model_config = getattr(comfy.supported_models, fam.model_config)(with_release_fields(fam.unet_config))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
     random_init_(model.diffusion_model, seed, scale)
+    model.diffusion_model.to(dtype)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 

@@ -5,7 +5,7 @@ Classifier-free guidance gives a free per-token importance, |cond - uncond| of t
 latent sample, with N tokens, r to merge and K = dst_fraction * N destinations:
 
 1. the pool is the M = min(pool_factor * (N - r), N) most important tokens;
-2. the K destinations are drawn from the pool (``random``, with the caller's generator, or ``top_k``);
+2. the K destinations are drawn from the pool (``random``, from the caller's seed stream, or ``top_k``);
 3. every other token is a source and finds its most similar destination (cosine, chunked), or, as the authors
    run PixArt, the destination nearest to it on the token grid (``positions``);
 4. sources outside the pool are always merged (a boolean mask, not the reference code's +100000
@@ -22,6 +22,7 @@ from enum import Enum
 
 import torch
 
+from .draws import random_permutation_keys
 from .plan import MergePlan, select_merges, split_destinations
 from .similarity import best_destination, nearest_destination
 
@@ -36,22 +37,31 @@ def pool_size(num_tokens: int, r: int, pool_factor: float) -> int:
 
 
 @torch.no_grad()
+def importance_order(importance: torch.Tensor) -> torch.Tensor:
+    """Token indices by falling ``importance`` [S, N] (ties in token order): [S, N]."""
+    return torch.argsort(importance.float(), dim=1, descending=True, stable=True)
+
+
+@torch.no_grad()
 def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_fraction: float = 0.25,
                     pool_factor: float = 1.4, dst_mode: DstMode = DstMode.RANDOM,
-                    generator: torch.Generator | None = None, positions: torch.Tensor | None = None) -> MergePlan:
+                    seed: torch.Tensor | int | None = None, positions: torch.Tensor | None = None,
+                    by_importance: torch.Tensor | None = None) -> MergePlan:
     """IBTM plan for ``metric`` [S, N, C] and ``importance`` [S, N] (higher = more important); with ``positions``
-    [N, 2] (the tokens' grid coordinates) sources match their nearest destination instead of the most similar."""
+    [N, 2] (the tokens' grid coordinates) sources match their nearest destination instead of the most similar.
+    ``by_importance`` [S, N] is :func:`importance_order` of ``importance`` where the caller has it already."""
     S, N, C = metric.shape
     K = max(1, int(N * dst_fraction))
     r = min(r, N - K)
     M = max(K, pool_size(N, r, pool_factor))
     device = metric.device
-    by_importance = torch.argsort(importance.to(device, torch.float32), dim=1, descending=True, stable=True)
+    if by_importance is None:
+        by_importance = importance_order(importance)
     pool = by_importance[:, :M]  # [S, M]
-    if dst_mode is DstMode.TOP_K:
+    if dst_mode is DstMode.TOP_K or seed is None:
         dst_in_pool = torch.arange(K, device=device).expand(S, K)
-    else:  # K distinct pool slots per sample, drawn on the CPU generator
-        dst_in_pool = torch.rand(S, M, generator=generator).argsort(dim=1)[:, :K].to(device)
+    else:  # K distinct pool slots per sample: the first K of a random permutation of the M slots
+        dst_in_pool = random_permutation_keys(seed, (S, M), device).argsort(dim=1, stable=True)[:, :K]
     is_dst = torch.zeros(S, N, dtype=torch.bool, device=device)
     is_dst.scatter_(1, pool.gather(1, dst_in_pool), value=True)
     outside_pool = torch.ones(S, N, dtype=torch.bool, device=device)
@@ -62,6 +72,5 @@ def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_
         score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
                                        metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
     else:
-        pos = positions.to(device)
-        score, best = nearest_destination(pos[src_idx], pos[dst_idx])  # [S, n] -> [S, n, 2]
+        score, best = nearest_destination(positions[src_idx], positions[dst_idx])  # [S, n] -> [S, n, 2]
     return select_merges(dst_idx, src_idx, best, score, r, N, always_merge=always)

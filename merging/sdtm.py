@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from .draws import random_integers
 from .plan import MergePlan
 from .tome import bipartite_plan
 
@@ -52,7 +53,7 @@ def frequency_priority(last_independent: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def structure_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[int, int] = (2, 2),
                    last_independent: torch.Tensor | None = None, similarity_weight: float = 0.05,
-                   generator: torch.Generator | None = None) -> MergePlan | None:
+                   seed: torch.Tensor | int | None = None) -> MergePlan | None:
     """Structure-stage plan for ``metric`` [S, h * w, C]: about ``r`` tokens merged by collapsing whole windows."""
     S, N, _ = metric.shape
     sy, sx = window
@@ -69,11 +70,15 @@ def structure_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[i
         score = score + similarity_weight * frequency_priority(last_independent)[:, members].mean(-1)
     chosen = score.topk(n_windows, dim=1).indices  # [S, n_windows]
     chosen_members = members[chosen]  # [S, n_windows, m]
-    pick = torch.randint(m, (S, n_windows), generator=generator).to(metric.device)  # destination slot per window
+    device = metric.device
+    if seed is None:  # destination slot per window
+        pick = torch.zeros(S, n_windows, dtype=torch.long, device=device)
+    else:
+        pick = random_integers(seed, m, (S, n_windows), device)
     dst_idx = chosen_members.gather(2, pick.unsqueeze(-1)).squeeze(-1)  # [S, n_windows]
-    others = torch.ones(S, n_windows, m, dtype=torch.bool, device=metric.device)
-    others.scatter_(2, pick.unsqueeze(-1), value=False)
-    src_idx = chosen_members[others].view(S, n_windows * (m - 1))
+    other_slots = torch.arange(m - 1, device=device).expand(S, n_windows, m - 1)
+    other_slots = other_slots + (other_slots >= pick.unsqueeze(-1)).long()  # every slot but the pick, in order
+    src_idx = chosen_members.gather(2, other_slots).flatten(1)  # [S, n_windows, m - 1] -> [S, n_windows * (m - 1)]
     src_to_dst = torch.arange(n_windows, device=metric.device).repeat_interleave(m - 1).expand(S, -1)
     in_window = torch.zeros(S, N, dtype=torch.bool, device=metric.device)
     in_window.scatter_(1, chosen_members.flatten(1), value=True)
@@ -84,18 +89,18 @@ def structure_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[i
 
 @torch.no_grad()
 def detail_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[int, int] = (2, 2),
-                priority: torch.Tensor | None = None, generator: torch.Generator | None = None) -> MergePlan | None:
+                priority: torch.Tensor | None = None, seed: torch.Tensor | int | None = None) -> MergePlan | None:
     """Detail-stage plan: per window the highest-``priority`` [S, N] token is the destination (random without
-    a priority), then global bipartite matching merges the ``r`` most similar other tokens."""
+    a priority; drawn from ``seed``), then global bipartite matching merges the ``r`` most similar other tokens."""
     S, N, _ = metric.shape
     sy, sx = window
     members = window_members(h, w, sy, sx, metric.device)
     if members is None:
         return None
     if priority is None:
-        slot = torch.randint(sy * sx, (S, members.shape[0]), generator=generator).to(metric.device)
+        slot = random_integers(0 if seed is None else seed, sy * sx, (S, members.shape[0]), metric.device)
     else:
-        slot = priority.to(metric.device)[:, members].argmax(dim=-1)  # [S, W, m] -> [S, W]
+        slot = priority[:, members].argmax(dim=-1)  # [S, W, m] -> [S, W]
     dst = members.expand(S, -1, -1).gather(2, slot.unsqueeze(-1)).squeeze(-1)  # [S, W]
     is_dst = torch.zeros(S, N, dtype=torch.bool, device=metric.device)
     is_dst.scatter_(1, dst, value=True)

@@ -21,6 +21,7 @@ from .dit import (
     selected_blocks,
     spatial_patch,
 )
+from .model_call import model_call
 from .state import MergeState
 from .sublayers import sublayer_paths
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
@@ -67,13 +68,13 @@ def _run_wrapper(state: MergeState):
     return outer_sample
 
 
-def _call_wrapper(state: MergeState):
-    """APPLY_MODEL wrapper: tells the DiT blocks the latent shape and step information of the call."""
+def _call_wrapper(state: MergeState, config: MergeConfig, merger: UNetMerger | DiTMerger):
+    """APPLY_MODEL wrapper: decides the call's merging once (``model_call.py``), outside the diffusion model and
+    so outside any graph TorchCompileModel compiles, and hands it to the blocks."""
 
     def apply_model(executor, x, *args, **kwargs):
         options = kwargs.get("transformer_options", args[4] if len(args) > 4 else {})
-        state.call = {"latent_shape": list(x.shape),
-                      **{k: options.get(k) for k in ("cond_or_uncond", "sigmas", "sample_sigmas")}}
+        state.call = model_call(config, state, x, options, merger.token_grids(tuple(x.shape)), merger.switch_sigma)
         try:
             return executor(x, *args, **kwargs)
         finally:
@@ -83,7 +84,8 @@ def _call_wrapper(state: MergeState):
 
 
 def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
-    merger = UNetMerger(config, state)
+    merger = UNetMerger(config, state, transformer_blocks(model.model.diffusion_model).values(),
+                        attention_downsamples(model.model.diffusion_model))
     patched.set_model_attn1_patch(merger.attn1_patch)
     patched.set_model_attn1_output_patch(merger.attn1_output_patch)
     if config.merge_attn2:
@@ -94,6 +96,8 @@ def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
             name = f"diffusion_model.{path}.ff.forward"
             previous = patched.get_model_object(name)
             patched.add_object_patch(name, _chained(merger.feed_forward(previous, key), previous))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                 _call_wrapper(state, config, merger))
 
 
 def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeState) -> None:
@@ -101,10 +105,11 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
     switch_sigma = None
     if config.method is Method.SDTM:  # the stage switch, converted to a sigma once
         switch_sigma = float(model.get_model_object("model_sampling").percent_to_sigma(config.switch_percent))
-    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), switch_sigma,
+    blocks = selected_blocks(block_keys(diffusion_model, family), config.block_range)
+    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), blocks, switch_sigma,
                        getattr(diffusion_model, "pad_tokens_multiple", None))
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for key in selected_blocks(block_keys(diffusion_model, family), config.block_range):
+    for key in blocks:
         if family in BLOCK_MODULES:  # no replace point: an object patch on the block's forward
             name = f"diffusion_model.{BLOCK_MODULES[family]}.{key[1]}.forward"
             previous = patched.get_model_object(name)
@@ -118,7 +123,8 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
                 name = f"diffusion_model.{path}.forward"
                 previous = patched.get_model_object(name)
                 patched.add_object_patch(name, _chained(merger.sublayer_forward(previous, key, sublayer), previous))
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                 _call_wrapper(state, config, merger))
 
 
 def _chained(patch, previous):

@@ -48,7 +48,7 @@ class ImportanceCapture:
         state = self.state
         if args.get("uncond") is not None:
             state.importance = cfg_importance(args["cond_denoised"], args["uncond_denoised"], args["sigma"])
-            state.counters["maps_captured"] += 1
+            state.count("maps_captured")
             return
         state.no_uncond = True  # the uncond pass was skipped: no CFG importance this step
         if self.fallback is Fallback.X0_CHANGE:
@@ -57,7 +57,7 @@ class ImportanceCapture:
             previous = state.previous_x0
             if previous is not None and previous.shape == denoised.shape:
                 state.importance = cfg_importance(denoised, previous, args["sigma"])
-                state.counters["fallback_maps"] += 1
+                state.count("fallback_maps")
             state.previous_x0 = denoised.detach().clone()
         elif self.merges_by_importance:
             state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "

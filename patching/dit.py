@@ -39,7 +39,6 @@ from . import update_cache
 from .attention_override import with_key_bias
 from .config import Method
 from .planner import Planned, TokenPlanner
-from .steps import step_position
 from .sublayers import SublayerCall, sublayer_forward
 
 if TYPE_CHECKING:
@@ -116,61 +115,52 @@ class DiTMerger:
     """Block patches of one patched DiT; shares its :class:`MergeState` with the capture and the wrapper."""
 
     def __init__(self, config: MergeConfig, state: MergeState, family: str, patch: tuple[int, int, int],
-                 switch_sigma: float | None = None, pad_multiple: int | None = None) -> None:
+                 blocks: list[tuple[str, int]] = (), switch_sigma: float | None = None,
+                 pad_multiple: int | None = None) -> None:
         self.config = config
         self.state = state
         self.family = family
         self.patch = patch
         self.pad_multiple = pad_multiple  # Lumina 2 / Z-Image: the image part is padded to a multiple of this
-        self.planner = TokenPlanner(config, state, switch_sigma)
+        self.switch_sigma = switch_sigma  # SDTM: sigmas above it are the structure stage
+        self.planner = TokenPlanner(config, state, blocks)
         self.sublayers: dict[tuple[str, int], frozenset[str]] = {}  # block -> its sub-layers that carry a patch
 
     def __deepcopy__(self, memo: dict) -> DiTMerger:
         return self
 
-    def _grid(self) -> tuple[int, int, int]:
-        """(frames, h, w) of the current call's image-token grid."""
-        shape = self.state.call["latent_shape"]
+    def token_grid(self, latent_shape: tuple[int, ...] | list[int]) -> tuple[int, int, int]:
+        """(frames, h, w) of the image-token grid of a latent of ``latent_shape``."""
         pt, ph, pw = self.patch
-        frames = math.ceil(shape[2] / pt) if len(shape) == 5 else 1
-        return frames, math.ceil(shape[-2] / ph), math.ceil(shape[-1] / pw)
+        frames = math.ceil(latent_shape[2] / pt) if len(latent_shape) == 5 else 1
+        return frames, math.ceil(latent_shape[-2] / ph), math.ceil(latent_shape[-1] / pw)
+
+    def token_grids(self, latent_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        """Every grid the blocks of a call see (one for a DiT), for the call wrapper."""
+        return [self.token_grid(latent_shape)]
 
     def _image_tokens(self) -> int:
-        return math.prod(self._grid()) if self.state.call is not None else 0
+        call = self.state.call
+        return math.prod(self.token_grid(call.latent_shape)) if call is not None else 0
 
     def _plan(self, img: torch.Tensor, key: object) -> Planned | None:
         call = self.state.call
         if call is None:
             return None
-        frames, h, w = self._grid()
-        return self.planner.plan(img, h, w, call, call["latent_shape"][-2:], key, frames=frames)
+        frames, h, w = self.token_grid(call.latent_shape)
+        return self.planner.plan(img, h, w, key, frames=frames)
 
     # ------------------------------------------------------------- SDTM protected steps and cache
     def _protected(self) -> bool:
-        """SDTM: every ``protect_every``-th step runs in full and refreshes the cache."""
-        every = self.config.protect_every
-        if self.config.method is not Method.SDTM or not every or self.state.call is None:
-            return False
-        return step_position(self.state.call)[0] % every == 0
-
-    def _stages_ahead(self) -> tuple[bool, bool]:
-        """Protected call: whether the merged steps before the next protected one include structure-stage steps,
-        and whether they include detail-stage steps (both where the switch falls between)."""
+        """SDTM: every ``protect_every``-th step runs in full and refreshes the cache (decided per call)."""
         call = self.state.call
-        schedule, switch = call.get("sample_sigmas"), self.planner.switch_sigma
-        if schedule is None or switch is None:
-            structure = self.planner.structure_stage(call)
-            return structure, not structure
-        step = step_position(call)[0]
-        sigmas = torch.as_tensor(schedule).flatten().tolist()  # once per protected call, not per merged one
-        ahead = sigmas[step + 1:min(step + self.config.protect_every, len(sigmas) - 1)]
-        return any(sigma > switch for sigma in ahead), any(sigma <= switch for sigma in ahead)
+        return call is not None and call.protected
 
     def _refresh(self, key: tuple[str, int], rows: int) -> tuple[SublayerCall, bool]:
         """Protected call: what to cache until the next protected step, only what the merged steps in between
         blend with: the sub-layer outputs (handed to their patches in the returned call; the others' entries are
         dropped) and whether the whole-block update (the structure stage, or a whole-block detail stage)."""
-        structure, detail = self._stages_ahead()
+        structure, detail = self.state.call.stages_ahead
         mlp_only = self.config.detail_mlp_only
         patched = self.sublayers.get(key, frozenset())
         if self.family == "pixart":  # every merged computation is a sub-layer
@@ -186,7 +176,7 @@ class DiTMerger:
 
     def _store_block(self, key: object, before: torch.Tensor | None, after: torch.Tensor) -> None:
         """A protected block call: keep its whole-block update when ``before`` (its input) is given."""
-        self.state.counters["protected_calls"] += 1
+        self.state.count("protected_calls")
         if before is not None:
             update_cache.store(self.state, self.config, "block", key, after - before)
 
@@ -197,7 +187,7 @@ class DiTMerger:
         fused = update_cache.blend(self.state, self.config, computation, key, update, plan)
         if fused is None:
             return update
-        self.state.counters["fused_calls"] += 1
+        self.state.count("fused_calls")
         return fused
 
     def _merged_sublayers(self, planned: Planned) -> frozenset[str]:
@@ -209,14 +199,19 @@ class DiTMerger:
     def _with_sublayers(self, key: tuple[str, int], call: SublayerCall, run: Callable[..., Any], *args: Any,
                         **kwargs: Any) -> Any:
         """``run(*args, **kwargs)`` with ``call`` handed to the sub-layer patches of block ``key``."""
-        if not (call.merged or call.stored) or not self.sublayers.get(key):
+        patched = self.sublayers.get(key)
+        if not (call.merged or call.stored) or not patched:
             return run(*args, **kwargs)
+        # counted here, not in the sub-layer patches: a block may run them under torch.utils.checkpoint (SD3),
+        # whose compiled form refuses side effects
+        if call.fuse and any(update_cache.lookup(self.state, name, key, call.planned.plan.dst_idx.shape[0]) is not None
+                             for name in call.merged & patched):
+            self.state.count("fused_calls")
         self.state.sublayer_calls[key] = call
         try:
             return run(*args, **kwargs)
         finally:
             self.state.sublayer_calls.pop(key, None)
-            self.state.counters["fused_calls"] += call.fused
 
     # --------------------------------------------------------------------- patches_replace["dit"]
     def block_replace(self, key: tuple[str, int], previous: Callable[[dict, dict], dict] | None = None,
@@ -286,7 +281,7 @@ class DiTMerger:
         biases = {joint.shape[1]: joint}
         if proportional and text_len:
             biases[image_len] = key_bias(counts)  # an image-only self-attention in the block (SD3.5 MMDiT-X)
-        self.state.counters["biased_calls"] += 1
+        self.state.count("biased_calls")
         return biases
 
     def _with_key_bias(self, args: dict, planned: Planned, text_len: int, image_len: int) -> dict:
@@ -332,7 +327,7 @@ class DiTMerger:
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if self._protected():
                 call = self._refresh(key, x.shape[0])[0]
-                self.state.counters["protected_calls"] += 1
+                self.state.count("protected_calls")
                 return self._with_sublayers(key, call, previous, x, *args, **kwargs)
             planned = self._plan(x, key)
             if planned is None:

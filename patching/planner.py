@@ -1,32 +1,38 @@
-"""One merge plan per block call, for any family: step position, ratio, importance or ToMe partition.
+"""One merge plan per block call, for any family: the step's ratio and mode, importance or ToMe partition.
 
 The family adapters (``unet.py``, ``dit.py``) find the token grid and hand the block's tokens here;
 this module decides whether to merge, builds the plan on the per-sample mean of the call's rows and
 repeats it for every chunk (cond, uncond, extra conds) so a sample's rows share one partition.
+
+Everything per step (position in the run, ratio, mode, seed stream, the importance map pooled to each grid) was
+decided by the call wrapper (``model_call.py``); what runs here per block is tensor work on the block's tokens
+plus Python on shapes and those decisions, so it traces into a ``torch.compile`` graph and reads nothing back
+to the host.
 """
 
 from __future__ import annotations
 
-import logging
 import zlib
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from ..merging.ibtm import importance_plan
+from ..merging.draws import stream_of
+from ..merging.ibtm import importance_order, importance_plan
 from ..merging.importance import to_token_grid
 from ..merging.plan import MergeMode, MergePlan, merge, stack_frames, unmerge
-from ..merging.sdtm import cosine_ratio, detail_plan, structure_plan, update_last_independent
+from ..merging.sdtm import detail_plan, structure_plan, update_last_independent
 from ..merging.similarity import grid_positions
 from ..merging.tome import tome_plan
 from .config import DetailDestination, Match, Method
+from .model_call import GridImportance
 from .recorder import plan_categories
-from .steps import current_sigma, run_steps, step_position
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .config import MergeConfig
+    from .model_call import ModelCall
     from .state import MergeState
 
 
@@ -46,48 +52,46 @@ def merged_forward(state: MergeState, key: object, previous: Callable[[torch.Ten
         planned = state.ff_plans.pop(key, None)
         if planned is None or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
             return previous(x)
-        state.counters[counter] += 1
+        state.count(counter)
         return unmerge(previous(merge(x, planned.plan, planned.mode)), planned.plan)
 
     return forward
 
 
+def block_salt(key: object) -> int:
+    """The constant a block adds to the step's seed stream (the same in every process)."""
+    return stream_of(zlib.crc32(repr(key).encode()))
+
+
 class TokenPlanner:
-    def __init__(self, config: MergeConfig, state: MergeState, switch_sigma: float | None = None) -> None:
+    def __init__(self, config: MergeConfig, state: MergeState, blocks: Iterable[object] = ()) -> None:
         self.config = config
         self.state = state
-        self.switch_sigma = switch_sigma  # SDTM: sigmas above it are the structure stage
-
-    def generator(self, step: int, key: object) -> torch.Generator:
-        # Seeded per (seed, step, block) rather than advanced per call: cond and uncond split into
-        # separate calls draw the same partition, and a rerun reproduces it exactly.
-        mix = zlib.crc32(repr((self.config.seed, step, key)).encode())
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + mix)
+        # Per block, a constant added to the step's seed stream: every block draws its own destinations, and
+        # cond and uncond split into separate calls draw the same ones.
+        self.salts = {key: block_salt(key) for key in blocks}
 
     def skip(self, reason: str, message: str) -> None:
         self.state.warn_once(reason, f"tokenmerge: {message}; merging skipped for such calls")
-        self.state.counters["skipped"] += 1
+        self.state.count("skipped")
 
-    def plan(self, x: torch.Tensor, h: int, w: int, options: dict, latent_hw: list[int], key: object,
-             frames: int = 1) -> Planned | None:
-        """Plan for ``x`` [rows, frames * h * w, C] of one block call, or ``None`` to run it unmerged.
-
-        ``options`` holds the call's ``cond_or_uncond``, ``sigmas`` and ``sample_sigmas``; ``latent_hw`` is
-        the latent's spatial size, which an importance map must match. Never raises: a failure skips
-        merging for the call, with one warning per run.
-        """
+    def plan(self, x: torch.Tensor, h: int, w: int, key: object, frames: int = 1) -> Planned | None:
+        """Plan for ``x`` [rows, frames * h * w, C] of one block call of the call in progress, or ``None`` to run
+        it unmerged. Never raises: a failure skips merging for the call, with one warning per run."""
+        call = self.state.call
+        if call is None:
+            return None
         try:
             with torch.profiler.record_function("tokenmerge.match"):
-                return self._plan(x, h, w, options, latent_hw, key, frames)
+                return self._plan(call, x, h, w, key, frames)
         except Exception as exc:  # noqa: BLE001  never fail a run because of merging
             self.skip("plan_error", f"building the merge plan failed ({exc!r})")
             return None
 
-    def _plan(self, x: torch.Tensor, h: int, w: int, options: dict, latent_hw: list[int], key: object,
-              frames: int) -> Planned | None:
+    def _plan(self, call: ModelCall, x: torch.Tensor, h: int, w: int, key: object, frames: int) -> Planned | None:
         cfg, state = self.config, self.state
         rows, N, C = x.shape
-        chunks = len(options.get("cond_or_uncond") or [0])
+        chunks = call.chunks
         if rows % chunks or frames * h * w != N:
             self.skip("layout", f"unexpected block input {tuple(x.shape)} for {chunks} chunks and a "
                       f"{frames}x{h}x{w} grid (a foreign patch changed the tokens?)")
@@ -97,12 +101,12 @@ class TokenPlanner:
             self.skip("small_grid", f"the {h}x{w} token grid is too small to merge (it needs at least 2x2 "
                       f"windows of {sy}x{sx} tokens)")
             return None
-        step, progress = step_position(options)
-        if not cfg.start_percent <= progress <= cfg.end_percent:
+        if not call.active:
             return None
         n = h * w
-        ratio = cosine_ratio(cfg.ratio, cfg.deviation, progress) if cfg.method is Method.SDTM else cfg.ratio
-        r = int(n * ratio)
+        r = call.merge_counts.get((h, w))
+        if r is None:  # a grid the call wrapper did not foresee
+            r = int(n * call.ratio)
         if r == 0:
             return None
         samples = rows // chunks
@@ -110,74 +114,66 @@ class TokenPlanner:
         metric = x.detach().view(chunks, samples, N, C).mean(0).reshape(samples * frames, n, C)
         if cfg.match is Match.NORMALIZED:
             metric = torch.nn.functional.layer_norm(metric.float(), (C,))
-        generator = self.generator(step, key)
+        seed = None if call.seed is None else call.seed + self.salts.get(key, 0)
         mlp_only, text_scale = False, 1.0
-        importance = self._importance_grid(samples, frames, latent_hw, h, w) if cfg.method is Method.IMPORTANCE \
-            else None
+        importance = self.importance_grid(call, samples * frames, h, w) if cfg.method is Method.IMPORTANCE else None
         if cfg.method is Method.SDTM:
-            planned = self._sdtm(metric, h, w, r, options, generator, samples, frames, latent_hw)
+            planned = self._sdtm(call, metric, h, w, r, seed, samples * frames)
             if planned is None:
                 return None
             plan, mlp_only, text_scale = planned
         elif importance is not None:
             positions = grid_positions(h, w, metric.device) if cfg.match is Match.POSITION else None
-            plan = importance_plan(metric, importance, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
-                                   generator, positions)
-            state.counters["importance_calls"] += 1
-        else:
-            plan = tome_plan(metric, h, w, r, *cfg.window, generator=generator)
+            plan = importance_plan(metric, importance.grid, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
+                                   seed, positions, importance.order)
+            state.count("importance_calls")
+        else:  # spatial ToMe, and IBTM before the first importance map
+            plan = tome_plan(metric, h, w, r, *cfg.window, seed=seed)
             if plan is None:
                 return None
-            state.counters["tome_calls"] += 1
+            state.count("tome_calls")
         if state.recorder.enabled:
-            state.recorder.add_assignment(step, run_steps(options), current_sigma(options) or 0.0, key,
+            state.recorder.add_assignment(call.step, call.steps, call.sigma or 0.0, key,
                                           plan_categories(plan, samples, frames, h, w))
         plan = stack_frames(plan, frames)
-        mode = MergeMode.PRUNE if progress < cfg.prune_until else MergeMode.MEAN
-        state.counters["merged_calls"] += 1
-        state.counters["prune_calls"] += mode is MergeMode.PRUNE
-        state.counters["tokens_in"] += N
-        state.counters["tokens_out"] += plan.num_out
-        return Planned(plan.rows(chunks), mode, mlp_only, text_scale)
+        state.count("merged_calls")
+        if call.mode is MergeMode.PRUNE:
+            state.count("prune_calls")
+        state.count("tokens_in", N)
+        state.count("tokens_out", plan.num_out)
+        return Planned(plan.rows(chunks), call.mode, mlp_only, text_scale)
 
-    def structure_stage(self, options: dict) -> bool:
-        """SDTM: whether the call ``options`` describes falls in the structure stage (sigma above the switch)."""
-        sigma = current_sigma(options)
-        return sigma is None or self.switch_sigma is None or sigma > self.switch_sigma
+    def importance_grid(self, call: ModelCall, rows: int, h: int, w: int) -> GridImportance | None:
+        """The previous step's importance map on the h x w grid for ``rows`` = S * frames grids, or ``None``
+        (before the first map, or where the map does not fit the call)."""
+        pooled = call.importance.get((h, w))
+        if pooled is None and call.importance:  # the map fits the call, on a grid the wrapper did not foresee
+            grid = to_token_grid(self.state.importance.reshape(rows, *call.latent_shape[-2:]), h, w)
+            pooled = GridImportance(grid, importance_order(grid))
+        if pooled is None or pooled.grid.shape[0] != rows:
+            return None
+        return pooled
 
-    def _sdtm(self, metric: torch.Tensor, h: int, w: int, r: int, options: dict, generator: torch.Generator,
-              samples: int, frames: int, latent_hw: list[int]) -> tuple[MergePlan, bool, float] | None:
+    def _sdtm(self, call: ModelCall, metric: torch.Tensor, h: int, w: int, r: int, seed: torch.Tensor | None,
+              rows: int) -> tuple[MergePlan, bool, float] | None:
         cfg, state = self.config, self.state
-        structure = self.structure_stage(options)
         last = state.last_independent
         if last is None or last.shape != metric.shape[:2] or last.device != metric.device:
             last = torch.zeros(metric.shape[:2], dtype=torch.long, device=metric.device)
-        if structure:
-            plan = structure_plan(metric, h, w, r, cfg.window, last, cfg.similarity_weight, generator)
-            state.counters["structure_calls"] += plan is not None
+        if call.structure:
+            plan = structure_plan(metric, h, w, r, cfg.window, last, cfg.similarity_weight, seed)
+            if plan is not None:
+                state.count("structure_calls")
         else:
             priority = None
             if cfg.detail_destination is DetailDestination.IMPORTANCE:
-                priority = self._importance_grid(samples, frames, latent_hw, h, w)
-            plan = detail_plan(metric, h, w, r, cfg.window, last if priority is None else priority, generator)
-            state.counters["detail_calls"] += plan is not None
+                importance = self.importance_grid(call, rows, h, w)
+                priority = None if importance is None else importance.grid
+            plan = detail_plan(metric, h, w, r, cfg.window, last if priority is None else priority, seed)
+            if plan is not None:
+                state.count("detail_calls")
         if plan is None:
             return None
         state.last_independent = update_last_independent(last, plan)
-        text_scale = cfg.prompt_scale_structure if structure else cfg.prompt_scale_detail
-        return plan, not structure and cfg.detail_mlp_only, text_scale
-
-    def _importance_grid(self, samples: int, frames: int, latent_hw: list[int], h: int, w: int,
-                         ) -> torch.Tensor | None:
-        """The latest importance map on the block's token grid, [S * frames, h * w], or ``None``."""
-        importance = self.state.importance
-        if importance is None:
-            return None  # warm-up before the first map, or no signal at all: spatial ToMe
-        # video-shaped latents ([B, C, T, H, W]: Wan, QwenImage) give [S, T, H, W] maps, even with one frame
-        expected = (samples, *((frames,) if importance.ndim == 4 else ()), *latent_hw)
-        if tuple(importance.shape) != expected:
-            self.state.warn_once("importance_shape", f"tokenmerge: importance map {tuple(importance.shape)} does "
-                                 f"not match the call's latent {list(expected)} (area conditioning?); spatial "
-                                 "ToMe is used for such calls", logging.INFO)
-            return None
-        return to_token_grid(importance.reshape(samples * frames, *latent_hw), h, w)
+        text_scale = cfg.prompt_scale_structure if call.structure else cfg.prompt_scale_detail
+        return plan, not call.structure and cfg.detail_mlp_only, text_scale

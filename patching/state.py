@@ -8,15 +8,51 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import torch
+
 from .recorder import HeatmapRecorder
 
 if TYPE_CHECKING:
-    import torch
-
     from ..merging.plan import MergePlan
+    from .model_call import ModelCall
     from .sublayers import SublayerCall
 
 logger = logging.getLogger(__name__)
+
+
+# What a run counts (the end-of-run log and the tests read them).
+COUNTER_NAMES = (
+    "merged_calls", "importance_calls", "tome_calls", "structure_calls", "detail_calls", "prune_calls",
+    "tokens_in", "tokens_out", "skipped", "maps_captured", "fallback_maps", "protected_calls", "fused_calls",
+    "biased_calls", "ff_calls", "attn_calls", "cross_attn_calls", "mlp_calls", "cache_peak_bytes",
+)
+COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
+
+
+class RunCounters:
+    """The counts of one run. Block calls count into an int64 tensor on their device (``device_counts``), so
+    counting reads nothing back to the host and a compiled graph does not recompile as a count grows; counts
+    outside a model call stay on the host. Reading them (``snapshot``) costs one copy per device."""
+
+    def __init__(self) -> None:
+        self.host: Counter[str] = Counter()
+        self.by_device: dict[torch.device, torch.Tensor] = {}
+
+    def device_counts(self, device: torch.device) -> torch.Tensor:
+        counts = self.by_device.get(device)
+        if counts is None:
+            counts = self.by_device[device] = torch.zeros(len(COUNTER_NAMES), dtype=torch.int64, device=device)
+        return counts
+
+    def snapshot(self) -> Counter[str]:
+        totals = Counter(self.host)
+        for counts in self.by_device.values():
+            for name, value in zip(COUNTER_NAMES, counts.tolist(), strict=True):
+                if name == "cache_peak_bytes":
+                    totals[name] = max(totals[name], value)
+                elif value:
+                    totals[name] += value
+        return +totals
 
 
 class CallState(threading.local):
@@ -25,7 +61,8 @@ class CallState(threading.local):
     the :class:`MergeState`."""
 
     def __init__(self) -> None:
-        self.call: dict | None = None  # the model call in progress: latent_shape, cond_or_uncond, sigmas, ...
+        self.call: ModelCall | None = None  # the model call in progress (model_call.py)
+        self.counts: torch.Tensor | None = None  # RunCounters.device_counts of the call's device
         self.ff_plans: dict[tuple, tuple[MergePlan, object]] = {}  # attn1 -> feed-forward hand-off per block
         self.sublayer_calls: dict[tuple, SublayerCall] = {}  # DiT block -> its sub-layer patches, for one call
 
@@ -38,8 +75,8 @@ class MergeState:
     The call in progress (``call``, ``ff_plans``, ``sublayer_calls``) is per thread.
     """
 
-    __slots__ = ("block_cache", "counters", "importance", "last_independent", "local", "no_uncond", "previous_x0",
-                 "recorder", "warned")
+    __slots__ = ("block_cache", "importance", "last_independent", "local", "no_uncond", "previous_x0",
+                 "recorder", "run_counters", "warned")
 
     def __init__(self) -> None:
         self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
@@ -51,18 +88,41 @@ class MergeState:
         self.no_uncond = False  # a CFG step ran without an uncond pass (cfg 1, BasicGuider, ...)
         self.previous_x0: torch.Tensor | None = None  # last step's denoised output, for the x0-change fallback
         self.local = CallState()
-        self.counters: Counter[str] = Counter()
+        self.run_counters = RunCounters()
         self.warned: set[str] = set()
         self.last_independent: torch.Tensor | None = None  # SDTM: merge calls since each token was independent
         self.block_cache: dict[tuple, torch.Tensor] = {}  # SDTM: updates of the last protected step (update_cache)
 
     @property
-    def call(self) -> dict | None:
+    def call(self) -> ModelCall | None:
         return self.local.call
 
     @call.setter
-    def call(self, value: dict | None) -> None:
+    def call(self, value: ModelCall | None) -> None:
         self.local.call = value
+        self.local.counts = None if value is None or value.seed is None \
+            else self.run_counters.device_counts(value.seed.device)
+
+    @property
+    def counters(self) -> Counter[str]:
+        """The run's counts so far (a copy; reading it waits for the device)."""
+        return self.run_counters.snapshot()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``: on the device inside a model call, on the host outside one."""
+        counts = self.local.counts
+        if counts is None:
+            self.run_counters.host[name] += n
+        else:
+            counts[COUNTER_INDEX[name]] += n
+
+    def count_peak(self, name: str, value: int) -> None:
+        """Raise counter ``name`` to ``value`` if it is below."""
+        counts = self.local.counts
+        if counts is None:
+            self.run_counters.host[name] = max(self.run_counters.host[name], value)
+        else:
+            counts[COUNTER_INDEX[name]] = counts[COUNTER_INDEX[name]].clamp_min(value)
 
     @property
     def ff_plans(self) -> dict[tuple, tuple[MergePlan, object]]:

@@ -9,7 +9,7 @@ per sub-layer. On SDTM's protected steps the sub-layers run in full and refresh 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..merging.plan import merge, unmerge
@@ -49,7 +49,6 @@ class SublayerCall:
     merged: frozenset[str] = frozenset()  # sub-layers that run on the merged tokens
     stored: frozenset[str] = frozenset()  # protected step: sub-layers whose outputs refresh the SDTM cache
     fuse: bool = False  # SDTM: merged tokens blend their sub-layer outputs with the cache
-    fused: bool = field(default=False, init=False)  # set when a sub-layer blended with the cache
 
 
 def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int], name: str,
@@ -69,12 +68,11 @@ def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int
         if planned is None or name not in call.merged \
                 or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
             return previous(x, *args, **kwargs)
-        state.counters[f"{name}_calls"] += 1
+        state.count(f"{name}_calls")
         out = unmerge(previous(merge(x, planned.plan, planned.mode), *args, **kwargs), planned.plan)
         if call.fuse:
             fused = update_cache.blend(state, config, name, key, out, planned.plan)
             if fused is not None:
-                call.fused = True
                 return fused
         return out
 

@@ -23,6 +23,8 @@ from ..merging.plan import merge, unmerge
 from .planner import Planned, TokenPlanner, merged_forward
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .config import MergeConfig
     from .state import MergeState
 
@@ -50,10 +52,19 @@ def block_key(extra_options: dict) -> tuple | None:
 class UNetMerger:
     """Patch callables of one patched UNet; shares its :class:`MergeState` with the importance capture."""
 
-    def __init__(self, config: MergeConfig, state: MergeState) -> None:
+    switch_sigma = None  # SDTM's stage switch: UNets do not run SDTM
+
+    def __init__(self, config: MergeConfig, state: MergeState, blocks: Iterable[tuple] = (),
+                 levels: Iterable[int] = (1,)) -> None:
         self.config = config
         self.state = state
-        self.planner = TokenPlanner(config, state)
+        self.planner = TokenPlanner(config, state, blocks)
+        self.levels = [d for d in levels if d <= config.max_downsample]  # downsample factors of the merged grids
+
+    def token_grids(self, latent_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        """(1, h, w) of every merged level's token grid for a latent of ``latent_shape``, for the call wrapper."""
+        H, W = latent_shape[-2:]
+        return [(1, math.ceil(H / d), math.ceil(W / d)) for d in self.levels]
 
     def __deepcopy__(self, memo: dict) -> UNetMerger:
         return self
@@ -71,7 +82,7 @@ class UNetMerger:
         h, w, downsample = grid
         if downsample > self.config.max_downsample:
             return None
-        return self.planner.plan(n, h, w, extra, original_shape[-2:], block_key(extra))
+        return self.planner.plan(n, h, w, block_key(extra))
 
     # ------------------------------------------------------------------------------ patch points
     def attn1_patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra_options: dict):

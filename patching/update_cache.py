@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def cache_key(state: MergeState, computation: str, key: object, rows: int) -> tuple:
-    return computation, key, rows, tuple(state.call.get("cond_or_uncond") or ())
+    return computation, key, rows, state.call.cond_or_uncond
 
 
 def store(state: MergeState, config: MergeConfig, computation: str, key: object, update: torch.Tensor) -> None:
@@ -38,18 +38,23 @@ def store(state: MergeState, config: MergeConfig, computation: str, key: object,
                         "further blocks run without cache fusion")
         return
     state.block_cache[entry] = update
-    state.counters["cache_peak_bytes"] = max(state.counters["cache_peak_bytes"], state.cache_bytes)
+    state.count_peak("cache_peak_bytes", state.cache_bytes)
 
 
 def drop(state: MergeState, computation: str, key: object, rows: int) -> None:
     state.block_cache.pop(cache_key(state, computation, key, rows), None)
 
 
+def lookup(state: MergeState, computation: str, key: object, rows: int) -> torch.Tensor | None:
+    """The cached update of ``computation`` in block ``key`` for calls of ``rows`` rows, if any."""
+    return state.block_cache.get(cache_key(state, computation, key, rows))
+
+
 def blend(state: MergeState, config: MergeConfig, computation: str, key: object, update: torch.Tensor,
           plan: MergePlan) -> torch.Tensor | None:
     """``update`` [rows, N, C] (unmerged) with its merged tokens blended with the cached update, or ``None``
     when nothing is cached for this computation."""
-    cached = state.block_cache.get(cache_key(state, computation, key, update.shape[0]))
+    cached = lookup(state, computation, key, update.shape[0])
     if cached is None or cached.shape != update.shape:
         return None
     weight = config.cache_weight

@@ -44,6 +44,38 @@ def family(request) -> tiny_models.TinyFamily:
     return tiny_models.FAMILIES[request.param]
 
 
+def enter_call(merger, latent_shape: list[int], sigma: float | None = None,
+               sample_sigmas: list[float] | None = None, cond_or_uncond: list[int] | None = None) -> None:
+    """Set the model call in progress of ``merger``'s state as the pack's call wrapper would, for a latent of
+    ``latent_shape`` at ``sigma`` of the run ``sample_sigmas``."""
+    import torch
+    from tokenmerge.patching.model_call import model_call
+
+    options = {"cond_or_uncond": cond_or_uncond or [0],
+               "sigmas": None if sigma is None else torch.tensor([sigma]),
+               "sample_sigmas": None if sample_sigmas is None else torch.tensor(sample_sigmas)}
+    merger.state.call = model_call(merger.config, merger.state, torch.zeros(latent_shape), options,
+                                   merger.token_grids(tuple(latent_shape)), merger.switch_sigma)
+
+
+def merge_with(model, method: str, ratio: float = 0.5, **advanced):
+    """``model`` through a merging node as a user wires it: ``importance`` (the Simple node, or the Advanced one
+    with the ``advanced`` settings changed from its defaults), ``tome`` (2x2 windows) or ``sdtm`` (the Simple node)."""
+    from tokenmerge.nodes import importance, sdtm
+
+    if method == "sdtm":
+        return sdtm.TokenMergeSDTM.execute(model, ratio)[0]
+    if method == "tome":
+        return importance.TokenMergeSpatialToMe.execute(model, ratio, "auto", 2, 2, merge_cross_attention=False,
+                                                        merge_feed_forward=False, seed=0)[0]
+    if not advanced:
+        return importance.TokenMergeImportance.execute(model, ratio)[0]
+    settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
+                "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.1,
+                "start_percent": 0.0, "end_percent": 1.0, "seed": 0, **advanced}
+    return importance.TokenMergeImportanceAdvanced.execute(model, ratio, **settings)[0]
+
+
 def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: int = 3, cfg: float = 4.0,
            sampler: str = "euler", scheduler: str = "normal", height: int | None = None,
            width: int | None = None, batch: int = 1, frames: int = 5, latent: torch.Tensor | None = None,

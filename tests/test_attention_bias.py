@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import sample, state_of
+from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
@@ -100,10 +100,11 @@ def twin_merger(proportional):
     from tokenmerge.patching.state import MergeState
 
     state = MergeState()
-    state.call = {"latent_shape": [1, 16, 4, 8], "cond_or_uncond": [0], "sigmas": None, "sample_sigmas": None}
     config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
                          proportional_attention=proportional)
-    return DiTMerger(config, state, "flux", (1, 2, 2)), state
+    merger = DiTMerger(config, state, "flux", (1, 2, 2))
+    enter_call(merger, [1, 16, 4, 8])
+    return merger, state
 
 
 @pytest.mark.parametrize("proportional", [True, False])

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import sample, state_of
+from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
@@ -99,10 +99,9 @@ def test_wan_merges_within_frames_with_rope_gathered(pack, dits):
 
     args = {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": {}}
     state = MergeState()
-    state.call = {"latent_shape": [1, 16, frames, h * 2, w * 2], "cond_or_uncond": [0], "sigmas": None,
-                  "sample_sigmas": None}
     config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0)
     merger = DiTMerger(config, state, "wan", (1, 2, 2))
+    enter_call(merger, [1, 16, frames, h * 2, w * 2])
     merged = merger.block_replace(("double_block", 0))(args, {"original_block": run})["img"]
     assert state.counters["merged_calls"] == 1
     assert state.counters["tokens_out"] == frames * h * w // 2
@@ -203,10 +202,10 @@ def test_lumina_twin_tokens_between_caption_and_pads_give_the_unmerged_layer_out
     freqs = model.rope_embedder(ids).movedim(1, 2)  # [1, L, 1, D/2, 2, 2]
     adaln = torch.randn(1, min(dim, 1024), generator=g)
     state = MergeState()
-    state.call = {"latent_shape": [1, 16, h * 2, w * 2], "cond_or_uncond": [0], "sigmas": None, "sample_sigmas": None}
     config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
                          proportional_attention=True)
     merger = DiTMerger(config, state, "lumina", (1, 2, 2), pad_multiple=5)
+    enter_call(merger, [1, 16, h * 2, w * 2])
     forward = merger.block_forward(layer.forward, ("block", 0))
     merged = forward(x, None, freqs, adaln, transformer_options={})
     assert state.counters["merged_calls"] == 1

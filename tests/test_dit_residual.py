@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import sample, state_of
+from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
@@ -146,8 +146,8 @@ def hand_merger(family: str, method: str = "tome"):
     from tokenmerge.patching.state import MergeState
 
     state = MergeState()
-    state.call = {"latent_shape": [1, 16, 4, 4], "cond_or_uncond": [0], "sigmas": None, "sample_sigmas": None}
     merger = DiTMerger(MergeConfig(Method(method), ratio=0.5, max_downsample=1), state, family, (1, 2, 2))
+    enter_call(merger, [1, 16, 4, 4])
     merger._plan = lambda _img, _key: hand_planned()  # the hand-made partition instead of a planned one
     return merger
 
@@ -244,8 +244,7 @@ def test_sdtm_blends_the_cached_update_into_the_merged_tokens_only(pack, switch_
     cached = torch.tensor([[[0.1, 0.2], [0.3, -0.4], [0.5, 0.6], [-0.7, 0.8]]])
 
     def call(sigma, original):
-        state.call = {"latent_shape": [1, 16, 4, 4], "cond_or_uncond": [0], "sigmas": torch.tensor([sigma]),
-                      "sample_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.0])}
+        enter_call(merger, [1, 16, 4, 4], sigma, [3.0, 2.0, 1.0, 0.0])
         return block({"img": X.clone(), "txt": torch.zeros(1, 3, 2)}, {"original_block": original})["img"]
 
     assert torch.equal(call(3.0, lambda a: {"img": a["img"] + cached, "txt": a["txt"]}), X + cached)  # protected

@@ -64,10 +64,10 @@ def test_ibtm_by_position_merges_the_least_important_into_their_nearest_destinat
 
 
 def test_tome_windows_on_a_5x3_grid_leave_the_leftover_strip_as_sources(m):
-    is_dst = m.tome.window_destinations(1, 5, 3, sy=2, sx=2, generator=None)
+    is_dst = m.tome.window_destinations(1, 5, 3, sy=2, sx=2, seed=None)
     # windows: rows {0,1},{2,3} x cols {0,1}; row 4 and col 2 are the leftover strip
     assert set(is_dst[0].nonzero().flatten().tolist()) == {0, 6}
-    randomized = m.tome.window_destinations(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    randomized = m.tome.window_destinations(4, 5, 3, seed=7)
     for row in randomized:
         chosen = row.nonzero().flatten().tolist()
         assert len(chosen) == 2
@@ -122,7 +122,7 @@ def test_ibtm_properties(pack, grid, ratio, samples, seed, pool_factor, prune):
     x = torch.randn(samples, N, 5, generator=g)
     importance = torch.rand(samples, N, generator=g)
     r = int(N * ratio)
-    plan = ibtm.importance_plan(x, importance, r, 0.25, pool_factor, ibtm.DstMode.RANDOM, g)
+    plan = ibtm.importance_plan(x, importance, r, 0.25, pool_factor, ibtm.DstMode.RANDOM, seed)
     K = max(1, int(N * 0.25))
     r_eff = min(r, N - K)
     assert plan.dst_idx.shape == (samples, K)
@@ -157,7 +157,7 @@ def test_tome_properties(pack, grid, ratio, seed):
     N = h * w
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, N, 3, generator=g)
-    plan = tome.tome_plan(x, h, w, int(N * ratio), generator=g)
+    plan = tome.tome_plan(x, h, w, int(N * ratio), seed=seed)
     K = (h // 2) * (w // 2)
     assert plan.dst_idx.shape[1] == K
     assert plan.num_merged == min(int(N * ratio), N - K)
@@ -171,7 +171,7 @@ def test_tome_properties(pack, grid, ratio, seed):
 
 
 def test_plan_rows_repeat_the_sample_partition_for_each_chunk(m):
-    plan = m.tome.tome_plan(torch.randn(2, 16, 3), 4, 4, 6, generator=torch.Generator().manual_seed(1))
+    plan = m.tome.tome_plan(torch.randn(2, 16, 3), 4, 4, 6, seed=1)
     rows = plan.rows(3)
     assert rows.dst_idx.shape[0] == 6
     for chunk in range(3):
@@ -195,7 +195,7 @@ def test_sdtm_structure_stage_collapses_the_most_uniform_windows(m):
     members = sdtm.window_members(4, 4, 2, 2)
     feats[0, members[0]] = feats[0, members[0][0]].clone()
     feats[0, members[3]] = feats[0, members[3][0]].clone()
-    plan = sdtm.structure_plan(feats, 4, 4, r=6, generator=g)  # 6 // 3 = 2 windows
+    plan = sdtm.structure_plan(feats, 4, 4, r=6, seed=3)  # 6 // 3 = 2 windows
     merged_windows = set(plan.dst_idx[0].tolist()) | set(plan.src_idx[0].tolist())
     assert merged_windows == set(members[0].tolist()) | set(members[3].tolist())
     assert set(plan.keep_idx[0].tolist()) == set(members[1].tolist()) | set(members[2].tolist())
@@ -205,7 +205,7 @@ def test_sdtm_structure_stage_collapses_the_most_uniform_windows(m):
     li = torch.zeros(1, 16)
     li[0, members[1]] = 100.0
     li[0, members[2]] = 100.0
-    prioritized = sdtm.structure_plan(feats, 4, 4, r=6, last_independent=li, similarity_weight=10.0, generator=g)
+    prioritized = sdtm.structure_plan(feats, 4, 4, r=6, last_independent=li, similarity_weight=10.0, seed=3)
     assert set(prioritized.keep_idx[0].tolist()) == set(members[0].tolist()) | set(members[3].tolist())
 
 
@@ -231,3 +231,20 @@ def test_cosine_ratio_schedule_endpoints(m):
     assert sdtm.cosine_ratio(0.5, 0.2, 0.0) == pytest.approx(0.7)
     assert sdtm.cosine_ratio(0.5, 0.2, 1.0) == pytest.approx(0.3)
     assert sdtm.cosine_ratio(0.5, 0.2, 0.5) == pytest.approx(0.3 + 0.4 * 2**-0.5)
+
+
+def test_counter_based_draws_are_reproducible_uniform_and_independent_of_the_stream_type(pack):
+    from tokenmerge.merging import draws
+
+    bits = draws.random_bits(12345, 20000)
+    assert bits.dtype == torch.int64
+    assert int(bits.min()) >= 0
+    assert int(bits.max()) < 2**31
+    assert torch.equal(bits, draws.random_bits(torch.tensor(12345), 20000))  # int or device tensor: same values
+    assert torch.equal(bits[:100], draws.random_bits(12345, 100))  # a draw depends on its index, not the count
+    assert not torch.equal(bits[:100], draws.random_bits(12346, 100))  # the next stream differs
+    counts = torch.bincount(draws.random_integers(7, 10, (20000,)), minlength=10).float()
+    assert ((counts - 2000).abs() < 5 * 2000**0.5).all()  # uniform within five standard deviations
+    assert len(set(draws.random_permutation_keys(3, (1, 64))[0].argsort().tolist())) == 64  # a permutation
+    assert draws.stream_of(0, 1) != draws.stream_of(1, 0)
+    assert 0 <= draws.stream_of(2**40, -1) < 2**31

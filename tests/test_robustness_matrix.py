@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import state_of
+from conftest import merge_with, state_of
 from matrix import (
     FACTORS,
     STRENGTH,
@@ -53,17 +53,6 @@ CELLS = covering_cells()
 def models() -> dict[str, Any]:
     return {name: tiny_models.build_patcher(name, seed=0, scale=0.5 if name in UNET_FAMILIES else 1.0)
             for name in FACTORS["family"]}
-
-
-def merge_node(pack, model, method: str):
-    from tokenmerge.nodes import importance, sdtm
-
-    if method == "importance":
-        return importance.TokenMergeImportance.execute(model, 0.5)[0]
-    if method == "tome":
-        return importance.TokenMergeSpatialToMe.execute(model, 0.5, "auto", 2, 2, merge_cross_attention=False,
-                                                        merge_feed_forward=False, seed=0)[0]
-    return sdtm.TokenMergeSDTM.execute(model, 0.4)[0]
 
 
 def pack_warnings(caplog) -> list[str]:
@@ -106,7 +95,7 @@ def test_matrix_cell(pack, models, cell, caplog):
     base = models[cell["family"]]
     inputs = Inputs(family, cell)
     with caplog.at_level(logging.INFO, logger="tokenmerge"):
-        patched = merge_node(pack, base, cell["method"])
+        patched = merge_with(base, cell["method"], 0.4 if cell["method"] == "sdtm" else 0.5)
         if cell["cfg"] == "cfg1_no_optimization":
             patched = patched.clone()
             patched.model_options["disable_cfg1_optimization"] = True

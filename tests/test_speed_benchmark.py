@@ -8,9 +8,13 @@ pack's profiler ranges account for its matching.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+
+from devkit import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +104,27 @@ def test_append_keeps_the_rows_and_lists_every_command(smoke_run, tmp_path):
     assert report.read_text().count("- `python -m benchmarks.speed --smoke") == 2
     (result,) = json.loads(next(out.glob("speed-smoke-*-pytorch.json")).read_text())
     assert (result["steps"], result["rounds"]) == (2, 1)
+
+
+def test_compiled_benchmark_smoke_mode_writes_its_report(tmp_path):
+    """``python -m benchmarks.compiled --smoke`` (in its own process, which picks PyTorch attention): every
+    condition eager and compiled, the compiled ones warmed up once and never recompiled in the timed runs."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.compiled", "--smoke", "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = tmp_path.glob("compiled-smoke-*.md")
+    (result,) = json.loads(next(tmp_path.glob("compiled-smoke-*.json")).read_text())
+    rows = {row["name"]: row for row in result["rows"]}
+    assert set(rows) == {"unpatched", "ibtm 0.5", "unpatched compiled", "ibtm 0.5 compiled"}
+    assert all(row["seconds_per_step"] > 0 for row in rows.values())
+    assert rows["ibtm 0.5 compiled"]["warmup_graphs"] >= 1
+    assert result["graphs_in_timed_runs"] == 0
+    assert "| ibtm 0.5 compiled |" in report.read_text()
+
+
+def test_compiled_benchmark_gpu_mode_defaults_to_bf16(pack):
+    from benchmarks import compiled
+
+    args = compiled.parse_args(["--device", "cuda"])
+    assert (args.dtype, args.machine, args.models) == ("bf16", "cuda", ["sd15-768", "sd3-1024"])
+    assert compiled.DTYPES[args.dtype] is torch.bfloat16

@@ -126,17 +126,20 @@ def test_threads_in_one_model_call_keep_their_own_call_state(pack):
     """Newer ComfyUI releases run the chunks of one model call in parallel threads (one per GPU) on clones that
     share the pack's state: each thread must see its own call (latent shape, hand-offs), never another's."""
     from tokenmerge.patching.apply import _call_wrapper
+    from tokenmerge.patching.config import MergeConfig, Method
     from tokenmerge.patching.state import MergeState
+    from tokenmerge.patching.unet import UNetMerger
 
     state = MergeState()
-    wrapper = _call_wrapper(state)
+    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1)
+    wrapper = _call_wrapper(state, config, UNetMerger(config, state))
     barrier = threading.Barrier(2, timeout=30)
     seen = {}
 
     def executor(x, *args, **kwargs):
         state.sublayer_calls[("block", 0)] = x.shape[0]
         barrier.wait()  # both threads have set their call
-        seen[threading.current_thread().name] = (state.call["latent_shape"], state.sublayer_calls[("block", 0)])
+        seen[threading.current_thread().name] = (state.call.latent_shape, state.sublayer_calls[("block", 0)])
         barrier.wait()  # both have read theirs before either clears it
         return x
 
@@ -148,5 +151,5 @@ def test_threads_in_one_model_call_keep_their_own_call_state(pack):
         thread.start()
     for thread in threads:
         thread.join()
-    assert seen == {"chunk1": ([1, 4, 8, 8], 1), "chunk2": ([2, 4, 8, 8], 2)}
+    assert seen == {"chunk1": ((1, 4, 8, 8), 1), "chunk2": ((2, 4, 8, 8), 2)}
     assert state.call is None

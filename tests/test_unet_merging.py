@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import sample, state_of
+from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
@@ -199,6 +199,7 @@ def test_cond_and_uncond_rows_of_a_sample_share_one_partition(pack):
     from tokenmerge.patching.unet import PLAN_KEY, UNetMerger
 
     merger = UNetMerger(MergeConfig(Method.TOME, ratio=0.5, max_downsample=1), MergeState())
+    enter_call(merger, [6, 4, 8, 8], cond_or_uncond=[1, 0, 0])
     n = torch.randn(6, 64, 8)  # 3 chunks (uncond, cond, cond) x 2 samples, an 8x8 grid
     extra = {"original_shape": [6, 4, 8, 8], "cond_or_uncond": [1, 0, 0], "block": ("input", 1), "block_index": 0}
     merged, k, v = merger.attn1_patch(n, n, n, extra)
@@ -251,6 +252,7 @@ def test_cond_and_uncond_in_separate_calls_get_the_same_destinations(pack):
         n = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(chunk))
         extra = {"original_shape": [2, 4, 8, 8], "cond_or_uncond": [chunk], "block": ("input", 1), "block_index": 0,
                  **timing}
+        enter_call(merger, [2, 4, 8, 8], 5.0, [10.0, 5.0, 1.0, 0.0], [chunk])
         merger.attn1_patch(n, n, n, extra)
         plans[chunk] = extra[PLAN_KEY].plan
     assert torch.equal(plans[0].dst_idx, plans[1].dst_idx)
