@@ -39,6 +39,7 @@ from . import update_cache
 from .attention_override import with_key_bias
 from .config import Method
 from .planner import Planned, TokenPlanner
+from .state import StateHolder
 from .sublayers import SublayerCall, sublayer_forward
 
 if TYPE_CHECKING:
@@ -111,14 +112,14 @@ def selected_blocks(keys: list[tuple[str, int]], block_range: tuple[float, float
     return [key for i, key in enumerate(keys) if start <= i / len(keys) < end]
 
 
-class DiTMerger:
+class DiTMerger(StateHolder):
     """Block patches of one patched DiT; shares its :class:`MergeState` with the capture and the wrapper."""
 
     def __init__(self, config: MergeConfig, state: MergeState, family: str, patch: tuple[int, int, int],
                  blocks: list[tuple[str, int]] = (), switch_sigma: float | None = None,
                  pad_multiple: int | None = None) -> None:
+        super().__init__(state)
         self.config = config
-        self.state = state
         self.family = family
         self.patch = patch
         self.pad_multiple = pad_multiple  # Lumina 2 / Z-Image: the image part is padded to a multiple of this

@@ -27,6 +27,7 @@ from ..merging.tome import tome_plan
 from .config import DetailDestination, Match, Method
 from .model_call import GridImportance
 from .recorder import plan_categories
+from .state import StateHolder
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -63,10 +64,10 @@ def block_salt(key: object) -> int:
     return stream_of(zlib.crc32(repr(key).encode()))
 
 
-class TokenPlanner:
+class TokenPlanner(StateHolder):
     def __init__(self, config: MergeConfig, state: MergeState, blocks: Iterable[object] = ()) -> None:
+        super().__init__(state)
         self.config = config
-        self.state = state
         # Per block, a constant added to the step's seed stream: every block draws its own destinations, and
         # cond and uncond split into separate calls draw the same ones.
         self.salts = {key: block_salt(key) for key in blocks}

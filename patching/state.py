@@ -67,6 +67,32 @@ class CallState(threading.local):
         self.sublayer_calls: dict[tuple, SublayerCall] = {}  # DiT block -> its sub-layer patches, for one call
 
 
+class _CurrentState(threading.local):
+    def __init__(self) -> None:
+        self.state: MergeState | None = None  # the state of the model call in progress in this thread
+
+
+_CURRENT = _CurrentState()
+
+
+class StateHolder:
+    """Base of the objects whose patches ComfyUI reaches through ``transformer_options`` (the UNet attention patches,
+    the DiT block replaces). A compiled graph guards on what it reads from the state (the call's decisions);
+    ComfyUI's TorchCompileModel (0.33 and later) drops every guard whose source passes through
+    ``transformer_options``, which would freeze the first call's decisions for the whole run. So inside a model
+    call the state is read from this module's per-thread global (set with the call), whose guards survive."""
+
+    def __init__(self, state: MergeState) -> None:
+        self._own_state = state
+
+    @property
+    def state(self) -> MergeState:
+        current = _CURRENT.state
+        if current is not None and current is self._own_state:
+            return current
+        return self._own_state
+
+
 class MergeState:
     """Owned by one patched clone (captured by its patches); ``reset()`` at the start of every sampling run.
 
@@ -75,8 +101,8 @@ class MergeState:
     The call in progress (``call``, ``ff_plans``, ``sublayer_calls``) is per thread.
     """
 
-    __slots__ = ("block_cache", "importance", "last_independent", "local", "no_uncond", "previous_x0",
-                 "recorder", "run_counters", "warned")
+    __slots__ = ("block_cache", "importance", "last_independent", "local", "no_uncond", "previous_x0", "recorder",
+                 "run_counters", "warned")
 
     def __init__(self) -> None:
         self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
@@ -102,6 +128,7 @@ class MergeState:
         self.local.call = value
         self.local.counts = None if value is None or value.seed is None \
             else self.run_counters.device_counts(value.seed.device)
+        _CURRENT.state = None if value is None else self
 
     @property
     def counters(self) -> Counter[str]:

@@ -21,6 +21,7 @@ import torch
 
 from ..merging.plan import merge, unmerge
 from .planner import Planned, TokenPlanner, merged_forward
+from .state import StateHolder
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -49,15 +50,15 @@ def block_key(extra_options: dict) -> tuple | None:
     return None if block is None else (block[0], block[1], extra_options.get("block_index", 0))
 
 
-class UNetMerger:
+class UNetMerger(StateHolder):
     """Patch callables of one patched UNet; shares its :class:`MergeState` with the importance capture."""
 
     switch_sigma = None  # SDTM's stage switch: UNets do not run SDTM
 
     def __init__(self, config: MergeConfig, state: MergeState, blocks: Iterable[tuple] = (),
                  levels: Iterable[int] = (1,)) -> None:
+        super().__init__(state)
         self.config = config
-        self.state = state
         self.planner = TokenPlanner(config, state, blocks)
         self.levels = [d for d in levels if d <= config.max_downsample]  # downsample factors of the merged grids
 
