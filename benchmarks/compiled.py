@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from benchmarks.speed import MODELS, Condition, patch, sample  # noqa: E402
+from benchmarks.speed import MODELS, Condition, patch, run_seconds, with_analysis  # noqa: E402
 from devkit import comfy_env, tiny_models  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -65,13 +65,6 @@ def graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]  # noqa: SLF001
 
 
-def run(spec, model, steps: int) -> float:
-    """Seconds from the sampler's start to its last step, for one run of ``model``."""
-    began: list[float] = []
-    sample(spec, model, steps, on_start=lambda: began.append(time.perf_counter()))
-    return time.perf_counter() - began[0]
-
-
 def run_model(name: str, steps: int, rounds: int, dtype: torch.dtype, log) -> dict:
     from comfy_api.torch_helpers import set_torch_compile_wrapper
 
@@ -92,7 +85,7 @@ def run_model(name: str, steps: int, rounds: int, dtype: torch.dtype, log) -> di
         for warm_pass in range(2):
             for cell in cells:
                 before, began = graphs(), time.perf_counter()
-                run(spec, models[cell.name], steps)
+                run_seconds(spec, models[cell.name], steps)
                 if warm_pass == 0:
                     warmup[cell.name] = time.perf_counter() - began
                 built[cell.name] += graphs() - before
@@ -102,7 +95,7 @@ def run_model(name: str, steps: int, rounds: int, dtype: torch.dtype, log) -> di
         for round_index in range(rounds):
             order = cells[round_index % len(cells):] + cells[:round_index % len(cells)]
             for cell in order:
-                times[cell.name].append(run(spec, models[cell.name], steps) / steps)
+                times[cell.name].append(run_seconds(spec, models[cell.name], steps) / steps)
                 log(f"  {spec.name} / {cell.name}: {times[cell.name][-1]:.3f} s/step")
         rebuilt = graphs() - before
     eager_base = statistics.median(times["unpatched"])
@@ -144,9 +137,7 @@ def report(results: list[dict], args: argparse.Namespace, minutes: float) -> str
                          f"{r['vs_eager_unpatched']:.2f}x | {r['vs_same_mode_unpatched']:.2f}x | {compile_s} | "
                          f"{r['warmup_graphs'] if r['compiled'] else '-'} |")
         lines.append("")
-    if args.notes:
-        lines += ["## Analysis", "", Path(args.notes).read_text()]
-    return "\n".join(lines) + "\n"
+    return with_analysis(lines, args.notes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

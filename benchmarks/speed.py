@@ -291,10 +291,15 @@ def profiled_run(spec: ModelSpec, patcher: Any, steps: int, result: Measured) ->
     result.overhead = {name: value / steps for name, value in seconds.items()}
 
 
-def timed_run(spec: ModelSpec, patcher: Any, steps: int, result: Measured) -> None:
+def run_seconds(spec: ModelSpec, patcher: Any, steps: int) -> float:
+    """Seconds from the sampler's start (after ComfyUI loaded the model) to its last step, for one run."""
     began: list[float] = []
     sample(spec, patcher, steps, on_start=lambda: began.append(time.perf_counter()))
-    result.seconds_per_step.append((time.perf_counter() - began[0]) / steps)
+    return time.perf_counter() - began[0]
+
+
+def timed_run(spec: ModelSpec, patcher: Any, steps: int, result: Measured) -> None:
+    result.seconds_per_step.append(run_seconds(spec, patcher, steps) / steps)
 
 
 def run_model(spec: ModelSpec, ratios: tuple[float, ...], steps: int, rounds: int, grid: bool,
@@ -469,8 +474,13 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace, figures: li
         for result in per_model:
             lines += table(result)
     lines += [f"![{name}]({name})" for name in figures] + [""]
-    if args.notes:
-        lines += ["## Analysis", "", Path(args.notes).read_text()]
+    return with_analysis(lines, args.notes)
+
+
+def with_analysis(lines: list[str], notes: str | None) -> str:
+    """The report's markdown: ``lines``, then the ``notes`` file as its analysis section if given."""
+    if notes:
+        lines = [*lines, "## Analysis", "", Path(notes).read_text()]
     return "\n".join(lines) + "\n"
 
 

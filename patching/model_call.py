@@ -65,6 +65,11 @@ class ModelCall:
         return max(1, len(self.cond_or_uncond))
 
 
+def grid_importance(maps: torch.Tensor, h: int, w: int, ordered: bool = True) -> GridImportance:
+    """``maps`` [S * frames, H, W] at latent resolution on the h x w token grid, with its ordering if ``ordered``."""
+    grid = to_token_grid(maps, h, w)
+    return GridImportance(grid, importance_order(grid) if ordered else None)
+
 
 def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options: dict,
                grids: list[tuple[int, int, int]], switch_sigma: float | None = None) -> ModelCall:
@@ -77,7 +82,7 @@ def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options:
     ratio = cosine_ratio(config.ratio, config.deviation, progress) if sdtm else config.ratio
     protect = sdtm and config.protect_every > 0 and step % config.protect_every == 0
     structure = sigma is None or switch_sigma is None or sigma > switch_sigma
-    cond_or_uncond = tuple(options.get("cond_or_uncond") or (0,))
+    cond_or_uncond = tuple(options.get("cond_or_uncond") or (0,))  # never empty: one chunk per entry
     return ModelCall(
         latent_shape=tuple(x.shape),
         cond_or_uncond=cond_or_uncond,
@@ -94,7 +99,7 @@ def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options:
         stages_ahead=_stages_ahead(step, schedule, config.protect_every, switch_sigma, structure) if protect
         else (structure, not structure),
         seed=torch.tensor(stream_of(config.seed, step), dtype=torch.int64, device=x.device),
-        importance=_pooled_importance(config, state, x, len(cond_or_uncond) or 1, grids),
+        importance=_pooled_importance(config, state, x, len(cond_or_uncond), grids),
     )
 
 
@@ -125,9 +130,12 @@ def _pooled_importance(config: MergeConfig, state: MergeState, x: torch.Tensor, 
                         f"the call's latent {list(expected)} (area conditioning?); spatial ToMe is used for such "
                         "calls", logging.INFO)
         return {}
+    # calls split by memory (cond, then uncond) share the step's map: pool it once per map and layout
+    key = (expected, tuple(grids))
+    cached = state.pooled_importance
+    if cached is not None and cached[0] is importance and cached[1] == key:
+        return cached[2]
     maps = importance.reshape(samples * frames, *latent_hw)  # [S, (T,) H, W] -> [S * T, H, W]
-    pooled = {}
-    for _, h, w in grids:
-        grid = to_token_grid(maps, h, w)
-        pooled[(h, w)] = GridImportance(grid, importance_order(grid) if by_importance else None)
+    pooled = {(h, w): grid_importance(maps, h, w, by_importance) for _, h, w in grids}
+    state.pooled_importance = (importance, key, pooled)
     return pooled

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..merging.draws import stream_of
-from ..merging.ibtm import importance_order, importance_plan
-from ..merging.importance import to_token_grid
+from ..merging.ibtm import importance_plan
 from ..merging.plan import MergeMode, MergePlan, merge, stack_frames, unmerge
 from ..merging.sdtm import detail_plan, structure_plan, update_last_independent
 from ..merging.similarity import grid_positions
 from ..merging.tome import tome_plan
 from .config import DetailDestination, Match, Method
-from .model_call import GridImportance
+from .model_call import grid_importance
 from .recorder import plan_categories
 from .state import StateHolder
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .config import MergeConfig
-    from .model_call import ModelCall
+    from .model_call import GridImportance, ModelCall
     from .state import MergeState
 
 
@@ -149,8 +148,7 @@ class TokenPlanner(StateHolder):
         (before the first map, or where the map does not fit the call)."""
         pooled = call.importance.get((h, w))
         if pooled is None and call.importance:  # the map fits the call, on a grid the wrapper did not foresee
-            grid = to_token_grid(self.state.importance.reshape(rows, *call.latent_shape[-2:]), h, w)
-            pooled = GridImportance(grid, importance_order(grid))
+            pooled = grid_importance(self.state.importance.reshape(rows, *call.latent_shape[-2:]), h, w)
         if pooled is None or pooled.grid.shape[0] != rows:
             return None
         return pooled

@@ -88,9 +88,7 @@ class StateHolder:
     @property
     def state(self) -> MergeState:
         current = _CURRENT.state
-        if current is not None and current is self._own_state:
-            return current
-        return self._own_state
+        return current if current is self._own_state else self._own_state
 
 
 class MergeState:
@@ -101,8 +99,8 @@ class MergeState:
     The call in progress (``call``, ``ff_plans``, ``sublayer_calls``) is per thread.
     """
 
-    __slots__ = ("block_cache", "importance", "last_independent", "local", "no_uncond", "previous_x0", "recorder",
-                 "run_counters", "warned")
+    __slots__ = ("block_cache", "importance", "last_independent", "local", "no_uncond", "pooled_importance",
+                 "previous_x0", "recorder", "run_counters", "warned")
 
     def __init__(self) -> None:
         self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
@@ -111,6 +109,7 @@ class MergeState:
     def reset(self) -> None:
         self.recorder.begin_run()
         self.importance: torch.Tensor | None = None  # [B, H, W] of the latest CFG step, latent resolution
+        self.pooled_importance: tuple | None = None  # (importance, layout, its grids) of the last call (model_call)
         self.no_uncond = False  # a CFG step ran without an uncond pass (cfg 1, BasicGuider, ...)
         self.previous_x0: torch.Tensor | None = None  # last step's denoised output, for the x0-change fallback
         self.local = CallState()

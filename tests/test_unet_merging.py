@@ -257,3 +257,24 @@ def test_cond_and_uncond_in_separate_calls_get_the_same_destinations(pack):
         plans[chunk] = extra[PLAN_KEY].plan
     assert torch.equal(plans[0].dst_idx, plans[1].dst_idx)
     assert state.counters["importance_calls"] == 2
+
+
+def test_calls_split_by_memory_pool_the_step_map_once(pack):
+    """Cond and uncond in separate model calls of one step reuse the importance map pooled to the token grids;
+    a new map is pooled anew."""
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.state import MergeState
+    from tokenmerge.patching.unet import UNetMerger
+
+    state = MergeState()
+    state.importance = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    merger = UNetMerger(MergeConfig(Method.IMPORTANCE, ratio=0.5, max_downsample=1), state)
+    enter_call(merger, [2, 4, 8, 8], 5.0, [10.0, 5.0, 1.0, 0.0], [1])
+    uncond = state.call.importance
+    enter_call(merger, [2, 4, 8, 8], 5.0, [10.0, 5.0, 1.0, 0.0], [0])
+    assert state.call.importance is uncond
+    assert set(uncond) == {(8, 8)}
+    state.importance = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    enter_call(merger, [2, 4, 8, 8], 1.0, [10.0, 5.0, 1.0, 0.0], [0])
+    assert state.call.importance is not uncond
+    assert not torch.equal(state.call.importance[(8, 8)].grid, uncond[(8, 8)].grid)
