@@ -4,12 +4,16 @@ The maps are IBTM's importance signal (Wu et al., arXiv 2411.16720, section 3: m
 of classifier-free guidance per latent position) and the token partition of a merge plan
 (``plan.py``: destination / merged / independent). Pure torch: a piecewise-linear colormap, alpha
 overlay on the decoded image, and a grid of tiles over steps, each with a label drawn in a built-in
-3x5 pixel font (no matplotlib, no PIL). Images are ComfyUI's layout: ``[B, H, W, 3]`` float in 0..1.
+3x5 pixel font (no matplotlib, no PIL), and a legend of the colours. The grid is shaped for the step count
+(:func:`grid_shape`: square or a little wider, rows filled evenly) and readable (:func:`tile_size`: tiles of at
+least 192 pixels on the long side, at most 256 when several steps share the grid; :func:`label_scale`: text at
+font scale 2 or more). Images are ComfyUI's layout: ``[B, H, W, 3]`` float in 0..1.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,21 +32,28 @@ INDEPENDENT, MERGED, DESTINATION = 0, 1, 2
 ASSIGNMENT_COLORS = torch.tensor([[0.55, 0.55, 0.55],   # independent: kept, untouched
                                   [0.12, 0.25, 0.65],   # merged away into a destination
                                   [1.00, 0.72, 0.10]])  # destination: absorbs merged tokens
+LEGEND_WORDS = ("kept", "merged", "destination")  # the legend's word for each row of ASSIGNMENT_COLORS
+COLORBAR_WORDS = ("low", "high")  # the ends of the importance view's colour bar
 
-BACKGROUND = 0.08  # grey level of the label strips and the gaps between tiles
+BACKGROUND = 0.15  # grey level of the label strips, the legend, the gaps and the unused cells
 LABEL_COLOR = (0.92, 0.92, 0.92)
+RULE = 0.4  # grey level of the line between the grid and its legend
 GAP = 4  # pixels between tiles
+MIN_TILE = 192  # readable long side of a tile: smaller images and maps are upscaled to it
+MAX_GRID = 1536  # tiles shrink (down to MIN_TILE) so that a row of them fits this many pixels
+MIN_LABEL_SCALE, MAX_LABEL_SCALE = 2, 4  # font scales of the labels and the legend
 
-# 3x5 glyphs, one string of 15 bits (rows top to bottom) per character the labels use.
+# 3x5 glyphs, one string of 15 bits (rows top to bottom) per character the labels and legends use.
 _GLYPHS = {
     "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
     "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
     "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "/": "001001010100100",
     "-": "000000111000000", "=": "000111000111000", " ": "000000000000000", ":": "000010000010000",
     "a": "000011101101011", "b": "100110101101110", "c": "000011100100011", "d": "001011101101011",
-    "e": "000111111100011", "g": "011101101011110", "i": "010000010010010", "k": "100101110101101",
-    "l": "100100100100011", "m": "000111111101101", "n": "000110101101101", "o": "000010101101010",
-    "p": "000110101110100", "r": "000011100100100", "s": "000011110001110", "t": "010111010010001",
+    "e": "000111111100011", "g": "011101101011110", "h": "100110101101101", "i": "010000010010010",
+    "k": "100101110101101", "l": "100100100100011", "m": "000111111101101", "n": "000110101101101",
+    "o": "000010101101010", "p": "000110101110100", "r": "000011100100100", "s": "000011110001110",
+    "t": "010111010010001", "w": "000101101111111",
 }
 GLYPH_W, GLYPH_H = 3, 5
 
@@ -111,38 +122,134 @@ def draw_text(canvas: torch.Tensor, text: str, x: int, y: int, scale: int = 1,
             region[mask[:h, :w]] = rgb
 
 
+def label_width(length: int, scale: int) -> int:
+    """Pixels a label of ``length`` characters needs across: its text and a margin of ``scale + 1`` either side."""
+    return text_width("x" * max(1, length), scale) + 2 * (scale + 1)
+
+
+def label_strip(scale: int) -> int:
+    """Height of the strip under a tile that holds its label: the glyphs and ``scale + 1`` pixels above and below."""
+    return (GLYPH_H + 2) * scale + 2
+
+
 def label_scale(tile_width: int, longest_label: int) -> int:
-    """The largest integer font scale (1..4) at which the longest label fits the tile width."""
-    fits = tile_width // max(1, text_width("x" * longest_label, 1) + 2)
-    return max(1, min(4, fits))
+    """The font scale of the labels: the largest of 2..4 at which a label of ``longest_label`` characters fits
+    ``tile_width`` (:func:`label_width`), else 2: scale 1 of the 3x5 font is unreadable, so a tile too narrow for
+    the label at 2 gets a wider cell instead (see :func:`tile_grid`)."""
+    fits = [s for s in range(MIN_LABEL_SCALE, MAX_LABEL_SCALE + 1) if label_width(longest_label, s) <= tile_width]
+    return max(fits, default=MIN_LABEL_SCALE)
 
 
-def tile_grid(tiles: torch.Tensor, labels: list[str], columns: int) -> torch.Tensor:
-    """Tiles [T, H, W, 3] with one label each -> one image [H', W', 3]: rows of ``columns`` tiles, each
-    tile above a strip that holds its label, separated by ``GAP`` pixels of background."""
+def grid_shape(count: int) -> tuple[int, int]:
+    """(rows, columns) of the grid for ``count`` tiles: ``rows = floor(sqrt(count))``, ``columns = ceil(count /
+    rows)``, so the grid is square or up to two columns wider than tall (6 -> 2 x 3, 5 -> 2 x 3, 32 -> 5 x 7).
+
+    The tiles fill the rows evenly (:func:`cell_of`): every row holds ``columns`` or ``columns - 1`` tiles, the
+    longer rows first, so at most one cell per row is unused and no row is a lone tile beside empty cells.
+    """
+    rows = max(1, math.isqrt(count))
+    return rows, math.ceil(max(1, count) / rows)
+
+
+def cell_of(index: int, count: int) -> tuple[int, int]:
+    """(row, column) of tile ``index`` of ``count``, in reading order over the rows of :func:`grid_shape`: the first
+    ``count - rows * (columns - 1)`` rows hold ``columns`` tiles, the others one fewer."""
+    rows, columns = grid_shape(count)
+    full = count - rows * (columns - 1)  # rows that hold `columns` tiles
+    if index < full * columns:
+        return divmod(index, columns)
+    row, column = divmod(index - full * columns, columns - 1)
+    return full + row, column
+
+
+def tile_grid(tiles: torch.Tensor, labels: list[str], scale: int) -> torch.Tensor:
+    """Tiles [T, H, W, 3] with one label each -> one image [H', W', 3] laid out by :func:`grid_shape` and
+    :func:`cell_of`: each tile above a strip that holds its label at font ``scale``, cells ``GAP`` pixels apart on
+    the background colour, which also fills the unused cells.
+
+    A cell is the tile's width, or the label's when that is wider (a narrow portrait tile): the tile is then
+    centred in it. ``H' = rows * (H + strip + GAP) - GAP`` and ``W' = columns * (cell + GAP) - GAP``.
+    """
     count, height, width, _ = tiles.shape
-    columns = max(1, min(columns, count))
-    rows = math.ceil(count / columns)
-    scale = label_scale(width, max((len(label) for label in labels), default=1))
-    strip = (GLYPH_H + 2) * scale + 2
-    cell_h, cell_w = height + strip + GAP, width + GAP
-    canvas = torch.full((rows * cell_h - GAP, columns * cell_w - GAP, 3), BACKGROUND, dtype=tiles.dtype)
+    rows, columns = grid_shape(count)
+    cell_w = max(width, label_width(max((len(label) for label in labels), default=1), scale))
+    cell_h = height + label_strip(scale) + GAP
+    canvas = torch.full((rows * cell_h - GAP, columns * (cell_w + GAP) - GAP, 3), BACKGROUND, dtype=tiles.dtype)
     for index in range(count):
-        top, left = (index // columns) * cell_h, (index % columns) * cell_w
-        canvas[top:top + height, left:left + width] = tiles[index]
-        draw_text(canvas, labels[index], left + 1, top + height + scale + 1, scale)
+        row, column = cell_of(index, count)
+        top, left = row * cell_h, column * (cell_w + GAP)
+        inset = (cell_w - width) // 2
+        canvas[top:top + height, left + inset:left + inset + width] = tiles[index]
+        draw_text(canvas, labels[index], left + scale + 1, top + height + scale + 1, scale)
+    return canvas
+
+
+def assignment_legend(width: int, scale: int) -> torch.Tensor:
+    """The merge-assignment legend [h, W, 3] under a grid ``width`` pixels wide, text at font ``scale``: a square
+    swatch of each colour of ``ASSIGNMENT_COLORS`` and its word of ``LEGEND_WORDS``, left to right, flowing onto
+    further lines of ``label_strip(scale)`` pixels when the width is short. ``W = width`` unless one item needs more.
+    """
+    margin, swatch = scale + 1, GLYPH_H * scale
+    sizes = [swatch + 2 * scale + text_width(word, scale) for word in LEGEND_WORDS]
+    width = max(width, max(sizes) + 2 * margin)
+    places, x, y = [], margin, 0  # top-left of each item's swatch
+    for size in sizes:
+        if x > margin and x + size + margin > width:
+            x, y = margin, y + label_strip(scale)
+        places.append((x, y + margin))
+        x += size + 3 * (GLYPH_W + 1) * scale  # three characters' room between items
+    strip = torch.full((y + label_strip(scale), width, 3), BACKGROUND)
+    for color, word, (left, top) in zip(ASSIGNMENT_COLORS, LEGEND_WORDS, places, strict=True):
+        strip[top:top + swatch, left:left + swatch] = color
+        draw_text(strip, word, left + swatch + 2 * scale, top, scale)
+    return strip
+
+
+def colour_bar(colormap: str, width: int, scale: int) -> torch.Tensor:
+    """The importance legend [label_strip(scale), W, 3] under a grid ``width`` pixels wide: "low", a bar of
+    ``colormap`` from 0 to 1 (48 * ``scale`` pixels long, down to 16 * ``scale`` when the width is short), "high".
+    ``W = width`` unless the shortest bar needs more."""
+    margin, space = scale + 1, 2 * scale
+    low, high = COLORBAR_WORDS
+    words = text_width(low, scale) + text_width(high, scale) + 2 * space + 2 * margin
+    bar = max(16 * scale, min(48 * scale, width - words))
+    strip = torch.full((label_strip(scale), max(width, words + bar), 3), BACKGROUND)
+    draw_text(strip, low, margin, margin, scale)
+    left = margin + text_width(low, scale) + space
+    strip[margin:margin + GLYPH_H * scale, left:left + bar] = colorize(torch.linspace(0, 1, bar), colormap)  # [bar, 3]
+    draw_text(strip, high, left + bar + space, margin, scale)
+    return strip
+
+
+def stack_rows(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """[h1, w1, 3] above [h2, w2, 3] -> [h1 + GAP + h2, max(w1, w2), 3]: the narrower one padded on the right with
+    the background, a rule of ``RULE`` grey across the middle of the ``GAP`` between them."""
+    width = max(top.shape[1], bottom.shape[1])
+    canvas = torch.full((top.shape[0] + GAP + bottom.shape[0], width, 3), BACKGROUND, dtype=top.dtype)
+    canvas[:top.shape[0], :top.shape[1]] = top
+    canvas[top.shape[0] + GAP // 2] = RULE
+    canvas[top.shape[0] + GAP:, :bottom.shape[1]] = bottom
     return canvas
 
 
 def tile_size(map_hw: tuple[int, int], image_hw: tuple[int, int] | None, count: int,
               max_tile: int = 256) -> tuple[int, int]:
-    """(height, width) of one tile: the image's size (or the map's aspect at ``max_tile``), shrunk so the long
-    side is at most ``max_tile`` when several steps share the grid."""
-    height, width = image_hw or (map_hw[0] * max_tile / max(map_hw), map_hw[1] * max_tile / max(map_hw))
-    if count > 1 and max(height, width) > max_tile:
-        factor = max_tile / max(height, width)
-        height, width = height * factor, width * factor
-    return max(1, round(height)), max(1, round(width))
+    """(height, width) of one of ``count`` tiles, in the image's aspect ratio (the map's without an image).
+
+    The long side is the image's (``max_tile`` without an image), then, when several steps share the grid, at most
+    ``max_tile`` and at most what lets a row of the grid's columns fit ``MAX_GRID`` pixels; and finally at least
+    ``MIN_TILE``, the readable size: smaller images and maps are upscaled to it. One step keeps a large image's size.
+    So the grid of several steps is at most ``MAX_GRID`` pixels wide, and as tall plus a label strip per row (it has
+    no more rows than columns), unless its columns of ``MIN_TILE`` tiles need more: from 8 columns (43 steps) on,
+    beyond the recorder's 32. Labels of up to 26 characters never widen a cell past these bounds.
+    """
+    height, width = image_hw or map_hw
+    long_side = max(height, width) if image_hw else max_tile
+    if count > 1:
+        columns = grid_shape(count)[1]
+        long_side = min(long_side, max_tile, (MAX_GRID - (columns - 1) * GAP) // columns)
+    factor = max(long_side, MIN_TILE) / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def image_of_sample(images: torch.Tensor, sample: int, samples: int) -> torch.Tensor:
@@ -155,17 +262,20 @@ def image_of_sample(images: torch.Tensor, sample: int, samples: int) -> torch.Te
 
 
 def render_steps(maps: list[torch.Tensor], labels: list[str], *, images: torch.Tensor | None = None,
-                 alpha: float = 0.6, colormap: str | None = "inferno", columns: int = 5,
-                 max_tile: int = 256) -> torch.Tensor:
-    """One grid image per sample: a tile per step, each labelled. Returns ``[B, H', W', 3]``.
+                 alpha: float = 0.6, colormap: str | None = "inferno", max_tile: int = 256) -> torch.Tensor:
+    """One image per sample: the grid of :func:`tile_grid`, a labelled tile per step (sizes: :func:`tile_size`,
+    :func:`label_scale`), above the legend of its colours (:func:`colour_bar` or :func:`assignment_legend`), a
+    ``GAP`` apart. Returns ``[B, H', W', 3]``.
 
     ``maps`` holds one ``[B, h, w]`` map per step: importance values (colour-mapped after per-map min-max
-    normalisation) or, with ``colormap=None``, assignment categories (fixed colours, nearest resize).
-    ``images`` ``[N, H, W, 3]`` are laid under the tiles with ``alpha`` (the heat's weight).
+    normalisation; the legend is a colour bar) or, with ``colormap=None``, assignment categories (fixed colours,
+    nearest resize; the legend names them). ``images`` ``[N, H, W, 3]`` are laid under the tiles with ``alpha``
+    (the heat's weight).
     """
     samples = maps[0].shape[0]
     height, width = tile_size(tuple(maps[0].shape[-2:]), None if images is None else tuple(images.shape[1:3]),
                               len(maps), max_tile)
+    scale = label_scale(width, max((len(label) for label in labels), default=1))
     base = None
     if images is not None:
         chosen = torch.stack([image_of_sample(images, b, samples) for b in range(samples)]).float().cpu()
@@ -179,5 +289,7 @@ def render_steps(maps: list[torch.Tensor], labels: list[str], *, images: torch.T
             else:
                 rgb = resize_rgb(colorize(normalize(step_map[b:b + 1]), colormap), height, width)
             tiles.append(overlay(rgb, None if base is None else base[b:b + 1], alpha)[0])
-        grids.append(tile_grid(torch.stack(tiles), labels, columns))
+        grid = tile_grid(torch.stack(tiles), labels, scale)
+        key = assignment_legend if colormap is None else partial(colour_bar, colormap)
+        grids.append(stack_rows(grid, key(grid.shape[1], scale)))
     return torch.stack(grids)  # [B, H', W', 3]

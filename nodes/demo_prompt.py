@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..shapes import prompt as shapes_prompt
 from ._comfy_api import io
-from .importance import CATEGORY
+from .common import CATEGORY
 
 TEXT_TOOLTIP = ("A scene in the demo grammar: 'a [small|large] <colour> <shape> at <position>', up to three joined "
                 "by ' and ', optionally ending 'on a <background> background'. Colours: "
@@ -17,6 +17,11 @@ TEXT_TOOLTIP = ("A scene in the demo grammar: 'a [small|large] <colour> <shape> 
                 + "; positions: " + ", ".join(shapes_prompt.POSITIONS)
                 + "; backgrounds: " + ", ".join(shapes_prompt.BACKGROUNDS) + ". Empty text is the unconditional "
                 "prompt (use it as the negative).")
+
+
+# Shown in an empty text box (the negative prompt of the demo): the grammar and every word it knows.
+PLACEHOLDER = ("Empty: the unconditional prompt. Otherwise e.g. 'a large red circle at top left and a small blue "
+               "square at center on a striped background'. Words: " + shapes_prompt.vocabulary_help() + ".")
 
 
 class TokenMergeDemoPrompt(io.ComfyNode):
@@ -28,7 +33,7 @@ class TokenMergeDemoPrompt(io.ComfyNode):
             description="Conditioning for the pack's small trained shapes models (tokenmerge_shapes_sd15 / _sd3): "
                         "maps a prompt in their small grammar to the fixed vectors they were trained on.",
             inputs=[io.String.Input("text", multiline=True, default="a large red circle at center",
-                                    tooltip=TEXT_TOOLTIP)],
+                                    placeholder=PLACEHOLDER, tooltip=TEXT_TOOLTIP)],
             outputs=[io.Conditioning.Output(tooltip="Conditioning for the shapes demo models (context and pooled).")],
         )
 
@@ -39,12 +44,16 @@ class TokenMergeDemoPrompt(io.ComfyNode):
         try:
             shapes_prompt.parse(text)
         except ValueError as error:
-            return f"text: {error}"
+            return str(error)  # ComfyUI shows it as "text - <message>"
         return True
 
     @classmethod
     def execute(cls, text: str) -> io.NodeOutput:
-        context, pooled = shapes_prompt.encode(shapes_prompt.parse(text))
+        try:
+            scene = shapes_prompt.parse(text)
+        except ValueError as error:  # a linked text, not seen at queue time
+            raise ValueError(f"text: {error}") from None
+        context, pooled = shapes_prompt.encode(scene)
         # CONDITIONING: [[context [1, tokens, 768], {"pooled_output": [1, 768]}]]
         return io.NodeOutput([[context.unsqueeze(0), {"pooled_output": pooled.unsqueeze(0)}]])
 

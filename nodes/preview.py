@@ -16,7 +16,7 @@ from ..merging.heatmap import COLORMAPS, render_steps
 from ..patching.apply import STATE_ATTACHMENT
 from ..patching.graph import DEFAULT_COLORMAP, PREVIEW_NODE_ID
 from ._comfy_api import ADVANCED, io, ui
-from .importance import CATEGORY
+from .common import CATEGORY
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ def select_steps(text: str, recorded: list[int]) -> list[int]:
     return sorted(chosen)
 
 
+def step_label(step: int, steps: int, sigma: float) -> str:
+    """The label under the tile of 0-based ``step`` of ``steps``, e.g. ``step 3/20 sigma 7.33``."""
+    return f"step {step + 1}/{steps} sigma {sigma:.2f}"
+
+
 def _shown(node: type[io.ComfyNode], images) -> io.NodeOutput:
     """``images`` as the node's output and in-node preview."""
     return io.NodeOutput(images, ui=ui.PreviewImage(images, cls=node))
@@ -88,7 +93,8 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
                              tooltip="Merge assignment view: which merged block to show, in the order the "
                                      "blocks first merged (0 = the first)."),
             ],
-            outputs=[io.Image.Output(tooltip="The heatmap grid, one image per sample, a tile per step.")],
+            outputs=[io.Image.Output(tooltip="The heatmap grid, one image per sample: a labelled tile per step, "
+                                             "and a legend of the colours.")],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
@@ -133,7 +139,7 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
             # A step where this block did not merge shows all its tokens kept (category 0).
             maps = [r.assignments[key] if key in r.assignments else torch.zeros(shape, dtype=torch.uint8)
                     for r in chosen]
-        labels = [f"step {r.step + 1}/{r.steps} sigma {r.sigma:.2f}" for r in chosen]
+        labels = [step_label(r.step, r.steps, r.sigma) for r in chosen]
         grid = render_steps(maps, labels, images=images, alpha=overlay_alpha,
                             colormap=colormap if view == IMPORTANCE_VIEW else None)
         return _shown(cls, grid)

@@ -6,15 +6,19 @@ Thin nodes: validate, build a :class:`MergeConfig` with ``Method.SDTM``, call :f
 from __future__ import annotations
 
 from ..patching.config import DetailDestination, MergeConfig, Method
+from ..patching.settings import DEFAULT_WINDOW_RATIO_MAX, SETTINGS
 from ._comfy_api import ADVANCED, io
-from .importance import (
-    CATEGORY,
-    HIDDEN,
+from .common import (
     block_range_inputs,
+    float_input,
+    int_input,
+    model_schema,
     patched_output,
     proportional_attention_input,
+    queue_time_check,
     run_window_inputs,
     seed_input,
+    window_inputs,
 )
 
 DESCRIPTION = ("Structure-then-detail token merging (SDTM, CVPR 2025, arXiv 2505.11707) for diffusion transformers "
@@ -27,52 +31,52 @@ PROMPT_SCALE_TOOLTIP = ("Prompt reweighting (SDTM) in the {stage} stage: the tex
                         "QwenImage, Lumina 2); cross-attention models (Wan, PixArt) ignore it.")
 RATIO_TOOLTIP = ("Centre of the fraction of image tokens merged away; the run starts at ratio + deviation and ends "
                  "at ratio - deviation (cosine). 0 returns the model unpatched.")
+SIMPLE_RATIO_TOOLTIP = ("Centre of the fraction of image tokens merged away: the run starts at ratio + 0.2 and ends "
+                        "at ratio - 0.2 (cosine; narrower near 0 and 0.75, the most 2x2 windows can merge). 0 "
+                        "returns the model unpatched.")
+
+# The Simple node's 2x2 windows merge at most 0.75; it narrows the schedule near the ends so every ratio up to
+# there is valid. The Advanced node's ratio is checked against its windows and deviation when queued.
+SIMPLE_RATIO = SETTINGS["ratio"].with_(default=0.4, high=DEFAULT_WINDOW_RATIO_MAX)
+ADVANCED_RATIO = SETTINGS["ratio"].with_(default=0.4)
 
 
-def _model_inputs() -> list:
-    return [
-        io.Model.Input("model", tooltip="The diffusion transformer to accelerate; a patched clone is returned."),
-        io.Float.Input("ratio", default=0.4, min=0.0, max=0.9, step=0.05, tooltip=RATIO_TOOLTIP),
-    ]
-
-
-def _output() -> list:
-    return [io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")]
+def simple_deviation(ratio: float) -> float:
+    """The authors' deviation of 0.2, narrowed so the schedule stays within 0..0.75 (from ratio + deviation at the
+    start of the run to ratio - deviation at its end)."""
+    return round(min(SETTINGS["deviation"].default, ratio, DEFAULT_WINDOW_RATIO_MAX - ratio), 6)
 
 
 class TokenMergeSDTM(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(node_id="TokenMergeSDTM", display_name="Token Merge (SDTM)", category=CATEGORY,
-                         description=DESCRIPTION, inputs=_model_inputs(), outputs=_output(),
-                         hidden=HIDDEN, not_idempotent=True)
+        return model_schema("TokenMergeSDTM", "Token Merge (SDTM)", DESCRIPTION, SIMPLE_RATIO, SIMPLE_RATIO_TOOLTIP,
+                            [])
 
     @classmethod
     def execute(cls, model, ratio: float) -> io.NodeOutput:
         # The authors' defaults, for every DiT family: all blocks, deviation 0.2, switch at 40 %.
+        SIMPLE_RATIO.check("ratio", ratio)  # a linked ratio is not checked at queue time
         config = MergeConfig(Method.SDTM, ratio=ratio, max_downsample=1, block_range=(0.0, 1.0),
-                             deviation=min(0.2, ratio), prune_until=0.0)
+                             deviation=simple_deviation(ratio), prune_until=0.0)
         return patched_output(cls, model, config)
 
 
 class TokenMergeSDTMAdvanced(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TokenMergeSDTMAdvanced", display_name="Token Merge (SDTM), Advanced", category=CATEGORY,
-            description=DESCRIPTION + " Every setting exposed.",
-            inputs=[
-                *_model_inputs(),
-                io.Float.Input("deviation", default=0.2, min=0.0, max=0.5, step=0.05,
-                               tooltip="Half the range of the cosine ratio schedule (at most the ratio)."),
-                io.Float.Input("switch_percent", default=0.4, min=0.0, max=1.0, step=0.01,
-                               tooltip="Structure stage before this point of the run, detail stage after "
-                                       "(converted to a sigma once; the authors switch at 20 of 50 steps)."),
-                io.Int.Input("window_y", default=2, min=1, max=8, **ADVANCED, tooltip="Window height in tokens."),
-                io.Int.Input("window_x", default=2, min=1, max=8, **ADVANCED, tooltip="Window width in tokens."),
-                io.Float.Input("similarity_weight", default=0.05, min=0.0, max=10.0, step=0.01, **ADVANCED,
-                               tooltip="a_s: weight of the frequency priority (tokens long kept dependent) "
-                                       "against window similarity in the structure stage."),
+        return model_schema(
+            "TokenMergeSDTMAdvanced", "Token Merge (SDTM), Advanced", DESCRIPTION + " Every setting exposed.",
+            ADVANCED_RATIO, RATIO_TOOLTIP + " At most 1 - 1/(window_y x window_x) - deviation.",
+            [
+                float_input("deviation", "Half the range of the cosine ratio schedule (at most the ratio).",
+                            advanced=False),
+                float_input("switch_percent", "Structure stage before this point of the run, detail stage after "
+                                              "(converted to a sigma once; the authors switch at 20 of 50 steps).",
+                            advanced=False),
+                *window_inputs("Window height in tokens."),
+                float_input("similarity_weight", "a_s: weight of the frequency priority (tokens long kept "
+                                                 "dependent) against window similarity in the structure stage."),
                 io.Combo.Input("detail_destination", options=[d.value for d in DetailDestination],
                                default=DetailDestination.DEPENDENT.value, **ADVANCED,
                                tooltip="Detail stage anchor of each window: dependent = the token kept dependent "
@@ -80,24 +84,28 @@ class TokenMergeSDTMAdvanced(io.ComfyNode):
                                        "importance (needs cfg > 1, else falls back to dependent)."),
                 io.Boolean.Input("detail_mlp_only", default=True, **ADVANCED,
                                  tooltip="Detail stage merges only the MLP input; attention runs on all tokens."),
-                io.Int.Input("protect_every", default=3, min=0, max=100, **ADVANCED,
-                             tooltip="Every k-th step runs in full and refreshes the cache (0 = never)."),
-                io.Float.Input("cache_weight", default=0.2, min=0.0, max=1.0, step=0.05, **ADVANCED,
-                               tooltip="mcw: merged tokens take this share of their computed block update and "
-                                       "the rest from the last protected step (1 = no cache)."),
-                io.Int.Input("cache_limit_mb", default=2048, min=0, max=1 << 20, **ADVANCED,
-                             tooltip="Upper bound of the protected-step cache; blocks beyond it run without it."),
+                int_input("protect_every", "Every k-th step runs in full and refreshes the cache (0 = never)."),
+                float_input("cache_weight", "mcw: merged tokens take this share of their computed block update and "
+                                            "the rest from the last protected step (1 = no cache)."),
+                int_input("cache_limit_mb", "Upper bound of the protected-step cache; blocks beyond it run without "
+                                            "it."),
                 *run_window_inputs(),
                 seed_input(),
                 *block_range_inputs(0.0, 1.0),
                 proportional_attention_input(),
-                *(io.Float.Input(f"prompt_scale_{stage}", default=1.0, min=0.1, max=10.0, step=0.05, optional=True,
-                                 **ADVANCED, tooltip=PROMPT_SCALE_TOOLTIP.format(stage=stage))
+                *(float_input(f"prompt_scale_{stage}", PROMPT_SCALE_TOOLTIP.format(stage=stage), optional=True)
                   for stage in ("structure", "detail")),
             ],
-            outputs=_output(),
-            hidden=HIDDEN, not_idempotent=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, ratio: float | None = None, deviation: float | None = None,
+                        window_y: int | None = None, window_x: int | None = None,
+                        start_percent: float | None = None, end_percent: float | None = None,
+                        block_start: float | None = None, block_end: float | None = None) -> bool | str:
+        return queue_time_check(Method.SDTM, ADVANCED_RATIO, ratio=ratio, deviation=deviation, window_y=window_y,
+                                window_x=window_x, start_percent=start_percent, end_percent=end_percent,
+                                block_start=block_start, block_end=block_end)
 
     @classmethod
     def execute(cls, model, ratio: float, deviation: float, switch_percent: float, window_y: int, window_x: int,

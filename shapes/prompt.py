@@ -72,7 +72,7 @@ class ScenePrompt:
         return text
 
 
-def _vocabulary_help() -> str:
+def vocabulary_help() -> str:
     return (f"sizes {', '.join(SIZES)}; colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; "
             f"positions {', '.join(POSITIONS)}; backgrounds {', '.join(BACKGROUNDS)}")
 
@@ -91,20 +91,20 @@ def parse(text: str) -> ScenePrompt:
     if match:
         background, clean = match.group(1), clean[: match.start()]
         if background not in BACKGROUNDS:
-            raise ValueError(f"prompt: unknown background {background!r}; {_vocabulary_help()}")
+            raise ValueError(f"unknown background {background!r}; {vocabulary_help()}")
     objects = []
     for part in (p for p in clean.split(" and ") if p):
         found = _OBJECT.match(part)
         if not found:
-            raise ValueError(f"prompt: cannot read {part!r}; write e.g. 'a large red circle at top left' "
-                             f"({_vocabulary_help()})")
+            raise ValueError(f"cannot read {part!r}; write e.g. 'a large red circle at top left' "
+                             f"({vocabulary_help()})")
         obj = ObjectPhrase(found["colour"], found["shape"], found["position"], found["size"])
         for word, allowed in ((obj.colour, COLOURS), (obj.shape, SHAPES), (obj.position, POSITIONS)):
             if word not in allowed:
-                raise ValueError(f"prompt: unknown word {word!r} in {part!r}; {_vocabulary_help()}")
+                raise ValueError(f"unknown word {word!r} in {part!r}; {vocabulary_help()}")
         objects.append(obj)
     if len(objects) > MAX_OBJECTS:
-        raise ValueError(f"prompt: {len(objects)} objects, at most {MAX_OBJECTS}")
+        raise ValueError(f"{len(objects)} objects, at most {MAX_OBJECTS}")
     return ScenePrompt(tuple(objects), background)
 
 

@@ -94,6 +94,27 @@ def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: in
     )
 
 
+def sd3_prompt(node: str, inputs: dict, *, cfg: float, steps: int, width: int, height: int, batch: int) -> dict:
+    """Stock nodes only: the SD3 stand-in through ``node``, conditioned by the random CLIP-L, decoded and previewed."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
+                                                     "weight_dtype": "default"}},
+        "2": {"class_type": node, "inputs": {"model": ["1", 0], **inputs}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors",
+                                                     "type": "stable_diffusion"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a blue square"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": steps, "cfg": cfg,
+                                                   "sampler_name": "euler", "scheduler": "normal",
+                                                   "positive": ["4", 0], "negative": ["5", 0],
+                                                   "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": "tokenmerge_tiny_taesd_16ch.safetensors"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
+        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+    }
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     """(width, height) of PNG bytes (what ``/view`` and the demo return)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -48,7 +48,7 @@ def expected_preview_size(inputs: dict, side: int, steps: int) -> tuple[int, int
     height, width = tile_size((1, 1), (side, side), shown)
     label = len(f"step {steps}/{steps} sigma 00.00")
     strip = (GLYPH_H + 2) * label_scale(width, label) + 2
-    return shown * (width + GAP) - GAP, height + strip
+    return shown * (width + GAP) - GAP, height + 2 * strip + GAP
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))

@@ -146,7 +146,8 @@ def test_sdtm_on_a_unet_passes_through_with_one_warning(nodes, caplog):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"ratio": 0.6}, r"ratio=0.6 is out of range: allowed 0.0 to 0.55 \(at most 1 - 1/\(window_y\*window_x\) - dev"),
+    ({"ratio": 0.6}, (r"ratio=0.6 is out of range: allowed 0.0 to 0.55 \(at most 1 - 1/\(window_y\*window_x\) with "
+                    r"window_y=2, window_x=2, minus deviation=0.2\)")),
     ({"deviation": 0.3, "ratio": 0.2}, r"deviation=0.3 is out of range: allowed 0.0 to ratio=0.2"),
     ({"cache_weight": 1.5}, r"cache_weight=1.5 is out of range: allowed 0.0 to 1.0"),
     ({"switch_percent": -0.1}, r"switch_percent=-0.1 is out of range: allowed 0.0 to 1.0"),

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import png_size
+from conftest import png_size, sd3_prompt
 
 from devkit import REPO_ROOT
 from devkit.workflow_api import ui_to_api
@@ -84,27 +84,6 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     assert heatmap[0] > 256
     assert heatmap[1] > 128
     assert f"files in {out}" in done.stdout
-
-
-def sd3_prompt(node: str, inputs: dict, *, cfg: float, steps: int, width: int, height: int, batch: int) -> dict:
-    """Stock nodes only: the SD3 stand-in through ``node``, conditioned by the random CLIP-L, decoded and previewed."""
-    return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
-                                                     "weight_dtype": "default"}},
-        "2": {"class_type": node, "inputs": {"model": ["1", 0], **inputs}},
-        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors",
-                                                     "type": "stable_diffusion"}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a blue square"}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
-        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
-        "7": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": steps, "cfg": cfg,
-                                                   "sampler_name": "euler", "scheduler": "normal",
-                                                   "positive": ["4", 0], "negative": ["5", 0],
-                                                   "latent_image": ["6", 0], "denoise": 1.0}},
-        "8": {"class_type": "VAELoader", "inputs": {"vae_name": "tokenmerge_tiny_taesd_16ch.safetensors"}},
-        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
-        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
-    }
 
 
 @pytest.mark.parametrize(("node", "inputs"), [

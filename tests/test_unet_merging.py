@@ -176,7 +176,8 @@ def test_unsupported_family_passes_through_with_one_warning(nodes, caplog):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"ratio": 0.8}, r"ratio=0.8 is out of range: allowed 0.0 to 0.75 \(at most 1 - dst_fraction\)"),
+    ({"ratio": 0.8}, (r"ratio=0.8 is out of range: allowed 0.0 to 0.75 \(at most 1 - dst_fraction with "
+                    r"dst_fraction=0.25\)")),
     ({"ratio": 0.6, "dst_fraction": 0.5}, r"ratio=0.6 is out of range: allowed 0.0 to 0.5"),
     ({"pool_factor": 0.9}, r"pool_factor=0.9 is out of range: allowed 1.0 to 4.0"),
     ({"start_percent": 0.6, "end_percent": 0.4}, r"start_percent=0.6 must be below end_percent=0.4"),

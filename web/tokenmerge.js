@@ -1,5 +1,8 @@
 // Frontend extension of the tokenmerge node pack, scoped to the pack's own nodes (ids start with "TokenMerge").
 // - Gives them one recognisable colour, so a patched model chain is easy to follow.
+// - Sets the "control after generate" of a new node's merge seed to fixed (the frontend's default for any input
+//   named seed is randomize): a Run never draws other destinations unless the user asks. Loading a saved
+//   workflow restores its own value afterwards (configure runs after onNodeCreated).
 // - Live heatmap: while sampling runs, the server sends "tokenmerge.heatmap" events
 //   ({node, step, steps, sigma, image: "data:image/png;base64,..."}); the extension draws the newest map on
 //   the Token Merge Heatmap Preview node they name, on the canvas, until the node's final output arrives.
@@ -14,6 +17,15 @@ const PNG_DATA_URL = "data:image/png;base64,";
 const NODE_COLOR = "#233";
 const NODE_BGCOLOR = "#355";
 const LIVE_MIN_HEIGHT = 160;
+const SEED_INPUT = "seed";
+const CONTROL_MODES = ["fixed", "increment", "decrement", "randomize"];
+
+function fixSeedControl(node) {
+  const seed = node.widgets?.find((widget) => widget.name === SEED_INPUT);
+  for (const control of seed?.linkedWidgets ?? []) {
+    if (CONTROL_MODES.includes(control.value)) control.value = "fixed";
+  }
+}
 
 function findNode(id) {
   const graph = app.graph;
@@ -86,6 +98,7 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       this.color ??= NODE_COLOR;
       this.bgcolor ??= NODE_BGCOLOR;
+      fixSeedControl(this);
       return result;
     };
     if (nodeData.name !== PREVIEW_NODE_ID) return;
