@@ -20,3 +20,6 @@ VENV_PYTHON = ENV_DIR / "venv" / "bin" / "python"
 COMFYUI_RELEASES = {".comfyui": "0.3.75", ".comfyui33": "0.33.0"}
 PINNED_COMFYUI = "0.3.75"
 EXPECTED_COMFYUI = COMFYUI_RELEASES.get(ENV_DIR.name, PINNED_COMFYUI)
+# Releases whose Z-Image (NextDiT) takes reference images (Z-Image Omni: reference latents in the layers' sequence,
+# modulated by token range with the zero timestep); 0.3.75's takes none.
+ZIMAGE_REFERENCE_RELEASES = {"0.33.0"}

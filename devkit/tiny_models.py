@@ -90,6 +90,19 @@ CHROMA_TINY = {
     "n_layers": 1,
 }
 
+# Flux 2: Flux's class with global modulation (one shared modulation per stream, handed to every block as ``vec``),
+# SiLU-gated MLPs, no biases, four RoPE axes (the fourth numbers the text tokens) and patch size 1 on a 128-channel
+# latent at 1/16 scale: the values comfy.model_detection gives Flux 2 checkpoints, but axes of 8 instead of 32 (the
+# axes fix the head dim), so 2 heads of 32: every prompt is padded to 512 tokens, which a width of 256 makes 5 times
+# slower to sample.
+FLUX2_TINY = {
+    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "patch_size": 1, "hidden_size": 64,
+    "num_heads": 2, "mlp_ratio": 3.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 8, 8, 8],
+    "theta": 2000, "qkv_bias": False, "guidance_embed": True, "context_in_dim": 64, "vec_in_dim": None,
+    "global_modulation": True, "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index",
+    "ref_index_scale": 10.0,
+}
+
 # QwenImage: joint text-image blocks like Flux's double blocks; the RoPE axes fix the head dim at 128.
 QWEN_IMAGE_TINY = {
     "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
@@ -116,6 +129,18 @@ LUMINA2_TINY = {
     "ffn_dim_multiplier": 4.0, "rope_theta": 10000.0,
 }
 
+# Z-Image (NextDiT, the Lumina 2 class): Z-Image's modulation (a 256-wide timestep embedding, no SiLU before the
+# layers' adaLN: the width must be at least 256 to build), caption and image each padded to a multiple of 32 tokens
+# with learned pad tokens, and its RoPE axes, which fix the head dim at 128: the values comfy.model_detection gives
+# Z-Image checkpoints, with one caption and one image refiner layer instead of two (they run before the layers
+# the pack patches).
+ZIMAGE_TINY = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": 64, "n_layers": 2,
+    "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+    "qk_norm": True, "ffn_dim_multiplier": 8.0 / 3.0, "rope_theta": 256.0, "z_image_modulation": True,
+    "time_scale": 1000.0, "pad_tokens_multiple": 32,
+}
+
 # AuraFlow: not supported by the merging nodes, used to test the pass-through path. Its diffusion model class is
 # also named MMDiT, like SD3's base class, which must not make it pass for SD3.
 AURAFLOW_TINY = {
@@ -140,10 +165,11 @@ class TinyFamily:
     # divides by round(mean latent side / 64), which is 0 below 256 px.
     min_side: int = 64
     cond_extras: dict[str, Any] = field(default_factory=dict)
+    downscale: int = 8  # pixels per latent cell (Flux 2: 16)
 
     def empty_latent(self, height: int, width: int, batch: int = 1, frames: int = 1) -> torch.Tensor:
-        """Zero latent for an image of ``height`` x ``width`` pixels (1/8 scale), like the Empty*Latent nodes."""
-        spatial = (height // 8, width // 8)
+        """Zero latent for an image of ``height`` x ``width`` pixels, like the Empty*Latent nodes."""
+        spatial = (height // self.downscale, width // self.downscale)
         if self.video:
             latent_frames = 1 if self.single_frame else (frames - 1) // 4 + 1
             return torch.zeros(batch, self.latent_channels, latent_frames, *spatial)
@@ -170,9 +196,14 @@ FAMILIES: dict[str, TinyFamily] = {
                    cond_extras={"guidance": 3.5}),
         # Chroma ignores the pooled output, but model_base.Flux's conditioning asks for one.
         TinyFamily("chroma", "Chroma", CHROMA_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
+        # Flux 2's text comes padded to 512 tokens (model_base.Flux2); 0.3.75's model_base.Flux asks for a pooled
+        # output that the model (vec_in_dim None) never reads.
+        TinyFamily("flux2", "Flux2", FLUX2_TINY, latent_channels=128, context_dim=64, pooled_dim=64,
+                   cond_extras={"guidance": 4.0}, downscale=16),
         TinyFamily("qwen_image", "QwenImage", QWEN_IMAGE_TINY, latent_channels=16, context_dim=64, video=True,
                    single_frame=True),
         TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64),
+        TinyFamily("zimage", "ZImage", ZIMAGE_TINY, latent_channels=16, context_dim=64),
         TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
                    min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),
@@ -181,19 +212,24 @@ FAMILIES: dict[str, TinyFamily] = {
 
 
 # Required fields that newer ComfyUI releases added to the Flux and Chroma parameter dataclasses (0.33:
-# ``txt_ids_dims``, and ``vec_in_dim`` for Chroma), with the values ``comfy.model_detection`` gives Flux.1 and
-# Chroma checkpoints. Only the fields the installed release has are filled, so one config builds on every release.
-PARAMS_CLASSES = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "chroma": ("comfy.ldm.chroma.model", "ChromaParams")}
-DETECTED_VALUES = {"txt_ids_dims": [], "vec_in_dim": None}
+# ``txt_ids_dims``, and ``vec_in_dim`` for Chroma), per image model with the values ``comfy.model_detection`` gives
+# its checkpoints (Flux 2 numbers its text tokens on RoPE axis 3, which 0.3.75 does for any four-axis model). Only
+# the fields the installed release has are filled, so one config builds on every release.
+RELEASE_FIELDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "flux": ("comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": []}),
+    "flux2": ("comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": [3]}),
+    "chroma": ("comfy.ldm.chroma.model", "ChromaParams", {"txt_ids_dims": [], "vec_in_dim": None}),
+}
 
 
 def with_release_fields(unet_config: dict[str, Any]) -> dict[str, Any]:
-    """``unet_config`` plus the fields of :data:`DETECTED_VALUES` that this ComfyUI's parameter class requires."""
-    target = PARAMS_CLASSES.get(unet_config.get("image_model"))
+    """``unet_config`` plus the fields of :data:`RELEASE_FIELDS` that this ComfyUI's parameter class requires."""
+    target = RELEASE_FIELDS.get(unet_config.get("image_model"))
     if target is None:
         return unet_config
-    names = {f.name for f in dataclasses.fields(getattr(importlib.import_module(target[0]), target[1]))}
-    missing = {name: value for name, value in DETECTED_VALUES.items() if name in names and name not in unet_config}
+    module, cls, values = target
+    names = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    missing = {name: value for name, value in values.items() if name in names and name not in unet_config}
     return {**unet_config, **missing}
 
 

@@ -73,14 +73,31 @@ def _call_wrapper(state: MergeState, config: MergeConfig, merger: UNetMerger | D
     so outside any graph TorchCompileModel compiles, and hands it to the blocks."""
 
     def apply_model(executor, x, *args, **kwargs):
+        # BaseModel.apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **extra conds)
         options = kwargs.get("transformer_options", args[4] if len(args) > 4 else {})
-        state.call = model_call(config, state, x, options, merger.token_grids(tuple(x.shape)), merger.switch_sigma)
+        context = kwargs.get("c_crossattn", args[2] if len(args) > 2 else None)
+        state.call = model_call(config, state, x, options, merger.token_grids(tuple(x.shape)), merger.switch_sigma,
+                                text_tokens=context.shape[1] if isinstance(context, torch.Tensor) else None,
+                                reference_method=reference_method(executor.class_obj, kwargs))
         try:
             return executor(x, *args, **kwargs)
         finally:
             state.call = None
 
     return apply_model
+
+
+def reference_method(base_model: object, conds: dict) -> str | None:
+    """How the reference images of a call are placed (Flux Kontext / Flux 2 / QwenImage-Edit: "offset", "index",
+    "index_timestep_zero", ...), or ``None`` when it has none: the call's own choice, else the model's default."""
+    if conds.get("ref_latents") is None:
+        return None
+    method = conds.get("ref_latents_method")
+    if method is None:
+        diffusion_model = getattr(base_model, "diffusion_model", None)
+        params = getattr(diffusion_model, "params", diffusion_model)  # Flux: params.<...>; QwenImage: the model
+        method = getattr(params, "default_ref_method", None)
+    return method
 
 
 def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:

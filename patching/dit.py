@@ -28,6 +28,7 @@ wrapper (``state.call``); blocks only see tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,7 @@ DIT_CLASSES = {
 JOINT_FAMILIES = {"sd3", "flux", "qwen", "lumina"}  # text and image tokens share one attention (text first)
 BLOCK_MODULES = {"pixart": "blocks", "lumina": "layers"}  # families without a replace point: object-patched blocks
 PIXART_SUBLAYERS = frozenset({"attn", "cross_attn", "mlp"})
+REFERENCE_FAMILIES = {"flux", "qwen"}  # reference-image tokens trail the image tokens (Kontext, Flux 2, Qwen-Edit)
 IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
 
 
@@ -224,60 +226,143 @@ class DiTMerger(StateHolder):
             def original(block_args: dict) -> dict:
                 return previous(block_args, extra) if previous is not None else extra["original_block"](block_args)
 
-            if self._unsupported(args):
+            span = None if self._unsupported(args) else self._image_span(kind, args)
+            if span is None:
                 return original(args)
-            # Flux single blocks see cat(txt, img): the text length is what exceeds the image grid
-            txt_len = args["img"].shape[1] - self._image_tokens() if kind == "single_block" else 0
-            img = args["img"][:, txt_len:]
+            start, trailing = span  # the generated image tokens are img[:, start:start + n]
+            n = self._image_tokens()
+            img = args["img"][:, start:start + n]
             if self._protected():
                 call, block = self._refresh(key, img.shape[0])
                 before = self._kept_input(img) if block else None
-                out = self._with_sublayers(key, call, original, args)
-                self._store_block(key, before, out["img"][:, txt_len:])
+                out = self._with_sublayers(key, dataclasses.replace(call, tokens=n), original, args)
+                self._store_block(key, before, out["img"][:, start:start + n])
                 return out
             planned = self._plan(img, key)
             if planned is None:
                 return original(args)
             plan = planned.plan
-            text_len = txt_len if kind == "single_block" else self._text_keys(args)
+            text_len = start if kind == "single_block" else self._text_keys(args)
             if planned.mlp_only:  # attention runs on all tokens; the prompt reweighting of the stage still applies
-                unmerged_args = self._with_key_bias(args, planned, text_len, img.shape[1])
-                call = SublayerCall(planned, self._merged_sublayers(planned), fuse=True)
+                unmerged_args = self._with_key_bias(args, planned, text_len, n, trailing)
+                call = SublayerCall(planned, self._merged_sublayers(planned), fuse=True, tokens=n)
                 return self._with_sublayers(key, call, original, unmerged_args)
             merged = merge(img, plan, planned.mode)
             new_args = dict(args)
-            new_args["img"] = self._with_image(args["img"], txt_len, merged)
-            if txt_len == 0:  # the block gets ``merged`` itself, which in-place families overwrite
-                merged = self._kept_input(merged)
+            if start or trailing:
+                new_args["img"] = splice(args["img"], start, start + n, merged)
+            else:  # the block gets ``merged`` itself, which in-place families overwrite
+                new_args["img"], merged = merged, self._kept_input(merged)
             if args.get("pe") is not None:
-                new_args["pe"] = self._gather_positions(args["pe"], plan)
-            out = dict(original(self._with_key_bias(new_args, planned, text_len, plan.num_out)))
-            update = self._blended("block", key, unmerge(out["img"][:, txt_len:] - merged, plan), plan)
-            out["img"] = self._with_image(out["img"], txt_len, img + update)
+                new_args["pe"] = self._gather_positions(args["pe"], plan, trailing)
+            if args.get("attn_mask") is not None:
+                new_args["attn_mask"] = self._merged_mask(args["attn_mask"], plan, text_len, trailing)
+                if new_args["attn_mask"] is None:
+                    return original(args)
+            order = self._frame_order(args, plan)
+            if order is not None:  # one modulation per frame: the merged tokens frame by frame (Wan only: start 0)
+                new_args["img"] = new_args["img"][:, order]
+                new_args["pe"] = take_tokens(new_args["pe"], 1, order.expand(new_args["pe"].shape[0], -1))
+            out = dict(original(self._with_key_bias(new_args, planned, text_len, plan.num_out, trailing, order)))
+            if order is not None:
+                out["img"] = out["img"][:, torch.argsort(order)]
+            M = plan.num_out
+            update = self._blended("block", key, unmerge(out["img"][:, start:start + M] - merged, plan), plan)
+            out["img"] = splice(out["img"], start, start + M, img + update)
             return out
 
         return replace
+
+    def _merged_mask(self, mask: torch.Tensor, plan: MergePlan, text_len: int, trailing: int) -> torch.Tensor | None:
+        """The attention mask of a block's joint sequence [text, image, references] sliced for the merged image
+        tokens: the key axis (and the query axis, where the mask has one) keeps the rows of the text, of the kept
+        and destination tokens in merged order, and of the references. ``None`` (skipped with one warning) for a
+        mask whose axes are not the sequence."""
+        length = text_len + plan.num_tokens + trailing
+        rows = plan.dst_idx.shape[0]
+        device = plan.dst_idx.device
+        index = torch.cat([torch.arange(text_len, device=device).expand(rows, -1), text_len + kept_order(plan),
+                           torch.arange(text_len + plan.num_tokens, length, device=device).expand(rows, -1)], dim=1)
+        axes = (1,) if mask.ndim == 2 else (mask.ndim - 1, mask.ndim - 2)  # [B, Lk] or [B, (H,) Lq, Lk]
+        if mask.shape[0] not in (1, rows) or mask.shape[axes[0]] != length \
+                or any(mask.shape[axis] not in (1, length) for axis in axes):
+            self.planner.skip("attn_mask", f"an attention mask of shape {list(mask.shape)} over {length} tokens is "
+                                           "not merged")
+            return None
+        for axis in axes:
+            if mask.shape[axis] == length:
+                mask = take_tokens(mask, axis, index)  # [B, ..., L, ...] -> [rows, ..., L', ...]
+        return mask
+
+    def _frame_order(self, args: dict, plan: MergePlan) -> torch.Tensor | None:
+        """Wan 2.2 TI2V modulates each frame with its own timestep, spread over the frame's tokens by position
+        (upstream ``repeat_e``: frame f owns tokens f x L/F to (f + 1) x L/F). The merged tokens are [kept of every
+        frame, destinations of every frame]; this order [M] lays them out frame by frame ([kept, destinations] of
+        frame 0, then of frame 1, ...), so each keeps its frame's modulation. ``None`` for one modulation per
+        sample."""
+        vec = args.get("vec")
+        if self.family != "wan" or not (isinstance(vec, torch.Tensor) and vec.ndim == 4 and vec.shape[1] > 1):
+            return None
+        frames = vec.shape[1]  # checked against the grid in _unsupported
+        kept, dst = plan.keep_idx.shape[1] // frames, plan.dst_idx.shape[1] // frames  # per frame: within frames
+        frame = torch.arange(frames, device=plan.dst_idx.device).view(frames, 1)
+        positions = torch.cat([frame * kept + torch.arange(kept, device=frame.device),  # [F, U/F]
+                               plan.keep_idx.shape[1] + frame * dst + torch.arange(dst, device=frame.device)], dim=1)
+        return positions.flatten()  # [F, (U + K)/F] -> [M]
 
     def _kept_input(self, img: torch.Tensor) -> torch.Tensor:
         """The image tokens entering an unmerged block call, as they are now: a copy where the block adds its
         update to its input in place (``IN_PLACE_FAMILIES``), since the SDTM cache needs the update."""
         return img.clone() if self.family in IN_PLACE_FAMILIES else img
 
+    def _image_span(self, kind: str, args: dict) -> tuple[int, int] | None:
+        """(start, trailing) of the generated image tokens in a block's ``img`` stream, from what the model says:
+        double blocks (and every other replace family) see [image, references], Flux single blocks [text, image,
+        references], the text length told by ``transformer_options["img_slice"]`` (newer ComfyUI) or by the
+        call's text context. Reference-image tokens (Flux Kontext, Flux 2, QwenImage-Edit) trail the image and
+        pass through untouched; ``None`` (skipped with one warning) when the span cannot be known."""
+        call = self.state.call
+        if call is None:
+            return None
+        start = 0
+        options = args.get("transformer_options") or {}
+        if kind == "single_block":
+            told = options.get("img_slice")
+            start = told[0] if told else call.text_tokens
+            if start is None:
+                self.planner.skip("span", "the text length of a single block is unknown")
+                return None
+        trailing = args["img"].shape[1] - start - self._image_tokens()
+        references = options.get("reference_image_num_tokens")
+        if trailing < 0 or (references is not None and trailing != sum(references)) \
+                or (references is None and trailing and self.family not in REFERENCE_FAMILIES):
+            self.planner.skip("span", f"a {kind} holds {args['img'].shape[1]} tokens where the latent gives "
+                                      f"{self._image_tokens()} image tokens after {start} text tokens")
+            return None
+        if trailing and call.reference_timestep_zero:
+            self.planner.skip("reference_timestep_zero", "reference images with their own timestep "
+                              "(index_timestep_zero) are not merged yet: their modulation ranges would move")
+            return None
+        return start, trailing
+
     def _text_keys(self, args: dict) -> int:
         """Text tokens among the keys of a block's joint attention (0 where text comes in by cross-attention)."""
         return args["txt"].shape[1] if self.family in JOINT_FAMILIES and args.get("txt") is not None else 0
 
     def _key_biases(self, planned: Planned, image: torch.Tensor, text_len: int, image_len: int,
-                    trailing: int = 0) -> dict[int, torch.Tensor] | None:
+                    trailing: int = 0, order: torch.Tensor | None = None) -> dict[int, torch.Tensor] | None:
         """Key biases by key length (``attention_override.py``) for a block's attention over ``text_len`` text,
-        ``image_len`` image and ``trailing`` pad tokens; ``None`` when no bias applies (the defaults: nothing
-        changes, bit for bit). ``image`` is the block's image input, for rows and device."""
+        ``image_len`` image and ``trailing`` pad or reference tokens; ``None`` when no bias applies (the defaults:
+        nothing changes, bit for bit). ``image`` is the block's image input, for rows and device; ``order`` the
+        frame-by-frame layout of the merged tokens, if any (``_frame_order``)."""
         proportional = self.config.proportional_attention and not planned.mlp_only
         text_scale = planned.text_scale if text_len else 1.0
         if not proportional and text_scale == 1.0:
             return None
         counts = multiplicity(planned.plan) if proportional \
             else torch.ones(image.shape[0], image_len, device=image.device)
+        if order is not None:
+            counts = counts[:, order]
         joint = torch.nn.functional.pad(key_bias(counts, text_len, text_scale), (0, trailing))  # pads: bias 0
         biases = {joint.shape[1]: joint}
         if proportional and text_len:
@@ -285,37 +370,36 @@ class DiTMerger(StateHolder):
         self.state.count("biased_calls")
         return biases
 
-    def _with_key_bias(self, args: dict, planned: Planned, text_len: int, image_len: int) -> dict:
-        """``args`` whose attention adds the key biases, or ``args`` itself when none applies."""
-        biases = self._key_biases(planned, args["img"], text_len, image_len)
+    def _with_key_bias(self, args: dict, planned: Planned, text_len: int, image_len: int, trailing: int = 0,
+                       order: torch.Tensor | None = None) -> dict:
+        """``args`` whose attention adds the key biases (none on the ``trailing`` reference tokens), or ``args``
+        itself when none applies."""
+        biases = self._key_biases(planned, args["img"], text_len, image_len, trailing, order)
         if biases is None:
             return args
         return {**args, "transformer_options": with_key_bias(args.get("transformer_options") or {}, biases)}
 
-    @staticmethod
-    def _with_image(tokens: torch.Tensor, txt_len: int, image: torch.Tensor) -> torch.Tensor:
-        return torch.cat([tokens[:, :txt_len], image], dim=1) if txt_len else image
-
     def _unsupported(self, args: dict) -> bool:
-        if args.get("attn_mask") is not None:
-            self.planner.skip("attn_mask", "blocks with an attention mask are not merged yet")
-            return True
         vec = args.get("vec")
-        # e0 is [B, T_e, 6, C]; T_e > 1 means one timestep per frame, which repeat_e spreads over tokens by position
-        if self.family == "wan" and isinstance(vec, torch.Tensor) and vec.ndim == 4 and vec.shape[1] > 1:
-            self.planner.skip("wan_per_frame", "Wan per-frame timestep modulation (Wan 2.2 TI2V) is not merged yet")
+        # e0 is [B, T_e, 6, C]; T_e > 1 is one timestep per frame (Wan 2.2 TI2V), merged frame by frame
+        # (_frame_order); any other count would spread over tokens in a layout merging cannot keep
+        if self.family == "wan" and isinstance(vec, torch.Tensor) and vec.ndim == 4 and vec.shape[1] > 1 \
+                and (self.state.call is None or vec.shape[1] != self.token_grid(self.state.call.latent_shape)[0]):
+            self.planner.skip("wan_modulation", f"Wan modulation with {vec.shape[1]} timesteps per sample does not "
+                              "match the latent's frames")
             return True
         return False
 
-    def _gather_positions(self, pe: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    def _gather_positions(self, pe: torch.Tensor, plan: MergePlan, trailing: int) -> torch.Tensor:
+        """The RoPE table with the image rows gathered for the kept tokens; text and ``trailing`` reference rows
+        stay as they are."""
         order = kept_order(plan)
         if self.family == "wan":  # freqs [1, L, 1, D/2, 2, 2]: image tokens only
-            return take_tokens(pe, 1, order)
-        # Flux / QwenImage pe [B, 1, L_txt + L_img, D/2, 2, 2], text first
-        txt_len = pe.shape[2] - plan.num_tokens
-        image = take_tokens(pe[:, :, txt_len:], 2, order)
-        text = pe[:, :, :txt_len].expand(image.shape[0], *pe.shape[1:2], txt_len, *pe.shape[3:])
-        return torch.cat([text, image], dim=2)
+            return splice(pe, 0, plan.num_tokens, take_tokens(pe[:, :plan.num_tokens], 1, order))
+        # Flux / QwenImage pe [B, 1, L_txt + L_img + L_ref, D/2, 2, 2], text first: tokens on dim 2
+        start = pe.shape[2] - plan.num_tokens - trailing
+        image = take_tokens(pe[:, :, start:start + plan.num_tokens], 2, order)
+        return splice(pe.transpose(1, 2), start, start + plan.num_tokens, image.transpose(1, 2)).transpose(1, 2)
 
     # ---------------------------------------------------------------- PixArt / Lumina 2 object patches
     def block_forward(self, previous: Callable[..., torch.Tensor], key: tuple[str, int]) -> Callable[..., Any]:
@@ -339,9 +423,12 @@ class DiTMerger(StateHolder):
         return forward
 
     def _lumina_forward(self, previous: Callable[..., torch.Tensor], key: tuple[str, int]) -> Callable[..., Any]:
-        """A Lumina 2 layer sees ``x`` = cat(caption, image, pad) [B, T + n + p, C] and ``freqs_cis``
+        """A Lumina 2 / Z-Image layer sees ``x`` = cat(caption, image, pad) [B, T + n + p, C] and ``freqs_cis``
         [B, L, 1, D/2, 2, 2]: the image span of both is merged/gathered, caption and pad tokens pass untouched.
-        Its MLP runs on the whole sequence, so the SDTM detail stage (MLP only) leaves it unmerged."""
+        Z-Image pads the image to a multiple of ``pad_multiple`` tokens; with reference images (Z-Image Omni) the
+        references and their captions come before the image, and the layer modulates by token ranges
+        (``timestep_zero_index``, passed through): the image and its pads stay the tail, whose range still covers
+        exactly them. Its MLP runs on the whole sequence, so the SDTM detail stage (MLP only) leaves it unmerged."""
 
         def forward(x: torch.Tensor, x_mask: torch.Tensor | None, freqs_cis: torch.Tensor, *args: Any,
                     **kwargs: Any) -> torch.Tensor:

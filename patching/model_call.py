@@ -59,6 +59,10 @@ class ModelCall:
     stages_ahead: tuple[bool, bool] = (True, False)
     seed: torch.Tensor | None = None  # [] int64 on the call's device: the stream of this step's draws
     importance: dict[tuple[int, int], GridImportance] = field(default_factory=dict)  # (h, w) -> map on that grid
+    text_tokens: int | None = None  # length of the call's text context (c_crossattn), where it has one
+    # reference images (Flux Kontext / Flux 2 / QwenImage-Edit editing) whose tokens get the zero timestep's
+    # modulation ("index_timestep_zero"): the model hands the blocks token ranges the merge would move
+    reference_timestep_zero: bool = False
 
     @property
     def chunks(self) -> int:
@@ -72,9 +76,12 @@ def grid_importance(maps: torch.Tensor, h: int, w: int, ordered: bool = True) ->
 
 
 def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options: dict,
-               grids: list[tuple[int, int, int]], switch_sigma: float | None = None) -> ModelCall:
+               grids: list[tuple[int, int, int]], switch_sigma: float | None = None, *,
+               text_tokens: int | None = None, reference_method: str | None = None) -> ModelCall:
     """The :class:`ModelCall` of ``x`` [B, C, (T,) H, W] with ``options`` (its ``transformer_options``), whose
-    blocks see the (frames, h, w) token ``grids``; ``switch_sigma`` is SDTM's stage switch."""
+    blocks see the (frames, h, w) token ``grids``; ``switch_sigma`` is SDTM's stage switch. ``text_tokens`` is the
+    length of the call's text context and ``reference_method`` how its reference images are placed (``None``:
+    no reference image)."""
     step, progress = step_position(options)
     sigma = current_sigma(options)
     schedule = options.get("sample_sigmas")
@@ -100,6 +107,8 @@ def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options:
         else (structure, not structure),
         seed=torch.tensor(stream_of(config.seed, step), dtype=torch.int64, device=x.device),
         importance=_pooled_importance(config, state, x, len(cond_or_uncond), grids),
+        text_tokens=text_tokens,
+        reference_timestep_zero=reference_method == "index_timestep_zero",
     )
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..merging.plan import merge, unmerge
 from . import update_cache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    import torch
 
     from .config import MergeConfig
     from .planner import Planned
@@ -49,6 +49,9 @@ class SublayerCall:
     merged: frozenset[str] = frozenset()  # sub-layers that run on the merged tokens
     stored: frozenset[str] = frozenset()  # protected step: sub-layers whose outputs refresh the SDTM cache
     fuse: bool = False  # SDTM: merged tokens blend their sub-layer outputs with the cache
+    # the image tokens at the start of a sub-layer's input (None: all of it); the tokens after them (reference
+    # images in Flux's and QwenImage's image stream) run unmerged and are never cached
+    tokens: int | None = None
 
 
 def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int], name: str,
@@ -60,20 +63,24 @@ def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int
         call = state.sublayer_calls.get(key)
         if call is None:
             return previous(x, *args, **kwargs)
+        n = x.shape[1] if call.tokens is None else call.tokens
+        trailing = x.shape[1] - n
         if name in call.stored:
             out = previous(x, *args, **kwargs)
-            update_cache.store(state, config, name, key, out)
+            update_cache.store(state, config, name, key, out[:, :n].clone() if trailing else out)
             return out
         planned = call.planned
-        if planned is None or name not in call.merged \
-                or x.shape[:2] != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
+        if planned is None or name not in call.merged or trailing < 0 \
+                or (x.shape[0], n) != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
             return previous(x, *args, **kwargs)
         state.count(f"{name}_calls")
-        out = unmerge(previous(merge(x, planned.plan, planned.mode), *args, **kwargs), planned.plan)
+        merged = merge(x[:, :n] if trailing else x, planned.plan, planned.mode)
+        out = previous(torch.cat([merged, x[:, n:]], dim=1) if trailing else merged, *args, **kwargs)
+        image = unmerge(out[:, :merged.shape[1]] if trailing else out, planned.plan)
         if call.fuse:
-            fused = update_cache.blend(state, config, name, key, out, planned.plan)
+            fused = update_cache.blend(state, config, name, key, image, planned.plan)
             if fused is not None:
-                return fused
-        return out
+                image = fused
+        return torch.cat([image, out[:, merged.shape[1]:]], dim=1) if trailing else image
 
     return forward

@@ -45,9 +45,11 @@ def family(request) -> tiny_models.TinyFamily:
 
 
 def enter_call(merger, latent_shape: list[int], sigma: float | None = None,
-               sample_sigmas: list[float] | None = None, cond_or_uncond: list[int] | None = None) -> None:
+               sample_sigmas: list[float] | None = None, cond_or_uncond: list[int] | None = None,
+               **call_info) -> None:
     """Set the model call in progress of ``merger``'s state as the pack's call wrapper would, for a latent of
-    ``latent_shape`` at ``sigma`` of the run ``sample_sigmas``."""
+    ``latent_shape`` at ``sigma`` of the run ``sample_sigmas``; ``call_info`` is what the wrapper reads from the
+    call's conditioning (``text_tokens``, ``reference_method``)."""
     import torch
     from tokenmerge.patching.model_call import model_call
 
@@ -55,7 +57,7 @@ def enter_call(merger, latent_shape: list[int], sigma: float | None = None,
                "sigmas": None if sigma is None else torch.tensor([sigma]),
                "sample_sigmas": None if sample_sigmas is None else torch.tensor(sample_sigmas)}
     merger.state.call = model_call(merger.config, merger.state, torch.zeros(latent_shape), options,
-                                   merger.token_grids(tuple(latent_shape)), merger.switch_sigma)
+                                   merger.token_grids(tuple(latent_shape)), merger.switch_sigma, **call_info)
 
 
 def merge_with(model, method: str, ratio: float = 0.5, **advanced):

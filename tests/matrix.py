@@ -7,6 +7,7 @@ running any sampling.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 UNET_FAMILIES = ("sd15", "sdxl")
 FACTORS: dict[str, tuple[Any, ...]] = {
-    "family": ("sd15", "sdxl", "sd3", "flux", "pixart_alpha", "wan21"),
+    "family": ("sd15", "sdxl", "sd3", "flux", "flux2", "pixart_alpha", "zimage", "wan21"),
     "method": ("importance", "tome", "sdtm"),
     "resolution": ("square", "16:9", "9:16", "odd_grid", "tiny"),
     "batch": (1, 2, 3),
@@ -39,8 +40,12 @@ SEED = 8
 # Image sizes in pixels (height, width). "odd_grid": a 17x25 latent (UNets) or a 9x13 / 17x25 token grid (DiTs),
 # not divisible by the 2x2 window at any level; "tiny": a 3x3 latent (2x2 DiT tokens): merging switches itself off.
 RESOLUTIONS = {"square": (96, 96), "16:9": (72, 128), "9:16": (128, 72), "odd_grid": (136, 200), "tiny": (24, 24)}
-# PixArt needs larger sides (see FORBIDDEN_PAIRS) and an even latent (its patch embedding does not pad).
-PIXART_RESOLUTIONS = {"square": (320, 320), "16:9": (288, 512), "9:16": (512, 288), "odd_grid": (272, 400)}
+# PixArt needs larger sides (see FORBIDDEN_PAIRS) and an even latent (its patch embedding does not pad). Flux 2's
+# latent is 1/16 of the image, one token per latent cell: the same odd 9x13 and tiny 2x2 token grids need other sizes.
+FAMILY_RESOLUTIONS = {
+    "pixart_alpha": {"square": (320, 320), "16:9": (288, 512), "9:16": (512, 288), "odd_grid": (272, 400)},
+    "flux2": {**RESOLUTIONS, "odd_grid": (144, 208), "tiny": (32, 32)},
+}
 
 STEPS = 4
 CFG = 4.0
@@ -72,13 +77,14 @@ def all_combinations(strength: int = STRENGTH) -> set[Combination]:
 
 def covering_cells(strength: int = STRENGTH, seed: int = SEED, candidates: int = 48) -> list[dict[str, Any]]:
     """A deterministic covering array of the given strength (greedy, AETG-style): every allowed ``strength``-tuple
-    of factor values is in at least one cell. Each new cell fixes the first uncovered tuple and takes, of
-    ``candidates`` seeded random fillings of the other factors, the one covering the most uncovered tuples."""
+    of factor values is in at least one cell. Each new cell fixes the first uncovered tuple of the factors with the
+    most value combinations (which bound the number of cells from below: family x sampler x entry point) and takes,
+    of ``candidates`` seeded random fillings of the other factors, the one covering the most uncovered tuples."""
     rng = random.Random(seed)
     uncovered = all_combinations(strength)
     cells = []
     while uncovered:
-        fixed = min(uncovered, key=repr)
+        fixed = min(uncovered, key=lambda values: (-math.prod(len(FACTORS[name]) for name, _ in values), repr(values)))
         best, gain = None, -1
         for _ in range(candidates):
             cell = {name: rng.choice(values) for name, values in FACTORS.items()} | dict(fixed)
@@ -97,7 +103,7 @@ def cell_id(cell: dict[str, Any]) -> str:
 
 
 def image_size(cell: dict[str, Any]) -> tuple[int, int]:
-    return (PIXART_RESOLUTIONS if cell["family"] == "pixart_alpha" else RESOLUTIONS)[cell["resolution"]]
+    return FAMILY_RESOLUTIONS.get(cell["family"], RESOLUTIONS)[cell["resolution"]]
 
 
 def has_uncond(cell: dict[str, Any]) -> bool:

@@ -1,5 +1,5 @@
 """Proportional attention and SDTM prompt reweighting: the pure bias, its way into the upstream attention, and
-their effect on the tiny Flux and SD3 models sampled through the real ComfyUI."""
+their effect on the tiny joint-attention DiTs (Flux, Flux 2, SD3, ...) sampled through the real ComfyUI."""
 
 from __future__ import annotations
 
@@ -77,24 +77,30 @@ def test_the_override_biases_each_token_sequence_once_and_chains(pack):
     assert torch.allclose(biased, attention.attention_basic(q, k3, v3, heads=2), atol=1e-6)
 
 
-def flux_twins(flux):
-    """Flux inputs whose image tokens come in exact twins: tokens (i, 2j) and (i, 2j + 1) have the same features
-    and the same position ids, so the same RoPE rows. Grid 2 x 4 (latent 4 x 8), 5 text tokens."""
-    model = flux.model.diffusion_model
+def flux_twins(patcher):
+    """Flux / Flux 2 inputs whose image tokens come in exact twins: tokens (i, 2j) and (i, 2j + 1) have the same
+    features and the same position ids, so the same RoPE rows. Grid 2 x 4, 5 text tokens; Flux 2 numbers the text
+    tokens on its fourth RoPE axis (as its forward does) and hands every block the model's global modulation."""
+    model = patcher.model.diffusion_model
     g = torch.Generator().manual_seed(0)
-    h, w, txt_len, dim = 2, 4, 5, model.hidden_size
+    h, w, txt_len, dim, axes = 2, 4, 5, model.hidden_size, len(model.params.axes_dim)
     img = torch.randn(1, h * w // 2, dim, generator=g).repeat_interleave(2, dim=1)  # [1, 8, C], twins side by side
     txt = torch.randn(1, txt_len, dim, generator=g)
-    img_ids = torch.zeros(h, w, 3)
+    img_ids = torch.zeros(h, w, axes)
     img_ids[..., 1] = torch.arange(h).view(h, 1)
     img_ids[..., 2] = (torch.arange(w) // 2).view(1, w)  # twins share their column id
-    ids = torch.cat([torch.zeros(1, txt_len, 3), img_ids.view(1, h * w, 3)], dim=1)
-    pe = model.pe_embedder(ids)  # [1, 1, txt + img, D/2, 2, 2]
+    txt_ids = torch.zeros(1, txt_len, axes)
+    if axes == 4:
+        txt_ids[..., 3] = torch.arange(txt_len)
+    pe = model.pe_embedder(torch.cat([txt_ids, img_ids.view(1, h * w, axes)], dim=1))  # [1, 1, txt + img, D/2, 2, 2]
     vec = torch.randn(1, dim, generator=g) * 0.5
-    return model, img, txt, vec, pe
+    if model.params.global_modulation:
+        return model, img, txt, (model.double_stream_modulation_img(vec), model.double_stream_modulation_txt(vec)), \
+            model.single_stream_modulation(vec)[0], pe
+    return model, img, txt, vec, vec, pe
 
 
-def twin_merger(proportional):
+def twin_merger(proportional, patch_size):
     from tokenmerge.patching.config import MergeConfig, Method
     from tokenmerge.patching.dit import DiTMerger
     from tokenmerge.patching.state import MergeState
@@ -102,16 +108,18 @@ def twin_merger(proportional):
     state = MergeState()
     config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
                          proportional_attention=proportional)
-    merger = DiTMerger(config, state, "flux", (1, 2, 2))
-    enter_call(merger, [1, 16, 4, 8])
+    merger = DiTMerger(config, state, "flux", (1, patch_size, patch_size))
+    enter_call(merger, [1, 16, 2 * patch_size, 4 * patch_size])  # a 2 x 4 token grid
     return merger, state
 
 
+@pytest.mark.parametrize("name", ["flux", "flux2"])
 @pytest.mark.parametrize("proportional", [True, False])
-def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, flux, proportional):
+def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, name, proportional):
     """Merging exact twins (features and RoPE rows) is exact with proportional attention, for the double block
     (text and image streams) and the single block; without it the text side gets too much attention mass."""
-    model, img, txt, vec, pe = flux_twins(flux)
+    patcher = tiny_models.build_patcher(name, seed=0)
+    model, img, txt, double_vec, single_vec, pe = flux_twins(patcher)
     double, single = model.double_blocks[0], model.single_blocks[0]
 
     def run_double(args):
@@ -123,10 +131,11 @@ def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmer
         return {"img": single(args["img"].clone(), vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
                               transformer_options=args["transformer_options"])}
 
-    double_args = {"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None, "transformer_options": {}}
-    single_args = {"img": torch.cat([txt, img], dim=1), "vec": vec, "pe": pe, "attn_mask": None,
-                   "transformer_options": {}}
-    merger, state = twin_merger(proportional)
+    double_args = {"img": img, "txt": txt, "vec": double_vec, "pe": pe, "attn_mask": None, "transformer_options": {}}
+    # the single block's text length, as ComfyUI's Flux forward tells it (``img_slice``)
+    single_args = {"img": torch.cat([txt, img], dim=1), "vec": single_vec, "pe": pe, "attn_mask": None,
+                   "transformer_options": {"img_slice": [txt.shape[1], txt.shape[1] + img.shape[1]]}}
+    merger, state = twin_merger(proportional, model.patch_size)
     merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
     merged_single = merger.block_replace(("single_block", 0))(single_args, {"original_block": run_single})
     plain_double, plain_single = run_double(double_args), run_single(single_args)
@@ -149,7 +158,7 @@ def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides
                                           prompt_scale_detail=prompt_scale_detail, **settings)[0]
 
 
-@pytest.mark.parametrize("name", ["flux", "chroma", "qwen_image", "lumina2", "sd3"])
+@pytest.mark.parametrize("name", ["flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "sd3"])
 def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pack, name):
     family = tiny_models.FAMILIES[name]
     base = tiny_models.build_patcher(name, seed=0)
@@ -168,7 +177,7 @@ def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pac
 def test_proportional_attention_on_each_family_keeps_sampling_deterministic(pack):
     from tokenmerge.nodes.importance import TokenMergeImportanceAdvanced
 
-    for name in ("sd3", "flux", "chroma", "qwen_image", "lumina2", "wan21"):
+    for name in ("sd3", "flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "wan21"):
         family = tiny_models.FAMILIES[name]
         base = tiny_models.build_patcher(name, seed=0)
         settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",

@@ -3,6 +3,7 @@ state, on every DiT family and with every method (through the real ComfyUI)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -11,8 +12,9 @@ from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "chroma", "qwen_image", "pixart_alpha", "lumina2", "wan21"]
-REPLACE_FAMILIES = {"sd3", "flux", "chroma", "qwen_image", "wan21"}  # patches_replace["dit"]; the rest: object patches
+DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21"]
+# patches_replace["dit"]; the rest: object patches
+REPLACE_FAMILIES = {"sd3", "flux", "chroma", "flux2", "qwen_image", "wan21"}
 
 # (label, node, settings): IBTM, spatial ToMe, SDTM structure stage (protected steps on and off), SDTM detail stage
 # (MLP only and whole block). Every block merged; six steps, so IBTM merges by importance from step 1 on.
@@ -46,8 +48,8 @@ def merging_node(name: str, model, settings: dict):
 
 def with_zero_updates(name: str, model):
     """A clone of ``model`` whose blocks change no token (patched the ComfyUI way, below the merging node): replace
-    families get a block replace that returns its input, Lumina 2 layers an identity forward, and PixArt (merged per
-    sub-layer) attention, cross-attention and MLP patches that return zeros."""
+    families get a block replace that returns its input, Lumina 2 / Z-Image layers an identity forward, and PixArt
+    (merged per sub-layer) attention, cross-attention and MLP patches that return zeros."""
     from tokenmerge.patching.dit import block_keys, dit_family
 
     base = model.clone()
@@ -99,7 +101,7 @@ def test_a_block_that_changes_nothing_leaves_every_token_bitwise_unchanged(dits,
     assert torch.equal(merged, sample(base, family, steps=6, height=side, width=side + 48, batch=2, frames=5))
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux", "qwen_image", "wan21", "pixart_alpha"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2", "qwen_image", "wan21", "pixart_alpha"])
 @pytest.mark.parametrize("protect_every", [0, 2])
 def test_the_detail_stage_changes_only_what_its_merged_mlp_adds(dits, name, protect_every):
     """SDTM's detail stage merges only the MLP: with MLPs that add nothing, the merged run is the unmerged one bit
@@ -140,14 +142,14 @@ def hand_planned():
     return Planned(plan, MergeMode.MEAN)
 
 
-def hand_merger(family: str, method: str = "tome"):
+def hand_merger(family: str, method: str = "tome", **call_info):
     from tokenmerge.patching.config import MergeConfig, Method
     from tokenmerge.patching.dit import DiTMerger
     from tokenmerge.patching.state import MergeState
 
     state = MergeState()
     merger = DiTMerger(MergeConfig(Method(method), ratio=0.5, max_downsample=1), state, family, (1, 2, 2))
-    enter_call(merger, [1, 16, 4, 4])
+    enter_call(merger, [1, 16, 4, 4], **call_info)
     merger._plan = lambda _img, _key: hand_planned()  # the hand-made partition instead of a planned one
     return merger
 
@@ -171,10 +173,69 @@ def test_in_place_flux_blocks_keep_the_residual(pack):
 
     double = hand_merger("flux").block_replace(("double_block", 0))
     assert torch.allclose(double({"img": X.clone(), "txt": txt}, {"original_block": in_place})["img"], EXPECTED)
-    single = hand_merger("flux").block_replace(("single_block", 0))
+    single = hand_merger("flux", text_tokens=3).block_replace(("single_block", 0))
     out = single({"img": torch.cat([txt, X], dim=1)}, {"original_block": in_place})["img"]
     assert torch.allclose(out[:, 3:], EXPECTED)
     assert torch.allclose(out[:, :3], txt + update(txt))  # text tokens: the block's own output, unmerged
+
+
+REFERENCES = torch.tensor([[[0.25, -0.5], [1.5, 0.75]]])  # two reference-image tokens after the image
+
+
+@pytest.mark.parametrize("told", ["img_slice", "context"])
+def test_reference_image_tokens_pass_through_flux_blocks_untouched(pack, caplog, told):
+    """Flux Kontext / Flux 2 editing: the image stream is [image, references] in double blocks and [text, image,
+    references] in single blocks. Only the image tokens merge; the references and the text see the block unmerged
+    and keep their own output, in place or not. The text length comes from ``img_slice`` (newer ComfyUI) or from
+    the call's text context."""
+    txt = torch.full((1, 3, 2), 7.0)
+    seen = []
+
+    def in_place(args):
+        seen.append(args["img"].shape[1])
+        args["img"] += update(args["img"])
+        return {"img": args["img"], "txt": args.get("txt")}
+
+    options = {"reference_image_num_tokens": [2]}
+    if told == "img_slice":
+        options["img_slice"] = [3, 9]
+    call_info = {"text_tokens": 3} if told == "context" else {}
+    image_and_references = torch.cat([X, REFERENCES], dim=1)
+    with caplog.at_level(logging.WARNING, logger="tokenmerge"):
+        double = hand_merger("flux", **call_info).block_replace(("double_block", 0))
+        out = double({"img": image_and_references.clone(), "txt": txt, "transformer_options": options},
+                     {"original_block": in_place})["img"]
+        assert torch.allclose(out, torch.cat([EXPECTED, REFERENCES + update(REFERENCES)], dim=1))
+        single = hand_merger("flux", **call_info).block_replace(("single_block", 0))
+        out = single({"img": torch.cat([txt, image_and_references], dim=1), "transformer_options": options},
+                     {"original_block": in_place})["img"]
+    assert torch.allclose(out, torch.cat([txt + update(txt), EXPECTED, REFERENCES + update(REFERENCES)], dim=1))
+    assert seen == [2 + 2, 3 + 2 + 2]  # the blocks ran on the merged image: kept + destination tokens
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(("options", "call_info", "reason"), [
+    ({"reference_image_num_tokens": [3]}, {"text_tokens": 3}, "tokens where the latent gives"),
+    ({}, {}, "text length of a single block is unknown"),
+    ({"reference_image_num_tokens": [2]}, {"text_tokens": 3, "reference_method": "index_timestep_zero"},
+     "index_timestep_zero"),
+])
+def test_a_reference_span_that_cannot_be_known_runs_unmerged_with_one_warning(pack, caplog, options, call_info,
+                                                                              reason):
+    txt = torch.full((1, 3, 2), 7.0)
+    tokens = torch.cat([txt, X, REFERENCES], dim=1)
+
+    def block(args):
+        return {"img": args["img"] + update(args["img"])}
+
+    merger = hand_merger("flux", **call_info)
+    single = merger.block_replace(("single_block", 0))
+    with caplog.at_level(logging.WARNING, logger="tokenmerge"):
+        for _ in range(2):
+            out = single({"img": tokens, "transformer_options": options}, {"original_block": block})["img"]
+            assert torch.equal(out, tokens + update(tokens))  # the block ran on every token
+    assert len(caplog.records) == 1
+    assert reason in caplog.records[0].getMessage()
 
 
 def test_pixart_merges_attention_queries_per_sub_layer(pack):
