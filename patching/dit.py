@@ -283,7 +283,9 @@ class DiTMerger(StateHolder):
         device = plan.dst_idx.device
         index = torch.cat([torch.arange(text_len, device=device).expand(rows, -1), text_len + kept_order(plan),
                            torch.arange(text_len + plan.num_tokens, length, device=device).expand(rows, -1)], dim=1)
-        axes = (1,) if mask.ndim == 2 else (mask.ndim - 1, mask.ndim - 2)  # [B, Lk] or [B, (H,) Lq, Lk]
+        if mask.ndim == 2:  # [Lq, Lk], as ComfyUI's attention reads a 2-D mask
+            mask = mask.unsqueeze(0)
+        axes = (mask.ndim - 1, mask.ndim - 2)  # [B, (H,) Lq, Lk]: keys, queries
         if mask.shape[0] not in (1, rows) or mask.shape[axes[0]] != length \
                 or any(mask.shape[axis] not in (1, length) for axis in axes):
             self.planner.skip("attn_mask", f"an attention mask of shape {list(mask.shape)} over {length} tokens is "

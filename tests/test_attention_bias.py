@@ -113,13 +113,26 @@ def twin_merger(proportional, patch_size):
     return merger, state
 
 
+def regional_mask(txt_len: int, img_len: int) -> torch.Tensor:
+    """An additive [L, L] attention mask over [text, image], as regional prompting builds one: image queries do not
+    see the last text token, text queries do not see the first image row (twins share their row)."""
+    mask = torch.zeros(txt_len + img_len, txt_len + img_len)
+    mask[txt_len:, txt_len - 1] = float("-inf")
+    mask[:txt_len, txt_len:txt_len + img_len // 2] = float("-inf")
+    return mask
+
+
 @pytest.mark.parametrize("name", ["flux", "flux2"])
 @pytest.mark.parametrize("proportional", [True, False])
-def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, name, proportional):
+@pytest.mark.parametrize("masked", [False, True])
+def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, name, proportional,
+                                                                                         masked):
     """Merging exact twins (features and RoPE rows) is exact with proportional attention, for the double block
-    (text and image streams) and the single block; without it the text side gets too much attention mass."""
+    (text and image streams) and the single block, also under an attention mask (sliced for the kept tokens on both
+    axes); without proportional attention the text side gets too much attention mass."""
     patcher = tiny_models.build_patcher(name, seed=0)
     model, img, txt, double_vec, single_vec, pe = flux_twins(patcher)
+    mask = regional_mask(txt.shape[1], img.shape[1]) if masked else None
     double, single = model.double_blocks[0], model.single_blocks[0]
 
     def run_double(args):
@@ -131,9 +144,9 @@ def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmer
         return {"img": single(args["img"].clone(), vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
                               transformer_options=args["transformer_options"])}
 
-    double_args = {"img": img, "txt": txt, "vec": double_vec, "pe": pe, "attn_mask": None, "transformer_options": {}}
+    double_args = {"img": img, "txt": txt, "vec": double_vec, "pe": pe, "attn_mask": mask, "transformer_options": {}}
     # the single block's text length, as ComfyUI's Flux forward tells it (``img_slice``)
-    single_args = {"img": torch.cat([txt, img], dim=1), "vec": single_vec, "pe": pe, "attn_mask": None,
+    single_args = {"img": torch.cat([txt, img], dim=1), "vec": single_vec, "pe": pe, "attn_mask": mask,
                    "transformer_options": {"img_slice": [txt.shape[1], txt.shape[1] + img.shape[1]]}}
     merger, state = twin_merger(proportional, model.patch_size)
     merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
