@@ -118,7 +118,7 @@ def test_a_foreign_replace_that_adds_tokens_skips_merging_with_one_warning_on_a_
     assert counters["skipped"] > 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
-    assert "unexpected block input" in warnings[0]
+    assert "19 tokens where the latent gives 16 image tokens" in warnings[0]
 
 
 @pytest.mark.parametrize("name", ["sd15", "sd3"])
