@@ -23,8 +23,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 VIEWPORT = {"width": 1600, "height": 900}
 
 
-# A returning user's settings: no first-visit template gallery over the canvas.
-USER_SETTINGS = {"Comfy.TutorialCompleted": True}
+# A returning user's settings: no first-visit template gallery over the canvas, and a canvas free of the minimap
+# and the canvas info (screenshots show the graph, not the editor's tools).
+USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
+# The 1.3x frontends' "Introducing Nodes 2.0" banner over the top of the editor, dismissed as its close button does.
+DISMISSED_BANNERS = "localStorage.setItem('vueNodesBannerDismissed', 'true');"
 
 
 def _store_settings(url: str) -> None:
@@ -35,8 +38,9 @@ def _store_settings(url: str) -> None:
 
 
 @contextmanager
-def open_frontend(url: str, timeout_ms: int = 90_000) -> Iterator:
-    """A Playwright page showing the graph editor at ``url``; console errors are kept in ``page.errors``."""
+def open_frontend(url: str, timeout_ms: int = 90_000, viewport: dict | None = None) -> Iterator:
+    """A Playwright page showing the graph editor at ``url`` (``viewport``: its size, default :data:`VIEWPORT`);
+    console errors are kept in ``page.errors``."""
     from playwright.sync_api import sync_playwright
 
     _store_settings(url)
@@ -47,10 +51,11 @@ def open_frontend(url: str, timeout_ms: int = 90_000) -> Iterator:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
+            page = browser.new_page(viewport=viewport or VIEWPORT)
             page.errors = []
             page.on("pageerror", lambda exc: page.errors.append(str(exc)))
             page.set_default_timeout(timeout_ms)
+            page.add_init_script(DISMISSED_BANNERS)
             page.goto(url)
             page.wait_for_function("() => window.app && window.app.graph && window.app.canvas")
             page.keyboard.press("Escape")  # any dialog a newer frontend opens on a first visit

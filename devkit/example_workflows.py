@@ -1,13 +1,19 @@
 """The example workflows of ``example_workflows/``, written from code so they stay consistent.
 
 Each workflow is a small graph of core nodes plus the pack's nodes, with the model file names users have
-(``v1-5-pruned-emaonly.safetensors``, ``flux1-dev.safetensors``, ...) and the recommended settings in a
+(``v1-5-pruned-emaonly.safetensors``, ``flux1-dev.safetensors``, ...), where to download them (the loaders'
+``properties.models``, which the graph editor offers when a file is missing) and the recommended settings in a
 note. Widget order, output types and link types come from a real server's ``/object_info``, so the UI-format
-files are what the graph editor itself would save. Regenerate with::
+files are what the graph editor itself would save. Nodes sit in groups that name the stages, laid out on columns
+so that no node overlaps another at any zoom (``tests/test_browser.py`` checks it in the frontends). Regenerate
+with::
 
     .comfyui/venv/bin/python -m devkit.example_workflows
 
-Tests run every workflow on stand-ins: see :data:`STANDINS` and :func:`substitute_standins`.
+The file names are what the template browser shows (Workflow > Browse Templates > Extensions > tokenmerge): it
+takes a custom node pack's title, description and thumbnail from the file name alone, so the names are readable
+and numbered, the demo first (the browser's A-Z order). Tests run every workflow on stand-ins: see
+:data:`STANDINS` and :func:`substitute_standins`.
 """
 
 from __future__ import annotations
@@ -22,8 +28,77 @@ from devkit import REPO_ROOT
 from devkit.workflow_api import ui_to_api
 
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
-COLUMN_WIDTH = 360
-ROW_GAP = 40
+
+DEMO = "1 Demo on the shapes model"
+SD15_PREVIEW = "2 SD1.5, IBTM with preview"
+COMPARISON = "3 SD1.5, ToMe vs IBTM"
+SDXL = "4 SDXL, IBTM"
+SD3 = "5 SD3.5, SDTM"
+FLUX = "6 Flux dev, SDTM at cfg 1"
+PIXART = "7 PixArt Sigma, IBTM"
+WAN = "8 Wan 2.1 video, IBTM"
+
+# Geometry in graph units (1 px at 100 % zoom). A node's ``pos`` is the top left of its body; its title bar
+# (LiteGraph.NODE_TITLE_HEIGHT) is above it. A group's title bar is its font size (24) x 1.4.
+NODE_TITLE = 30
+GROUP_TITLE = 34
+GROUP_PAD = 12  # inside a group, left, right and below its nodes
+NODE_GAP = 30  # above a node's title bar, to the node or group title above: room for the pack's source badge
+ITEM_GAP = 24  # between groups (or notes) stacked in a column
+COLUMN_GAP = 36  # between columns: two groups' padding and 12 px of canvas
+# The view a workflow opens with: 100 % zoom, the graph's top left clear of the editor's side bar and menus.
+VIEW = {"scale": 1.0, "offset": [90, 150]}
+
+# The least height each node needs: what ``node.computeSize()`` gives in the frontends (1.32.9 and 1.58.1) for its
+# slots and widgets, rounded up. Nodes that show images get the image area they compute once images arrive (the
+# frontends' image preview widget: 220 px and a 4 px margin), so a run grows nothing; prompts and notes get more
+# where added.
+IMAGE_AREA = 224
+MIN_HEIGHT = {
+    "CheckpointLoaderSimple": 100, "UNETLoader": 84, "VAELoader": 60, "CLIPLoader": 108, "DualCLIPLoader": 132,
+    "TripleCLIPLoader": 108, "ModelSamplingSD3": 60, "FluxGuidance": 60, "EmptyLatentImage": 108,
+    "EmptySD3LatentImage": 108, "EmptyHunyuanLatentVideo": 132, "KSampler": 264, "VAEDecode": 48,
+    "TokenMergeImportance": 60, "TokenMergeSDTM": 60, "TokenMergeSpatialToMe": 276,
+    "SaveImage": 58 + IMAGE_AREA, "SaveAnimatedWEBP": 154 + IMAGE_AREA, "TokenMergeHeatmapPreview": 174 + IMAGE_AREA,
+}
+
+# Group colours: the frontend's own palette (LGraphCanvas.node_colors[...].groupcolor).
+PALE_BLUE, GREEN, BROWN, PURPLE, YELLOW = "#3f789e", "#8A8", "#b06634", "#a1309b", "#b58b2a"
+
+# Where each public model file the examples name can be downloaded: the graph editor reads a loader's
+# ``properties.models`` ({name, url, directory}) and offers the download when the file is missing. The URLs are
+# those of ComfyUI's own templates where they use the file, else the model's official repository.
+HF = "https://huggingface.co/"
+MODEL_FILES: dict[str, tuple[str, str]] = {
+    "v1-5-pruned-emaonly.safetensors":
+        ("checkpoints", HF + "Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly.safetensors"),
+    "sd_xl_base_1.0.safetensors":
+        ("checkpoints", HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
+    "sd3.5_medium.safetensors":
+        ("checkpoints", HF + "stabilityai/stable-diffusion-3.5-medium/resolve/main/sd3.5_medium.safetensors"),
+    "clip_l.safetensors": ("text_encoders", HF + "comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"),
+    "clip_g.safetensors":
+        ("text_encoders", HF + "Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/text_encoders/clip_g.safetensors"),
+    "t5xxl_fp16.safetensors":
+        ("text_encoders", HF + "comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"),
+    "flux1-dev.safetensors": ("diffusion_models", HF + "Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors"),
+    "ae.safetensors": ("vae", HF + "Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors"),
+    # the diffusers-format transformer, which ComfyUI's UNETLoader loads; saved under the example's file name
+    "PixArt-Sigma-XL-2-1024-MS.safetensors":
+        ("diffusion_models",
+         HF + "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS/resolve/main/transformer/diffusion_pytorch_model.safetensors"),
+    "sdxl_vae.safetensors": ("vae", HF + "stabilityai/sdxl-vae/resolve/main/sdxl_vae.safetensors"),
+    "wan2.1_t2v_1.3B_fp16.safetensors":
+        ("diffusion_models",
+         HF + "Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/"
+              "wan2.1_t2v_1.3B_fp16.safetensors"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors":
+        ("text_encoders",
+         HF + "Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
+              "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "wan_2.1_vae.safetensors":
+        ("vae", HF + "Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"),
+}
 
 
 @dataclass
@@ -33,20 +108,34 @@ class Node:
     widgets: dict[str, Any]
     links: dict[str, tuple[Node, int]]
     column: int
-    size: tuple[int, int]
+    height: int
     title: str | None = None
 
 
 @dataclass
-class Graph:
-    """A workflow under construction: ``add`` nodes, then ``ui(object_info)`` gives the UI-format dict."""
-
-    notes: list[str] = field(default_factory=list)
+class Group:
+    title: str
+    color: str
     nodes: list[Node] = field(default_factory=list)
 
-    def add(self, kind: str, column: int, title: str | None = None, size: tuple[int, int] = (320, 120),
+
+@dataclass
+class Graph:
+    """A workflow under construction on columns of the given widths: ``group`` opens a group, ``add`` puts a node
+    into the open one (stacked in its column), ``note`` puts a note outside any group; ``ui(object_info)`` lays
+    them out and gives the UI-format dict. Groups and notes stack in their columns in the order they are made;
+    a group spans the columns of its nodes."""
+
+    columns: tuple[int, ...]
+    nodes: list[Node] = field(default_factory=list)
+    items: list[Group | Node] = field(default_factory=list)
+
+    def group(self, title: str, color: str = PALE_BLUE) -> None:
+        self.items.append(Group(title, color))
+
+    def add(self, kind: str, column: int, title: str | None = None, node_height: int | None = None,
             **inputs: Any) -> Node:
-        """A node; ``inputs`` are widget values, or ``(node, slot)`` / ``node`` (slot 0) links."""
+        """A node in the open group; ``inputs`` are widget values, or ``(node, slot)`` / ``node`` (slot 0) links."""
         links, widgets = {}, {}
         for name, value in inputs.items():
             if isinstance(value, Node):
@@ -55,12 +144,47 @@ class Graph:
                 links[name] = value
             else:
                 widgets[name] = value
-        node = Node(len(self.nodes) + 1, kind, widgets, links, column, size, title)
+        node = Node(len(self.nodes) + 1, kind, widgets, links, column, node_height or MIN_HEIGHT[kind], title)
         self.nodes.append(node)
+        self.items[-1].nodes.append(node)
         return node
 
+    def note(self, column: int, title: str, height: int, text: str) -> None:
+        node = Node(len(self.nodes) + 1, "Note", {"text": text}, {}, column, height, title)
+        self.nodes.append(node)
+        self.items.append(node)
+
+    def layout(self) -> tuple[dict[int, list[int]], list[dict]]:
+        """Each node's ``[x, y, width, height]`` (its body, as ``pos`` and ``size``) and the groups' UI dicts."""
+        xs = [sum(self.columns[:c]) + c * COLUMN_GAP for c in range(len(self.columns))]
+        free = [0] * len(self.columns)  # the top of the free space in each column
+        boxes: dict[int, list[int]] = {}
+        groups = []
+        for item in self.items:
+            if isinstance(item, Node):  # a note: as wide as a group in its column
+                top = free[item.column]
+                boxes[item.id] = [xs[item.column] - GROUP_PAD, top + NODE_TITLE,
+                                  self.columns[item.column] + 2 * GROUP_PAD, item.height]
+                free[item.column] = top + NODE_TITLE + item.height + ITEM_GAP
+                continue
+            first, last = min(n.column for n in item.nodes), max(n.column for n in item.nodes)
+            top = max(free[first:last + 1])
+            stacks = dict.fromkeys(range(first, last + 1), top + GROUP_TITLE + NODE_GAP)
+            for node in item.nodes:
+                boxes[node.id] = [xs[node.column], stacks[node.column] + NODE_TITLE, self.columns[node.column],
+                                  node.height]
+                stacks[node.column] += NODE_TITLE + node.height + NODE_GAP
+            bottom = max(stacks.values()) - NODE_GAP + GROUP_PAD
+            left = xs[first] - GROUP_PAD
+            groups.append({"id": len(groups) + 1, "title": item.title,
+                           "bounding": [left, top, xs[last] + self.columns[last] + GROUP_PAD - left, bottom - top],
+                           "color": item.color, "font_size": 24, "flags": {}})
+            for column in range(first, last + 1):
+                free[column] = bottom + ITEM_GAP
+        return boxes, groups
+
     def ui(self, object_info: dict) -> dict:
-        rows: dict[int, int] = {}
+        boxes, groups = self.layout()
         link_rows, ui_nodes = [], []
         outputs: dict[tuple[int, int], list[int]] = {}
         for node in self.nodes:  # links first, so every output knows its link ids
@@ -69,13 +193,15 @@ class Graph:
                 link_rows.append([len(link_rows) + 1, source.id, slot, node.id, name, kind])
                 outputs.setdefault((source.id, slot), []).append(len(link_rows))
         for order, node in enumerate(self.nodes):
-            top = rows.get(node.column, 40)
-            rows[node.column] = top + node.size[1] + ROW_GAP
+            x, y, width, height = boxes[node.id]
             entry: dict[str, Any] = {
-                "id": node.id, "type": node.type, "pos": [40 + node.column * COLUMN_WIDTH, top],
-                "size": list(node.size), "flags": {}, "order": order, "mode": 0,
-                "properties": {"Node name for S&R": node.type},
+                "id": node.id, "type": node.type, "pos": [x, y], "size": [width, height], "flags": {},
+                "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
             }
+            models = [{"name": value, "url": MODEL_FILES[value][1], "directory": MODEL_FILES[value][0]}
+                      for value in node.widgets.values() if isinstance(value, str) and value in MODEL_FILES]
+            if models:
+                entry["properties"]["models"] = models
             if node.title:
                 entry["title"] = node.title
             if node.type == "Note":
@@ -93,14 +219,14 @@ class Graph:
                                  "slot_index": slot}
                                 for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"],
                                                                         strict=True))]
-            entry["widgets_values"] = widget_values(info, node.widgets)
+            entry["widgets_values"] = widget_values(info, dict(node.widgets))
             ui_nodes.append(entry)
         # UI links are [id, origin, origin_slot, target, target_slot, type]; target slots index the inputs list.
         for row in link_rows:
             target = next(n for n in ui_nodes if n["id"] == row[3])
             row[4] = next(i for i, inp in enumerate(target["inputs"]) if inp["link"] == row[0])
         return {"last_node_id": len(self.nodes), "last_link_id": len(link_rows), "nodes": ui_nodes,
-                "links": link_rows, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                "links": link_rows, "groups": groups, "config": {}, "extra": {"ds": copy.deepcopy(VIEW)},
                 "version": 0.4}
 
 
@@ -126,163 +252,197 @@ def widget_values(info: dict, widgets: dict[str, Any]) -> list:
 
 
 NEGATIVE = "blurry, low quality, deformed"
+# Single-path examples: notes and models | prompt and latent | sampler | save (and preview).
+SINGLE_COLUMNS = (270, 290, 260, 300)
 
 
-def _sample_and_save(g: Graph, model: Node, clip: Node, vae: Node, latent: Node, *, prompt: str, steps: int,
-                     cfg: float, sampler: str, scheduler: str, prefix: str, column: int, negative: str = NEGATIVE,
-                     guidance: float | None = None) -> tuple[Node, Node]:
-    positive = g.add("CLIPTextEncode", 1, "Positive", (400, 160), clip=clip, text=prompt)
+def _prompt_group(g: Graph, clip: Any, latent_kind: str, *, prompt: str, negative: str = NEGATIVE,
+                  guidance: float | None = None, **latent: Any) -> tuple[Node, Node, Node]:
+    """The group of column 1: positive (with FluxGuidance), negative, empty latent."""
+    g.group("Prompt and image size")
+    positive = g.add("CLIPTextEncode", 1, "Positive", 120, clip=clip, text=prompt)
     if guidance is not None:
-        positive = g.add("FluxGuidance", 1, None, (320, 60), conditioning=positive, guidance=guidance)
-    negative_node = g.add("CLIPTextEncode", 1, "Negative", (400, 120), clip=clip, text=negative)
-    sampler_node = g.add("KSampler", column, None, (320, 270), model=model, positive=positive,
-                         negative=negative_node, latent_image=latent, seed=42, steps=steps, cfg=cfg,
-                         sampler_name=sampler, scheduler=scheduler, denoise=1.0)
-    decoded = g.add("VAEDecode", column, None, (220, 50), samples=sampler_node, vae=vae)
-    g.add("SaveImage", column + 1, None, (400, 420), images=decoded, filename_prefix=prefix)
-    return sampler_node, decoded
+        positive = g.add("FluxGuidance", 1, conditioning=positive, guidance=guidance)
+    negative_node = g.add("CLIPTextEncode", 1, "Negative", 100, clip=clip, text=negative)
+    return positive, negative_node, g.add(latent_kind, 1, **latent)
+
+
+def _sample_group(g: Graph, model: Node, positive: Node, negative: Node, latent: Node, vae: Any, *, steps: int,
+                  cfg: float, sampler: str, scheduler: str, prefix: str, save: str = "SaveImage",
+                  **save_inputs: Any) -> Node:
+    """The group of columns 2 and 3: KSampler (seed 42), VAEDecode, the save node; the decoded images."""
+    g.group("Sample and save", GREEN)
+    sampled = g.add("KSampler", 2, model=model, positive=positive, negative=negative, latent_image=latent, seed=42,
+                    steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
+    decoded = g.add("VAEDecode", 2, samples=sampled, vae=vae)
+    g.add(save, 3, None, max(340, MIN_HEIGHT[save]), images=decoded, filename_prefix=prefix, **save_inputs)
+    return decoded
 
 
 def sd15_preview() -> Graph:
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", 0, None, (320, 100), ckpt_name="v1-5-pruned-emaonly.safetensors")
-    merged = g.add("TokenMergeImportance", 0, None, (320, 60), model=(ckpt, 0), ratio=0.5)
-    latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=512, height=512, batch_size=1)
-    _, decoded = _sample_and_save(g, merged, (ckpt, 1), (ckpt, 2), latent, steps=20, cfg=7.0, sampler="euler",
-                                  scheduler="normal", prefix="tokenmerge_sd15_ibtm", column=2,
-                                  prompt="a red fox sitting in a snowy forest, detailed fur, golden hour")
-    g.add("TokenMergeHeatmapPreview", 3, None, (400, 460), model=merged, images=decoded, steps="all",
-          colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
-    g.add("Note", 0, "Recommended settings", (320, 200), text=(
-        "Token Merge (Importance) on SD1.5: ratio 0.5 at 512x512 (0.6 at 768x768). The preview shows the CFG "
-        "importance of every step, live while sampling runs: bright = prompt-relevant, merged last. "
-        "Set view to 'merge assignment' to see which tokens one block kept, merged or used as destinations."))
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 230, (
+        "Token Merge (Importance) on SD1.5: ratio 0.5 (0.3 cautious, 0.7 for drafts). It merges the full-resolution "
+        "level, and the gain grows with the image: the README's CPU benchmark measured 1.16x per step at 512x512 "
+        "and 1.35x at 768x768. The preview shows the CFG importance of every step, live while sampling runs: bright = "
+        "prompt-relevant, merged last. Set view to 'merge assignment' to see which tokens one block kept, merged or "
+        "used as destinations."))
+    g.group("Model and merging")
+    ckpt = g.add("CheckpointLoaderSimple", 0, ckpt_name="v1-5-pruned-emaonly.safetensors")
+    merged = g.add("TokenMergeImportance", 0, model=(ckpt, 0), ratio=0.5)
+    positive, negative, latent = _prompt_group(
+        g, (ckpt, 1), "EmptyLatentImage", width=512, height=512, batch_size=1,
+        prompt="a red fox sitting in a snowy forest, detailed fur, golden hour")
+    decoded = _sample_group(g, merged, positive, negative, latent, (ckpt, 2), steps=20, cfg=7.0, sampler="euler",
+                            scheduler="normal", prefix="tokenmerge_sd15_ibtm")
+    g.group("Importance preview", YELLOW)
+    g.add("TokenMergeHeatmapPreview", 3, model=merged, images=decoded, steps="all", colormap="inferno",
+          overlay_alpha=0.6, view="importance", block=0)
     return g
 
 
 def sdxl() -> Graph:
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", 0, None, (320, 100), ckpt_name="sd_xl_base_1.0.safetensors")
-    merged = g.add("TokenMergeImportance", 0, None, (320, 60), model=(ckpt, 0), ratio=0.5)
-    latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=1024, height=1024, batch_size=1)
-    _sample_and_save(g, merged, (ckpt, 1), (ckpt, 2), latent, steps=25, cfg=7.0, sampler="dpmpp_2m",
-                     scheduler="karras", prefix="tokenmerge_sdxl_ibtm", column=2,
-                     prompt="a lighthouse on a cliff above a stormy sea, dramatic sky, photograph")
-    g.add("Note", 0, "Recommended settings", (320, 180), text=(
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 170, (
         "Token Merge (Importance) on SDXL: ratio 0.5 at 1024x1024. max_downsample 'auto' merges at the first "
-        "level with attention (2x down, SDXL has none at full resolution)."))
+        "level with attention (2x down: SDXL has none at full resolution). The README's CPU benchmark: 1.12x "
+        "per step, 1.23x with merge_cross_attention and merge_feed_forward on (Advanced node)."))
+    g.group("Model and merging")
+    ckpt = g.add("CheckpointLoaderSimple", 0, ckpt_name="sd_xl_base_1.0.safetensors")
+    merged = g.add("TokenMergeImportance", 0, model=(ckpt, 0), ratio=0.5)
+    positive, negative, latent = _prompt_group(
+        g, (ckpt, 1), "EmptyLatentImage", width=1024, height=1024, batch_size=1,
+        prompt="a lighthouse on a cliff above a stormy sea, dramatic sky, photograph")
+    _sample_group(g, merged, positive, negative, latent, (ckpt, 2), steps=25, cfg=7.0, sampler="dpmpp_2m",
+                  scheduler="karras", prefix="tokenmerge_sdxl_ibtm")
     return g
 
 
 def sd3_sdtm() -> Graph:
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", 0, None, (320, 100), ckpt_name="sd3.5_medium.safetensors")
-    clip = g.add("TripleCLIPLoader", 0, None, (320, 130), clip_name1="clip_l.safetensors",
-                 clip_name2="clip_g.safetensors", clip_name3="t5xxl_fp16.safetensors")
-    merged = g.add("TokenMergeSDTM", 0, None, (320, 60), model=(ckpt, 0), ratio=0.4)
-    latent = g.add("EmptySD3LatentImage", 0, None, (320, 110), width=1024, height=1024, batch_size=1)
-    _sample_and_save(g, merged, clip, (ckpt, 2), latent, steps=40, cfg=4.5, sampler="euler",
-                     scheduler="sgm_uniform", prefix="tokenmerge_sd3_sdtm", column=2,
-                     prompt="a glass terrarium with a tiny mossy island, macro photograph, soft light")
-    g.add("Note", 0, "Recommended settings", (320, 180), text=(
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 210, (
         "Token Merge (SDTM) on SD3/3.5: ratio 0.4 (the run starts at 0.6 and ends at 0.2), structure stage for "
-        "the first 40 % of the steps, every third step in full. Expect about 1.3x per step on CPU at 1024x1024."))
+        "the first 40 % of the steps, every third step in full. The README's CPU benchmark at 1024x1024: 1.30x "
+        "per step. "
+        "sd3.5_medium.safetensors is gated: accept its licence on Hugging Face before downloading it."))
+    g.group("Models and merging")
+    ckpt = g.add("CheckpointLoaderSimple", 0, ckpt_name="sd3.5_medium.safetensors")
+    clip = g.add("TripleCLIPLoader", 0, clip_name1="clip_l.safetensors", clip_name2="clip_g.safetensors",
+                 clip_name3="t5xxl_fp16.safetensors")
+    merged = g.add("TokenMergeSDTM", 0, model=(ckpt, 0), ratio=0.4)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptySD3LatentImage", width=1024, height=1024, batch_size=1,
+        prompt="a glass terrarium with a tiny mossy island, macro photograph, soft light")
+    _sample_group(g, merged, positive, negative, latent, (ckpt, 2), steps=40, cfg=4.5, sampler="euler",
+                  scheduler="sgm_uniform", prefix="tokenmerge_sd3_sdtm")
     return g
 
 
 def flux_sdtm() -> Graph:
-    g = Graph()
-    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="flux1-dev.safetensors", weight_dtype="default")
-    clip = g.add("DualCLIPLoader", 0, None, (320, 130), clip_name1="clip_l.safetensors",
-                 clip_name2="t5xxl_fp16.safetensors", type="flux", device="default")
-    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="ae.safetensors")
-    merged = g.add("TokenMergeSDTM", 0, None, (320, 60), model=unet, ratio=0.4)
-    latent = g.add("EmptySD3LatentImage", 0, None, (320, 110), width=1024, height=1024, batch_size=1)
-    _sample_and_save(g, merged, clip, vae, latent, steps=20, cfg=1.0, sampler="euler", scheduler="simple",
-                     prefix="tokenmerge_flux_sdtm", column=2, negative="", guidance=3.5,
-                     prompt="a cozy reading nook by a rainy window, warm lamp light, film photograph")
-    g.add("Note", 0, "Recommended settings", (320, 200), text=(
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 210, (
         "Flux-dev runs at cfg 1 (guidance is distilled in), so there is no uncond pass: SDTM needs none. "
         "Token Merge (Importance) also works here: at cfg 1 it falls back to the change of each token's x0 "
-        "prediction between steps. SDTM ratio 0.4."))
+        "prediction between steps. SDTM ratio 0.4; the README's CPU benchmark at 1024x1024: 1.25x per step."))
+    g.group("Models and merging")
+    unet = g.add("UNETLoader", 0, unet_name="flux1-dev.safetensors", weight_dtype="default")
+    clip = g.add("DualCLIPLoader", 0, clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
+                 type="flux", device="default")
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    merged = g.add("TokenMergeSDTM", 0, model=unet, ratio=0.4)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptySD3LatentImage", width=1024, height=1024, batch_size=1, negative="", guidance=3.5,
+        prompt="a cozy reading nook by a rainy window, warm lamp light, film photograph")
+    _sample_group(g, merged, positive, negative, latent, vae, steps=20, cfg=1.0, sampler="euler",
+                  scheduler="simple", prefix="tokenmerge_flux_sdtm")
     return g
 
 
 def pixart_ibtm() -> Graph:
-    g = Graph()
-    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="PixArt-Sigma-XL-2-1024-MS.safetensors",
-                 weight_dtype="default")
-    clip = g.add("CLIPLoader", 0, None, (320, 110), clip_name="t5xxl_fp16.safetensors", type="pixart",
-                 device="default")
-    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="sdxl_vae.safetensors")
-    merged = g.add("TokenMergeImportance", 0, None, (320, 60), model=unet, ratio=0.5)
-    latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=1024, height=1024, batch_size=1)
-    _sample_and_save(g, merged, clip, vae, latent, steps=20, cfg=4.5, sampler="euler", scheduler="normal",
-                     prefix="tokenmerge_pixart_ibtm", column=2,
-                     prompt="an origami crane on a wooden desk, paper texture, studio light")
-    g.add("Note", 0, "Recommended settings", (320, 180), text=(
-        "Token Merge (Importance) on PixArt-alpha/Sigma: ratio 0.5; the preset merges the middle half of the blocks "
-        "(block_start 0.25, block_end 0.75 on the Advanced node)."))
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 250, (
+        "Token Merge (Importance) on PixArt-alpha/Sigma: ratio 0.5 on the middle half of the blocks (block_start "
+        "0.25, block_end 0.75 on the Advanced node); it merges the self- and cross-attention queries and leaves the "
+        "MLP on every token, as the IBTM authors do. The model file is the transformer of "
+        "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS (diffusion_pytorch_model.safetensors): save it as "
+        "PixArt-Sigma-XL-2-1024-MS.safetensors in models/diffusion_models."))
+    g.group("Models and merging")
+    unet = g.add("UNETLoader", 0, unet_name="PixArt-Sigma-XL-2-1024-MS.safetensors", weight_dtype="default")
+    clip = g.add("CLIPLoader", 0, clip_name="t5xxl_fp16.safetensors", type="pixart", device="default")
+    vae = g.add("VAELoader", 0, vae_name="sdxl_vae.safetensors")
+    merged = g.add("TokenMergeImportance", 0, model=unet, ratio=0.5)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptyLatentImage", width=1024, height=1024, batch_size=1,
+        prompt="an origami crane on a wooden desk, paper texture, studio light")
+    _sample_group(g, merged, positive, negative, latent, vae, steps=20, cfg=4.5, sampler="euler",
+                  scheduler="normal", prefix="tokenmerge_pixart_ibtm")
     return g
 
 
 def wan_video() -> Graph:
-    g = Graph()
-    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="wan2.1_t2v_1.3B_fp16.safetensors",
-                 weight_dtype="default")
-    clip = g.add("CLIPLoader", 0, None, (320, 110), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                 type="wan", device="default")
-    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="wan_2.1_vae.safetensors")
-    shifted = g.add("ModelSamplingSD3", 0, None, (320, 60), model=unet, shift=8.0)
-    merged = g.add("TokenMergeImportance", 0, None, (320, 60), model=shifted, ratio=0.5)
-    latent = g.add("EmptyHunyuanLatentVideo", 0, None, (320, 130), width=832, height=480, length=33,
-                   batch_size=1)
-    positive = g.add("CLIPTextEncode", 1, "Positive", (400, 160), clip=clip,
-                     text="a paper boat drifting down a rain gutter, slow motion, shallow depth of field")
-    negative = g.add("CLIPTextEncode", 1, "Negative", (400, 120), clip=clip, text=NEGATIVE)
-    sampler = g.add("KSampler", 2, None, (320, 270), model=merged, positive=positive, negative=negative,
-                    latent_image=latent, seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple",
-                    denoise=1.0)
-    decoded = g.add("VAEDecode", 2, None, (220, 50), samples=sampler, vae=vae)
-    g.add("SaveAnimatedWEBP", 3, None, (400, 420), images=decoded, filename_prefix="tokenmerge_wan_ibtm",
-          fps=16.0, lossless=False, quality=85, method="default")
-    g.add("Note", 0, "Recommended settings", (320, 180), text=(
-        "Token Merge (Importance) on Wan 2.1/2.2: ratio 0.5, tokens merge within each latent frame (the "
-        "Advanced node offers spatio-temporal merging). The map of a video is shown averaged over frames."))
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 250, (
+        "Token Merge (Importance) on Wan 2.1, and on the Wan 2.2 14B models (one node on each expert's model): "
+        "ratio 0.5. Tokens merge within each latent frame, so every frame keeps its token count; on the Wan 2.2 5B "
+        "TI2V model each frame also keeps its own timestep's modulation. The heatmap preview shows a video's map "
+        "averaged over its frames. The README's CPU benchmark (Wan 2.1 1.3B, 512x320, 17 frames): 1.38x per step."))
+    g.group("Models and merging")
+    unet = g.add("UNETLoader", 0, unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    clip = g.add("CLIPLoader", 0, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan",
+                 device="default")
+    vae = g.add("VAELoader", 0, vae_name="wan_2.1_vae.safetensors")
+    shifted = g.add("ModelSamplingSD3", 0, model=unet, shift=8.0)
+    merged = g.add("TokenMergeImportance", 0, model=shifted, ratio=0.5)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptyHunyuanLatentVideo", width=832, height=480, length=33, batch_size=1,
+        prompt="a paper boat drifting down a rain gutter, slow motion, shallow depth of field")
+    _sample_group(g, merged, positive, negative, latent, vae, steps=30, cfg=6.0, sampler="uni_pc",
+                  scheduler="simple", prefix="tokenmerge_wan_ibtm", save="SaveAnimatedWEBP", fps=16.0,
+                  lossless=False, quality=85, method="default")
     return g
 
 
-def _branches(g: Graph, models: dict[str, Any], positive: Node, negative: Node, latent: Node, vae: Any, *,
-              prefix: str, save_height: int, scheduler: str = "normal", **sampler: Any) -> dict[str, Node]:
-    """One column per model (KSampler, VAEDecode, SaveImage ``<prefix><label>``), same inputs; the decoded nodes."""
-    decoded = {}
-    for column, (label, model) in enumerate(models.items()):
-        node = g.add("KSampler", 2 + column, f"KSampler ({label})", (320, 270), model=model, positive=positive,
-                     negative=negative, latent_image=latent, **sampler, scheduler=scheduler, denoise=1.0)
-        decoded[label] = g.add("VAEDecode", 2 + column, None, (220, 50), samples=node, vae=vae)
-        g.add("SaveImage", 2 + column, f"Save ({label})", (320, save_height), images=decoded[label],
-              filename_prefix=f"{prefix}{label}")
-    return decoded
+# Comparisons, by stage: notes, models and prompt | merging nodes over the importance preview | a column per method
+# (sampler, decoder, saved images), so the images line up side by side.
+COMPARISON_COLUMNS = (250, 290, 260, 260, 260)
+
+
+def _branches(g: Graph, base: Any, positive: Node, negative: Node, latent: Node, vae: Any, *, baseline: str,
+              prefix: str, save_height: int, preview_steps: str, scheduler: str = "normal", **sampler: Any) -> None:
+    """A column for the ``baseline`` (unpatched or unmerged) and one each for spatial ToMe and IBTM at ratio 0.5 (their
+    nodes in a group of their own), same inputs and seed; the IBTM importance preview below the merging nodes."""
+    g.group("Token merging", BROWN)
+    merged = {"spatial_tome": g.add("TokenMergeSpatialToMe", 1, model=base, ratio=0.5),
+              "ibtm": g.add("TokenMergeImportance", 1, model=base, ratio=0.5)}
+    columns = ((baseline, baseline, baseline.capitalize(), PALE_BLUE, base),
+               ("spatial_tome", "spatial ToMe", "Spatial ToMe", GREEN, merged["spatial_tome"]),
+               ("ibtm", "IBTM", "IBTM", PURPLE, merged["ibtm"]))
+    for column, (label, name, title, color, model) in enumerate(columns, start=2):
+        g.group(title, color)
+        sampled = g.add("KSampler", column, f"KSampler ({name})", model=model, positive=positive, negative=negative,
+                        latent_image=latent, **sampler, scheduler=scheduler, denoise=1.0)
+        decoded = g.add("VAEDecode", column, samples=sampled, vae=vae)
+        g.add("SaveImage", column, f"Save ({name})", save_height, images=decoded, filename_prefix=f"{prefix}{label}")
+    g.group("Importance preview", PURPLE)
+    g.add("TokenMergeHeatmapPreview", 1, model=merged["ibtm"], images=decoded, steps=preview_steps,
+          colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
 
 
 def comparison() -> Graph:
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", 0, None, (320, 100), ckpt_name="v1-5-pruned-emaonly.safetensors")
-    tome = g.add("TokenMergeSpatialToMe", 0, "Spatial ToMe 0.5", (320, 230), model=(ckpt, 0), ratio=0.5)
-    ibtm = g.add("TokenMergeImportance", 0, "IBTM 0.5", (320, 60), model=(ckpt, 0), ratio=0.5)
-    latent = g.add("EmptyLatentImage", 0, None, (320, 110), width=512, height=512, batch_size=1)
-    positive = g.add("CLIPTextEncode", 1, "Positive", (400, 160), clip=(ckpt, 1),
+    g = Graph(COMPARISON_COLUMNS)
+    g.note(0, "How to compare", 210, (
+        "Same seed, same prompt: unpatched, spatial ToMe and IBTM at ratio 0.5. Spatial ToMe merges each token "
+        "into a random destination in its 2x2 window; IBTM merges the tokens that classifier-free guidance marks "
+        "as unimportant first and protects the important ones (the preview shows the map). Compare each merged "
+        "image with the unpatched one."))
+    g.group("Model and prompt")
+    ckpt = g.add("CheckpointLoaderSimple", 0, ckpt_name="v1-5-pruned-emaonly.safetensors")
+    positive = g.add("CLIPTextEncode", 0, "Positive", 110, clip=(ckpt, 1),
                      text="a bowl of ramen with a soft-boiled egg, steam, overhead photograph")
-    negative = g.add("CLIPTextEncode", 1, "Negative", (400, 120), clip=(ckpt, 1), text=NEGATIVE)
-    decoded = _branches(g, {"unpatched": (ckpt, 0), "spatial_tome": tome, "ibtm": ibtm}, positive, negative, latent,
-                        (ckpt, 2), prefix="tokenmerge_compare_", save_height=360, seed=42, steps=20, cfg=7.0,
-                        sampler_name="euler")
-    g.add("TokenMergeHeatmapPreview", 5, None, (400, 460), model=ibtm, images=decoded["ibtm"], steps="last",
-          colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
-    g.add("Note", 0, "How to compare", (320, 180), text=(
-        "Same seed, same prompt: unpatched, spatial ToMe and IBTM at ratio 0.5. IBTM protects the tokens that "
-        "CFG marks as important (the preview), so it should stay closer to the unpatched image than spatial "
-        "ToMe at the same speed."))
+    negative = g.add("CLIPTextEncode", 0, "Negative", 90, clip=(ckpt, 1), text=NEGATIVE)
+    latent = g.add("EmptyLatentImage", 0, width=512, height=512, batch_size=1)
+    _branches(g, (ckpt, 0), positive, negative, latent, (ckpt, 2), baseline="unpatched", prefix="tokenmerge_compare_",
+              save_height=300, preview_steps="last", seed=42, steps=20, cfg=7.0, sampler_name="euler")
     return g
 
 
@@ -292,40 +452,37 @@ SHAPES_PROMPT = "a large red circle at top left and a small blue square at botto
 def shapes_demo() -> Graph:
     """The demo (``make demo``): the trained shapes DiT (SD3 family) unmerged, with spatial ToMe and with IBTM, same
     seed. The DiT, not the UNet: it is the shapes model that draws the prompted objects (devkit/shapes/README.md)."""
-    g = Graph()
-    unet = g.add("UNETLoader", 0, None, (320, 90), unet_name="tokenmerge_shapes_sd3.safetensors",
-                 weight_dtype="default")
-    vae = g.add("VAELoader", 0, None, (320, 60), vae_name="tokenmerge_shapes_taesd3.safetensors")
-    tome = g.add("TokenMergeSpatialToMe", 0, "Spatial ToMe 0.5", (320, 230), model=unet, ratio=0.5)
-    ibtm = g.add("TokenMergeImportance", 0, "IBTM 0.5", (320, 60), model=unet, ratio=0.5)
-    latent = g.add("EmptySD3LatentImage", 0, None, (320, 110), width=128, height=128, batch_size=4)
-    positive = g.add("TokenMergeDemoPrompt", 1, "Positive", (400, 160), text=SHAPES_PROMPT)
-    negative = g.add("TokenMergeDemoPrompt", 1, "Negative (empty: unconditional)", (400, 100), text="")
-    decoded = _branches(g, {"unmerged": unet, "spatial_tome": tome, "ibtm": ibtm}, positive, negative, latent, vae,
-                        prefix="tokenmerge_demo_", save_height=300, seed=7, steps=20, cfg=3.0,
-                        sampler_name="dpmpp_2m", scheduler="simple")
-    g.add("TokenMergeHeatmapPreview", 5, None, (400, 460), model=ibtm, images=decoded["ibtm"], steps="1,4,8,12,16,20",
-          colormap="inferno", overlay_alpha=0.6, view="importance", block=0)
-    g.add("Note", 0, "About this demo", (320, 200), text=(
-        "The pack's small trained shapes models (tokenmerge_shapes_*, in demo_models/ of the repository): copy them "
-        "to models/diffusion_models and models/vae. This is the SD3-family DiT; the SD1.x UNet is "
-        "tokenmerge_shapes_sd15 with tokenmerge_shapes_taesd and EmptyLatentImage. Same seed and prompt: unmerged, "
-        "spatial ToMe and IBTM at ratio 0.5. The preview shows where CFG puts the importance: on the prompted "
-        "objects."))
+    g = Graph(COMPARISON_COLUMNS)
+    g.note(0, "About this demo", 250, (
+        "Runs as is on the pack's trained shapes models, in demo_models/ of its git repository (registry installs "
+        "leave them out): copy tokenmerge_shapes_sd3.safetensors to models/diffusion_models and "
+        "tokenmerge_shapes_taesd3.safetensors to models/vae. Same seed and prompt: unmerged, spatial ToMe and IBTM "
+        "at ratio 0.5; the preview shows where guidance puts the importance.\n"
+        "This DiT has 8x8 = 64 image tokens: merging shows what it does to the image but cannot make so small a model "
+        "faster. The speed-up shows on real models (README, Speed)."))
+    g.group("Models and prompt")
+    unet = g.add("UNETLoader", 0, unet_name="tokenmerge_shapes_sd3.safetensors", weight_dtype="default")
+    vae = g.add("VAELoader", 0, vae_name="tokenmerge_shapes_taesd3.safetensors")
+    positive = g.add("TokenMergeDemoPrompt", 0, "Positive", 100, text=SHAPES_PROMPT)
+    negative = g.add("TokenMergeDemoPrompt", 0, "Negative (empty)", 90, text="")
+    latent = g.add("EmptySD3LatentImage", 0, width=128, height=128, batch_size=4)
+    _branches(g, unet, positive, negative, latent, vae, baseline="unmerged", prefix="tokenmerge_demo_",
+              save_height=300, preview_steps="1,4,8,12,16,20", seed=7, steps=20, cfg=3.0, sampler_name="dpmpp_2m",
+              scheduler="simple")
     return g
 
 
-DEMOS = {"tokenmerge_demo_shapes": shapes_demo}
+DEMOS = {DEMO: shapes_demo}
 
 
 EXAMPLES = {
-    "tokenmerge_sd15_ibtm_preview": sd15_preview,
-    "tokenmerge_sdxl_ibtm": sdxl,
-    "tokenmerge_sd3_sdtm": sd3_sdtm,
-    "tokenmerge_flux_sdtm_cfg1": flux_sdtm,
-    "tokenmerge_pixart_ibtm": pixart_ibtm,
-    "tokenmerge_wan21_video_ibtm": wan_video,
-    "tokenmerge_compare_unpatched_tome_ibtm": comparison,
+    SD15_PREVIEW: sd15_preview,
+    COMPARISON: comparison,
+    SDXL: sdxl,
+    SD3: sd3_sdtm,
+    FLUX: flux_sdtm,
+    PIXART: pixart_ibtm,
+    WAN: wan_video,
 }
 
 

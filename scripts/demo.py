@@ -5,7 +5,7 @@ Run through ``make demo`` (which sets the environment up first). Steps:
 1. link the pack's small trained shapes models (``demo_models/``: the SD3-family DiT the workflow samples, its
    TAESD-format VAE and the SD1.x-family UNet, see ``devkit/shapes``) into the server's models folder;
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
-3. convert ``example_workflows/tokenmerge_demo_shapes.json`` to API format and queue it: the same prompt and
+3. convert ``example_workflows/1 Demo on the shapes model.json`` to API format and queue it: the same prompt and
    seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
 4. write into the output folder (default ``demo_output/``): ``unmerged.png``, ``spatial_tome.png``,
    ``ibtm.png`` (4 samples each), ``side_by_side.png`` (a row per method), ``heatmap.png`` (the importance
@@ -28,11 +28,12 @@ from PIL import Image, ImageDraw
 
 from devkit import REPO_ROOT, comfy_env
 from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
+from devkit.example_workflows import DEMO, EXAMPLES_DIR
 from devkit.server_events import ServerEvents
 from devkit.shapes.training import link_demo_models
 from devkit.workflow_api import ui_to_api
 
-DEMO_WORKFLOW = REPO_ROOT / "example_workflows" / "tokenmerge_demo_shapes.json"
+DEMO_WORKFLOW = EXAMPLES_DIR / f"{DEMO}.json"
 METHODS = ("unmerged", "spatial_tome", "ibtm")
 LABELS = {"unmerged": "unmerged", "spatial_tome": "spatial ToMe 0.5", "ibtm": "IBTM 0.5"}
 

@@ -6,26 +6,82 @@ from __future__ import annotations
 import base64
 import io
 import json
+import urllib.parse
 
 import pytest
 from conftest import png_size
 
 from devkit import REPO_ROOT
-from devkit.example_workflows import DEMOS, EXAMPLES, STANDINS, TEST_STEPS, load_example, substitute_standins
+from devkit.comfy_server import PACK_DIR_NAME
+from devkit.example_workflows import (
+    DEMO,
+    DEMOS,
+    EXAMPLES,
+    SD15_PREVIEW,
+    STANDINS,
+    TEST_STEPS,
+    load_example,
+    substitute_standins,
+)
 from devkit.server_events import ServerEvents
 from devkit.workflow_api import ui_to_api
 
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP")
+THUMBNAIL_BUDGET = 40_000  # bytes: thumbnails are committed for good
+# The folder each loader reads its files from: where the graph editor puts a file it downloads for the loader.
+LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "UNETLoader": "diffusion_models", "VAELoader": "vae",
+                  "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders"}
+# The hosts the graph editor downloads from (its missing-models list refuses others).
+DOWNLOAD_HOSTS = ("https://huggingface.co/",)
 
 
 def test_every_example_is_committed_with_a_thumbnail_and_a_settings_note():
-    for name in EXAMPLES:
+    from PIL import Image
+
+    for name in [*DEMOS, *EXAMPLES]:
         workflow = load_example(name)
         notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
         assert notes, f"{name} has no note with its recommended settings"
         assert "ratio" in notes[0]["widgets_values"][0]
-        assert (EXAMPLES_DIR / f"{name}.jpg").stat().st_size > 1000, f"{name}.jpg thumbnail missing"
+        path = EXAMPLES_DIR / f"{name}.jpg"
+        assert path.stat().st_size < THUMBNAIL_BUDGET, f"{path.name} is {path.stat().st_size} bytes"
+        with Image.open(path) as image:  # the template browser shows thumbnails square, cropped to fill
+            assert (image.format, image.width) == ("JPEG", image.height), path.name
+
+
+def test_every_public_model_file_an_example_names_can_be_downloaded_from_the_editor():
+    """Each loader declares the files it names in ``properties.models`` (name, url, directory), which the graph
+    editor offers to download when a file is missing: the name the widget holds, a Hugging Face URL, the folder the
+    loader reads. The demo's files are the pack's own (demo_models/): no URL, its note says where they are."""
+    for name in EXAMPLES:
+        for node in load_example(name)["nodes"]:
+            if node["type"] not in LOADER_FOLDERS:
+                continue
+            files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")]
+            declared = node["properties"].get("models", [])
+            assert [m["name"] for m in declared] == files, f"{name}: {node['type']}"
+            for model in declared:
+                assert model["url"].startswith(DOWNLOAD_HOSTS), f"{name}: {model}"
+                assert model["directory"] == LOADER_FOLDERS[node["type"]], f"{name}: {model}"
+    demo = load_example(DEMO)
+    assert not [n for n in demo["nodes"] if "models" in n["properties"]]
+    note = next(n for n in demo["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert "demo_models/" in note
+    assert "tokenmerge_shapes_sd3.safetensors" in note
+
+
+def test_the_template_browser_gets_every_example_with_its_thumbnail(comfy_server):
+    """ComfyUI's template routes: ``/workflow_templates`` names the pack's examples by file name (the template
+    browser's titles and descriptions; its A-Z order puts the demo first), and each workflow and its same-name .jpg
+    thumbnail are served from the pack's folder."""
+    listed = comfy_server.get_json("/workflow_templates")[PACK_DIR_NAME]
+    assert sorted(listed) == sorted([*DEMOS, *EXAMPLES])
+    assert min(listed) == DEMO
+    for name in listed:
+        path = f"/api/workflow_templates/{PACK_DIR_NAME}/{urllib.parse.quote(name)}"
+        assert json.loads(comfy_server.request(f"{path}.json")) == load_example(name)
+        assert comfy_server.request(f"{path}.jpg") == (EXAMPLES_DIR / f"{name}.jpg").read_bytes()
 
 
 def test_committed_examples_match_their_generator(comfy_server):
@@ -78,7 +134,7 @@ def test_every_model_file_an_example_names_has_a_standin(comfy_server):
 def test_live_heatmap_frames_reach_the_preview_node(comfy_server, pack):
     from PIL import Image
 
-    prompt, _ = substitute_standins(ui_to_api(load_example("tokenmerge_sd15_ibtm_preview"), comfy_server.object_info()))
+    prompt, _ = substitute_standins(ui_to_api(load_example(SD15_PREVIEW), comfy_server.object_info()))
     sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
     sampler["inputs"]["seed"] = 4242  # a fresh seed, so the sampler is not served from the cache
     preview_id = next(k for k, n in prompt.items() if n["class_type"] == "TokenMergeHeatmapPreview")
