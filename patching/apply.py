@@ -78,7 +78,7 @@ def _call_wrapper(state: MergeState, config: MergeConfig, merger: UNetMerger | D
         context = kwargs.get("c_crossattn", args[2] if len(args) > 2 else None)
         state.call = model_call(config, state, x, options, merger.token_grids(tuple(x.shape)), merger.switch_sigma,
                                 text_tokens=context.shape[1] if isinstance(context, torch.Tensor) else None,
-                                reference_method=reference_method(executor.class_obj, kwargs))
+                                reference_method=reference_method(getattr(executor, "class_obj", None), kwargs))
         try:
             return executor(x, *args, **kwargs)
         finally:
