@@ -1,6 +1,6 @@
 """Make the real ComfyUI (``.comfyui/ComfyUI``, made by ``scripts/setup_env.sh``) importable in-process.
 
-Handles the two ordering traps of ``../shared/docs/comfyui-setup.md``:
+Handles two ordering traps of importing ComfyUI as a library:
 
 1. ``comfy.cli_args`` parses ``[]`` when imported as a library, so ``args.cpu = True`` must be set
    before anything imports ``comfy.model_management`` (which otherwise asserts CUDA).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,10 @@ class ComfyServer:
                              (self.base_dir / "models", self.models_dir)):
             if not link.is_symlink():
                 link.symlink_to(target, target_is_directory=True)
+        # the image a fresh ComfyUI install has in input/ (the editing example loads it)
+        example = comfyui_dir() / "input" / "example.png"
+        if example.is_file() and not (self.base_dir / "input" / example.name).exists():
+            shutil.copyfile(example, self.base_dir / "input" / example.name)
 
     def start(self, timeout: float = 120.0) -> ComfyServer:
         if self.process is not None and self.process.poll() is None:

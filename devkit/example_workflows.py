@@ -12,7 +12,7 @@ with::
 
 The file names are what the template browser shows (Workflow > Browse Templates > Extensions > tokenmerge): it
 takes a custom node pack's title, description and thumbnail from the file name alone, so the names are readable
-and numbered, the demo first (the browser's A-Z order). Tests run every workflow on stand-ins: see
+and numbered with two digits, the demo first (the browser's A-Z order). Tests run every workflow on stand-ins: see
 :data:`STANDINS` and :func:`substitute_standins`.
 """
 
@@ -29,14 +29,18 @@ from devkit.workflow_api import ui_to_api
 
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 
-DEMO = "1 Demo on the shapes model"
-SD15_PREVIEW = "2 SD1.5, IBTM with preview"
-COMPARISON = "3 SD1.5, ToMe vs IBTM"
-SDXL = "4 SDXL, IBTM"
-SD3 = "5 SD3.5, SDTM"
-FLUX = "6 Flux dev, SDTM at cfg 1"
-PIXART = "7 PixArt Sigma, IBTM"
-WAN = "8 Wan 2.1 video, IBTM"
+DEMO = "01 Demo on the shapes model"
+SD15_PREVIEW = "02 SD1.5, IBTM with preview"
+COMPARISON = "03 SD1.5, ToMe vs IBTM"
+SDXL = "04 SDXL, IBTM"
+SD3 = "05 SD3.5, SDTM"
+FLUX = "06 Flux dev, SDTM at cfg 1"
+PIXART = "07 PixArt Sigma, IBTM"
+WAN = "08 Wan 2.1 video, IBTM"
+FLUX2 = "09 Flux 2 dev, SDTM at cfg 1"
+KONTEXT = "10 Flux Kontext image editing, SDTM"
+ZIMAGE = "11 Z-Image Turbo, SDTM"
+WAN22 = "12 Wan 2.2 14B video, two experts, IBTM"
 
 # Geometry in graph units (1 px at 100 % zoom). A node's ``pos`` is the top left of its body; its title bar
 # (LiteGraph.NODE_TITLE_HEIGHT) is above it. A group's title bar is its font size (24) x 1.4.
@@ -60,6 +64,8 @@ MIN_HEIGHT = {
     "EmptySD3LatentImage": 108, "EmptyHunyuanLatentVideo": 132, "KSampler": 264, "VAEDecode": 48,
     "TokenMergeImportance": 60, "TokenMergeSDTM": 60, "TokenMergeSpatialToMe": 276,
     "SaveImage": 58 + IMAGE_AREA, "SaveAnimatedWEBP": 154 + IMAGE_AREA, "TokenMergeHeatmapPreview": 174 + IMAGE_AREA,
+    "EmptyFlux2LatentImage": 108, "ModelSamplingAuraFlow": 60, "KSamplerAdvanced": 336, "LoadImage": 102 + IMAGE_AREA,
+    "FluxKontextImageScale": 26, "VAEEncode": 48, "ReferenceLatent": 48,
 }
 
 # Group colours: the frontend's own palette (LGraphCanvas.node_colors[...].groupcolor).
@@ -98,6 +104,30 @@ MODEL_FILES: dict[str, tuple[str, str]] = {
               "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
     "wan_2.1_vae.safetensors":
         ("vae", HF + "Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"),
+    "flux2_dev_fp8mixed.safetensors":
+        ("diffusion_models",
+         HF + "Comfy-Org/flux2-dev/resolve/main/split_files/diffusion_models/flux2_dev_fp8mixed.safetensors"),
+    "mistral_3_small_flux2_fp8.safetensors":
+        ("text_encoders",
+         HF + "Comfy-Org/flux2-dev/resolve/main/split_files/text_encoders/mistral_3_small_flux2_fp8.safetensors"),
+    "flux2-vae.safetensors": ("vae", HF + "Comfy-Org/flux2-dev/resolve/main/split_files/vae/flux2-vae.safetensors"),
+    "flux1-dev-kontext_fp8_scaled.safetensors":
+        ("diffusion_models",
+         HF + "Comfy-Org/flux1-kontext-dev_ComfyUI/resolve/main/split_files/diffusion_models/"
+              "flux1-dev-kontext_fp8_scaled.safetensors"),
+    "z_image_turbo_bf16.safetensors":
+        ("diffusion_models",
+         HF + "Comfy-Org/z_image_turbo/resolve/main/split_files/diffusion_models/z_image_turbo_bf16.safetensors"),
+    "qwen_3_4b.safetensors":
+        ("text_encoders", HF + "Comfy-Org/z_image_turbo/resolve/main/split_files/text_encoders/qwen_3_4b.safetensors"),
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors":
+        ("diffusion_models",
+         HF + "Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/"
+              "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors":
+        ("diffusion_models",
+         HF + "Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/"
+              "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
 }
 
 
@@ -402,6 +432,123 @@ def wan_video() -> Graph:
     return g
 
 
+def flux2_sdtm() -> Graph:
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 250, (
+        "Flux 2 dev runs at cfg 1 with its guidance embedding (FluxGuidance 4), so there is no uncond pass: SDTM "
+        "ratio 0.4, as on Flux. It merges the generated image tokens of every double and single block; the text "
+        "tokens, and the tokens of reference images (ReferenceLatent, for editing), pass through untouched. The "
+        "README's CPU benchmark measures one single block at Flux 2's real width."))
+    g.group("Models and merging")
+    unet = g.add("UNETLoader", 0, unet_name="flux2_dev_fp8mixed.safetensors", weight_dtype="default")
+    clip = g.add("CLIPLoader", 0, clip_name="mistral_3_small_flux2_fp8.safetensors", type="flux2", device="default")
+    vae = g.add("VAELoader", 0, vae_name="flux2-vae.safetensors")
+    merged = g.add("TokenMergeSDTM", 0, model=unet, ratio=0.4)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptyFlux2LatentImage", width=1024, height=1024, batch_size=1, negative="", guidance=4.0,
+        prompt="a ceramic teapot shaped like a snail on a sunlit windowsill, product photograph")
+    _sample_group(g, merged, positive, negative, latent, vae, steps=20, cfg=1.0, sampler="euler",
+                  scheduler="simple", prefix="tokenmerge_flux2_sdtm")
+    return g
+
+
+KONTEXT_COLUMNS = (270, 260, 290, 260, 300)
+
+
+def kontext_editing() -> Graph:
+    g = Graph(KONTEXT_COLUMNS)
+    g.note(0, "Recommended settings", 270, (
+        "Flux Kontext edits the image you load (LoadImage; example.png ships with ComfyUI): ReferenceLatent hands "
+        "it to the model, which appends its tokens after the generated ones. SDTM ratio 0.4 merges only the "
+        "generated image tokens; the reference tokens and the text pass through untouched, with their positions. "
+        "Kontext runs at cfg 1 with FluxGuidance 2.5. The same holds for Flux 2 and QwenImage-Edit references."))
+    g.group("Models and merging")
+    unet = g.add("UNETLoader", 0, unet_name="flux1-dev-kontext_fp8_scaled.safetensors", weight_dtype="default")
+    clip = g.add("DualCLIPLoader", 0, clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
+                 type="flux", device="default")
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    merged = g.add("TokenMergeSDTM", 0, model=unet, ratio=0.4)
+    g.group("Image to edit", BROWN)
+    image = g.add("LoadImage", 1, image="example.png")
+    scaled = g.add("FluxKontextImageScale", 1, image=image)
+    encoded = g.add("VAEEncode", 1, pixels=scaled, vae=vae)
+    g.group("Instruction")
+    instruction = g.add("CLIPTextEncode", 2, "Instruction", 120, clip=clip,
+                        text="make it a watercolor painting, keep the composition")
+    referenced = g.add("ReferenceLatent", 2, conditioning=instruction, latent=encoded)
+    positive = g.add("FluxGuidance", 2, conditioning=referenced, guidance=2.5)
+    negative = g.add("CLIPTextEncode", 2, "Negative (unused at cfg 1)", 100, clip=clip, text="")
+    g.group("Sample and save", GREEN)
+    sampled = g.add("KSampler", 3, model=merged, positive=positive, negative=negative, latent_image=encoded, seed=42,
+                    steps=20, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    decoded = g.add("VAEDecode", 3, samples=sampled, vae=vae)
+    g.add("SaveImage", 4, None, max(340, MIN_HEIGHT["SaveImage"]), images=decoded,
+          filename_prefix="tokenmerge_kontext_sdtm")
+    return g
+
+
+def zimage_sdtm() -> Graph:
+    g = Graph(SINGLE_COLUMNS)
+    g.note(0, "Recommended settings", 250, (
+        "Z-Image Turbo samples in 8 steps at cfg 1 (no uncond pass): SDTM ratio 0.4 merges the image tokens of "
+        "its main layers (the caption and its pad tokens pass untouched; the refiner layers before them run in "
+        "full). Every third step, the first included, runs in full (3 of 8), so the saving per image is smaller "
+        "than per merged step. The README's CPU benchmark measures two layers at Z-Image's real width."))
+    g.group("Models and merging")
+    unet = g.add("UNETLoader", 0, unet_name="z_image_turbo_bf16.safetensors", weight_dtype="default")
+    clip = g.add("CLIPLoader", 0, clip_name="qwen_3_4b.safetensors", type="lumina2", device="default")
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    shifted = g.add("ModelSamplingAuraFlow", 0, model=unet, shift=3.0)
+    merged = g.add("TokenMergeSDTM", 0, model=shifted, ratio=0.4)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptySD3LatentImage", width=1024, height=1024, batch_size=1, negative="",
+        prompt="a street market at dusk with paper lanterns, candid photograph")
+    _sample_group(g, merged, positive, negative, latent, vae, steps=8, cfg=1.0, sampler="res_multistep",
+                  scheduler="simple", prefix="tokenmerge_zimage_sdtm")
+    return g
+
+
+WAN22_COLUMNS = (270, 290, 300, 300)
+
+
+def wan22_experts() -> Graph:
+    g = Graph(WAN22_COLUMNS)
+    g.note(0, "Recommended settings", 250, (
+        "Wan 2.2 14B samples with two experts: the high-noise model for the first half of the steps, the low-noise "
+        "model for the rest (two KSamplerAdvanced). Put a Token Merge node on each expert's model: IBTM ratio 0.5 "
+        "on both. Each node keeps its own state: on the low-noise expert's first step, before it has an importance "
+        "map of its own, tokens merge by similarity alone (as spatial ToMe). Tokens merge within each latent "
+        "frame."))
+    g.group("Models and merging")
+    high = g.add("UNETLoader", 0, "High-noise expert", unet_name="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                 weight_dtype="default")
+    low = g.add("UNETLoader", 0, "Low-noise expert", unet_name="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                weight_dtype="default")
+    clip = g.add("CLIPLoader", 0, clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan", device="default")
+    vae = g.add("VAELoader", 0, vae_name="wan_2.1_vae.safetensors")
+    g.group("Merging on each expert", PURPLE)
+    merged_high = g.add("TokenMergeImportance", 1, "Token Merge (high-noise)",
+                        model=g.add("ModelSamplingSD3", 1, model=high, shift=8.0), ratio=0.5)
+    merged_low = g.add("TokenMergeImportance", 1, "Token Merge (low-noise)",
+                       model=g.add("ModelSamplingSD3", 1, model=low, shift=8.0), ratio=0.5)
+    positive, negative, latent = _prompt_group(
+        g, clip, "EmptyHunyuanLatentVideo", width=832, height=480, length=33, batch_size=1,
+        prompt="a kite surfer jumping over a wave at sunset, drone shot")
+    g.group("Sample and save", GREEN)
+    common = {"positive": positive, "negative": negative, "steps": 20, "cfg": 3.5, "sampler_name": "euler",
+              "scheduler": "simple"}
+    first = g.add("KSamplerAdvanced", 2, "High-noise steps 0-10", model=merged_high, latent_image=latent,
+                  add_noise="enable", noise_seed=42, start_at_step=0, end_at_step=10,
+                  return_with_leftover_noise="enable", **common)
+    second = g.add("KSamplerAdvanced", 3, "Low-noise steps 10-20", model=merged_low, latent_image=first,
+                   add_noise="disable", noise_seed=42, start_at_step=10, end_at_step=10000,
+                   return_with_leftover_noise="disable", **common)
+    decoded = g.add("VAEDecode", 2, samples=second, vae=vae)
+    g.add("SaveAnimatedWEBP", 3, None, max(340, MIN_HEIGHT["SaveAnimatedWEBP"]), images=decoded,
+          filename_prefix="tokenmerge_wan22_ibtm", fps=16.0, lossless=False, quality=85, method="default")
+    return g
+
+
 # Comparisons, by stage: notes, models and prompt | merging nodes over the importance preview | a column per method
 # (sampler, decoder, saved images), so the images line up side by side.
 COMPARISON_COLUMNS = (250, 290, 260, 260, 260)
@@ -483,6 +630,10 @@ EXAMPLES = {
     FLUX: flux_sdtm,
     PIXART: pixart_ibtm,
     WAN: wan_video,
+    FLUX2: flux2_sdtm,
+    KONTEXT: kontext_editing,
+    ZIMAGE: zimage_sdtm,
+    WAN22: wan22_experts,
 }
 
 
@@ -519,10 +670,27 @@ STANDINS: dict[str, Standin] = {
         note="PixArt's sin-cos position base size rounds to 0 below a 64-wide latent in ComfyUI 0.3.75"),
     "wan2.1_t2v_1.3B_fp16.safetensors": Standin("tokenmerge_tiny_wan21.safetensors", "sd3",
                                                 "tokenmerge_tiny_wan21_vae.safetensors"),
+    "flux2_dev_fp8mixed.safetensors": Standin(
+        "tokenmerge_tiny_sd3_clip_l.safetensors", "stable_diffusion", TAESD_16CH,
+        note="ComfyUI fixes Flux 2 at 48 heads of 128 (6144 wide) and its text encoder is 24 B: the SD3 stand-in "
+             "runs the graph, on a 16-channel latent instead of Flux 2's 128 channels"),
+    "flux1-dev-kontext_fp8_scaled.safetensors": Standin(
+        "tokenmerge_tiny_sd3_clip_l.safetensors", "stable_diffusion", TAESD_16CH,
+        note="Kontext is Flux at full size: the SD3 stand-in runs the graph (the reference latent reaches the "
+             "conditioning, which SD3 does not read); the reference tokens are covered in-process"),
+    "z_image_turbo_bf16.safetensors": Standin(
+        "tokenmerge_tiny_sd3_clip_l.safetensors", "stable_diffusion", TAESD_16CH,
+        note="ComfyUI recognises Z-Image only at its full width (3840): the SD3 stand-in runs the graph"),
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": Standin("tokenmerge_tiny_wan21.safetensors", "sd3",
+                                                                "tokenmerge_tiny_wan21_vae.safetensors"),
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": Standin("tokenmerge_tiny_wan21.safetensors", "sd3",
+                                                               "tokenmerge_tiny_wan21_vae.safetensors"),
 }
 LOADERS = ("CheckpointLoaderSimple", "UNETLoader")
 TEXT_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
-EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo")
+EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "EmptyFlux2LatentImage")
+# Empty latents of a family the stand-in does not share -> the stand-in's own (same inputs)
+STANDIN_LATENTS = {"EmptyFlux2LatentImage": "EmptySD3LatentImage"}
 TEST_STEPS = 3
 TEST_FRAMES = 5
 
@@ -546,7 +714,8 @@ def standin_prompt(object_info: dict, name: str, *, steps: int, side: int) -> di
 
 def substitute_standins(prompt: dict) -> tuple[dict, Standin]:
     """An API-format ``prompt`` of an example with every model file swapped for its stand-in (see ``STANDINS``),
-    latents shrunk to the stand-in's side (5 frames for video) and samplers cut to ``TEST_STEPS`` steps."""
+    latents and reference images shrunk to the stand-in's side (5 frames for video) and samplers cut to
+    ``TEST_STEPS`` steps."""
     prompt = copy.deepcopy(prompt)
     names = [n["inputs"].get("ckpt_name") or n["inputs"].get("unet_name") for n in prompt.values()
              if n["class_type"] in LOADERS]
@@ -571,11 +740,21 @@ def substitute_standins(prompt: dict) -> tuple[dict, Standin]:
         elif kind == "VAELoader":
             prompt[node_id] = copy.deepcopy(vae)
         elif kind in EMPTY_LATENTS:
+            node["class_type"] = STANDIN_LATENTS.get(kind, kind)
             inputs.update(width=standin.side, height=standin.side)
             if "length" in inputs:
                 inputs["length"] = TEST_FRAMES
         elif kind == "KSampler":
             inputs["steps"] = TEST_STEPS
+        elif kind == "KSamplerAdvanced":  # the same share of the steps: 0-10 and 10-end of 20 -> 0-1 and 1-end of 3
+            steps = inputs["steps"]
+            for name in ("start_at_step", "end_at_step"):
+                inputs[name] = min(inputs[name], steps) * TEST_STEPS // steps
+            inputs["steps"] = TEST_STEPS
+        elif kind == "FluxKontextImageScale":  # scales to about 1 megapixel: to the stand-in's side instead
+            prompt[node_id] = {"class_type": "ImageScale", "inputs": {
+                "image": inputs["image"], "upscale_method": "bilinear", "width": standin.side,
+                "height": standin.side, "crop": "center"}}
     for node in prompt.values():
         for name, value in node["inputs"].items():
             if isinstance(value, list) and len(value) == 2 and (str(value[0]), value[1]) in relink:

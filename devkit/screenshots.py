@@ -28,12 +28,16 @@ from devkit.example_workflows import (
     DEMO,
     EXAMPLES_DIR,
     FLUX,
+    FLUX2,
+    KONTEXT,
     PIXART,
     SD3,
     SD15_PREVIEW,
     SDXL,
     SHAPES_PROMPT,
     WAN,
+    WAN22,
+    ZIMAGE,
     load_example,
 )
 from devkit.workflow_api import ui_to_api
@@ -77,6 +81,16 @@ THUMBNAILS = {
                              "background", 6, "shapes demo DiT (SD3 family), not PixArt"),
     WAN: Thumbnail("sd3", "a large green diamond at center on a checkered background", 8,
                    "shapes demo DiT (an image model), not Wan"),
+    FLUX2: Thumbnail("sd3", "a large yellow square at top left and a small red circle at bottom right on a gradient "
+                            "background", 9, "shapes demo DiT (SD3 family) at cfg 1, not Flux 2", cfg=1.0,
+                     view="merge assignment"),
+    KONTEXT: Thumbnail("sd3", "a large cyan circle at center on a striped background", 10,
+                       "shapes demo DiT at cfg 1, text to image, not Kontext", cfg=1.0, view="merge assignment"),
+    ZIMAGE: Thumbnail("sd3", "a large red square at bottom right and a small green triangle at top left on a plain "
+                             "background", 11, "shapes demo DiT (SD3 family) at cfg 1, not Z-Image", cfg=1.0,
+                      view="merge assignment"),
+    WAN22: Thumbnail("sd3", "a large blue circle at top left and a small yellow diamond at bottom right on a "
+                            "checkered background", 12, "shapes demo DiT (an image model), not Wan 2.2"),
 }
 
 SIDE, TILE, GAP = 400, 180, 8  # a square thumbnail: 2x2 tiles at the top, a caption line below them
@@ -95,7 +109,12 @@ def thumbnail_prompt(example: dict[str, Any], spec: Thumbnail) -> tuple[dict[str
         "4": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
         "5": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 1}},
     }
-    merging = [node for node in example.values() if node["class_type"] in MERGING_LABELS]
+    merging: list[dict[str, Any]] = []  # each distinct merging node (Wan 2.2: the same settings on both experts)
+    for node in example.values():
+        settings = (node["class_type"], {k: v for k, v in node["inputs"].items() if k != "model"})
+        if node["class_type"] in MERGING_LABELS and settings not in [
+                (n["class_type"], {k: v for k, v in n["inputs"].items() if k != "model"}) for n in merging]:
+            merging.append(node)
     labels = ["unmerged", *(f"{MERGING_LABELS[n['class_type']]} {n['inputs']['ratio']:g}" for n in merging)]
     model = ["1", 0]
     for branch, node in enumerate([None, *merging]):
@@ -156,7 +175,8 @@ def compose_thumbnail(tiles: list[tuple[str, Any]], title: str, caption: str) ->
     return out.getvalue()
 
 
-def write_thumbnails(server: ComfyServer) -> None:
+def write_thumbnails(server: ComfyServer, names: list[str] | None = None) -> None:
+    """The thumbnails of ``names`` (every example's when ``None``)."""
     from PIL import Image
 
     from merging.heatmap import tile_size
@@ -164,6 +184,8 @@ def write_thumbnails(server: ComfyServer) -> None:
     first_tile = tile_size((1, 1), (128, 128), 1)  # the preview grid's tile of one step, at its top left: (h, w)
     object_info = server.object_info()
     for name, spec in THUMBNAILS.items():
+        if names is not None and name not in names:
+            continue
         prompt, labels = thumbnail_prompt(ui_to_api(load_example(name), object_info), spec)
         outputs = server.run(prompt, timeout=600)["outputs"]
         tiles = [(label, Image.open(io.BytesIO(server.view(outputs[str(10 + i)]["images"][0]))))
@@ -258,14 +280,22 @@ def write_comparison(server: ComfyServer) -> None:
         save_png(page.screenshot(clip=clip), DOCS_IMAGES / "comparison_output.png")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     from devkit.shapes.training import link_demo_models
 
+    parser = argparse.ArgumentParser(description="Thumbnails of the examples and the README screenshots.")
+    parser.add_argument("--thumbnails", nargs="+", metavar="EXAMPLE", choices=list(THUMBNAILS),
+                        help="write only the thumbnails of these examples (no screenshots)")
+    args = parser.parse_args(argv)
     comfy_env.bootstrap_comfyui()
     link_demo_models(STANDIN_MODELS_DIR)
     DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
-        write_thumbnails(server)
+        write_thumbnails(server, args.thumbnails)
+        if args.thumbnails:
+            return
         write_live_heatmap(server)
         write_comparison(server)  # a fresh editor: no outputs of the live run on the same node ids
 

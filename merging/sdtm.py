@@ -1,6 +1,7 @@
 """Structure-then-detail token merging (SDTM): Fang et al., "Attend to Not Attended: Structure-then-Detail
 Token Merging for Post-training DiT Acceleration", CVPR 2025, arXiv 2505.11707 (algorithm as in the
-authors' 2025-09 code, which no longer reads attention maps; see ../shared/docs/papers.md section 3).
+authors' 2025-09 code, which no longer reads attention maps: where the paper's text and that code differ,
+this follows the code).
 
 * **Structure stage** (similarity-prioritised structural merging): the grid is tiled into sy x sx windows;
   each window scores the mean of its members' pairwise cosine similarities (diagonal included) plus

@@ -5,7 +5,7 @@ Run through ``make demo`` (which sets the environment up first). Steps:
 1. link the pack's small trained shapes models (``demo_models/``: the SD3-family DiT the workflow samples, its
    TAESD-format VAE and the SD1.x-family UNet, see ``devkit/shapes``) into the server's models folder;
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
-3. convert ``example_workflows/1 Demo on the shapes model.json`` to API format and queue it: the same prompt and
+3. convert ``example_workflows/01 Demo on the shapes model.json`` to API format and queue it: the same prompt and
    seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
 4. write into the output folder (default ``demo_output/``): ``unmerged.png``, ``spatial_tome.png``,
    ``ibtm.png`` (4 samples each), ``side_by_side.png`` (a row per method), ``heatmap.png`` (the importance

@@ -61,12 +61,16 @@ def pack_warnings(caplog) -> list[str]:
 
 
 def test_the_matrix_covers_every_triple_of_factor_values():
-    assert STRENGTH == 3
+    """On the pinned release every triple (403 cells); on the newer release every pair (see ``STRENGTH``)."""
+    from devkit import EXPECTED_COMFYUI, PINNED_COMFYUI
+
+    assert (3 if EXPECTED_COMFYUI == PINNED_COMFYUI else 2) == STRENGTH
     covered = {combination for cell in CELLS for combination in cell_combinations(cell)}
     assert covered == all_combinations()
     assert {pair for cell in CELLS for pair in cell_combinations(cell, 2)} == all_combinations(2)
     assert not any(cell["family"] == "pixart_alpha" and cell["resolution"] == "tiny" for cell in CELLS)
-    assert len(CELLS) == len({cell_id(cell) for cell in CELLS}) < 410  # 384 at least (family x sampler x entry)
+    # at least family x sampler x entry (384 triples) or family x entry (64 pairs)
+    assert len(CELLS) == len({cell_id(cell) for cell in CELLS}) < (410 if STRENGTH == 3 else 80)
     assert covering_cells() == CELLS  # deterministic
 
 

@@ -212,6 +212,7 @@ def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet
 
 
 # ---------------------------------------------------------------------------------- quality benchmark
+@pytest.mark.release_independent
 def test_quality_benchmark_quick_mode_checks_its_invariants(tmp_path, pack):
     from benchmarks import quality
 
