@@ -122,6 +122,17 @@ WAN21_TINY = {
 }
 
 
+# HunyuanVideo (one class for HunyuanVideo 1.0 and 1.5 and HunyuanImage 2.1): Flux's double and single blocks after
+# a token refiner on the text; the RoPE axes fix the head dim at 128 (what comfy.model_detection gives HunyuanVideo
+# checkpoints: 16 + 56 + 56), so 2 heads of 128; no guidance embedding (sampled with cfg, as 1.5 is); a pooled
+# CLIP-L vector (1.0), narrowed to 64.
+HUNYUAN_VIDEO_TINY = {
+    "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 64, "context_in_dim": 64,
+    "hidden_size": 256, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [16, 56, 56], "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": False,
+    "byt5": False, "meanflow": False, "use_cond_type_embedding": False, "vision_in_dim": None,
+}
+
 # Lumina 2 (NextDiT).
 LUMINA2_TINY = {
     "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 2,
@@ -207,6 +218,8 @@ FAMILIES: dict[str, TinyFamily] = {
         TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
                    min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),
+        TinyFamily("hunyuan_video", "HunyuanVideo", HUNYUAN_VIDEO_TINY, latent_channels=16, context_dim=64,
+                   pooled_dim=64, video=True),
     )
 }
 
@@ -219,6 +232,7 @@ RELEASE_FIELDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "flux": ("comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": []}),
     "flux2": ("comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": [3]}),
     "chroma": ("comfy.ldm.chroma.model", "ChromaParams", {"txt_ids_dims": [], "vec_in_dim": None}),
+    "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams", {"meanflow_sum": False}),
 }
 
 

@@ -17,11 +17,12 @@ from .dit import (
     block_keys,
     dit_family,
     ignored_attention_options,
+    image_first,
     merged_sublayer_names,
     selected_blocks,
     spatial_patch,
 )
-from .model_call import model_call
+from .model_call import LEADING_REFERENCE, model_call
 from .state import MergeState
 from .sublayers import sublayer_paths
 from .unet import UNetMerger, attention_downsamples, transformer_blocks
@@ -89,7 +90,10 @@ def _call_wrapper(state: MergeState, config: MergeConfig, merger: UNetMerger | D
 
 def reference_method(base_model: object, conds: dict) -> str | None:
     """How the reference images of a call are placed (Flux Kontext / Flux 2 / QwenImage-Edit: "offset", "index",
-    "index_timestep_zero", ...), or ``None`` when it has none: the call's own choice, else the model's default."""
+    "index_timestep_zero", ...; HunyuanVideo's ``ref_latent``: before the image), or ``None`` when it has none: the
+    call's own choice, else the model's default."""
+    if conds.get("ref_latent") is not None:
+        return LEADING_REFERENCE
     if conds.get("ref_latents") is None:
         return None
     method = conds.get("ref_latents_method")
@@ -124,7 +128,7 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
         switch_sigma = float(model.get_model_object("model_sampling").percent_to_sigma(config.switch_percent))
     blocks = selected_blocks(block_keys(diffusion_model, family), config.block_range)
     merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), blocks, switch_sigma,
-                       getattr(diffusion_model, "pad_tokens_multiple", None))
+                       getattr(diffusion_model, "pad_tokens_multiple", None), image_first=image_first(diffusion_model))
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for key in blocks:
         if family in BLOCK_MODULES:  # no replace point: an object patch on the block's forward

@@ -1,8 +1,9 @@
-"""Diffusion-transformer adapters (SD3/3.5, Flux, Chroma, QwenImage, PixArt alpha/sigma, Lumina 2, Wan 2.1): merge
-only the image tokens that enter a block, run the block (or its sub-layers) on fewer tokens, and give every token
-its own input plus its group's unmerged update.
+"""Diffusion-transformer adapters (SD3/3.5, Flux 1 and 2, Chroma, QwenImage, PixArt alpha/sigma, Lumina 2, Z-Image,
+Wan 2.1/2.2, HunyuanVideo): merge only the image tokens that enter a block, run the block (or its sub-layers) on
+fewer tokens, and give every token its own input plus its group's unmerged update.
 
-* SD3, Flux (and Chroma, which runs Flux's blocks with its own modulations), QwenImage and Wan:
+* SD3, Flux (and Chroma, which runs Flux's blocks with its own modulations), QwenImage, Wan and HunyuanVideo (Flux's
+  blocks, text first or, in ComfyUI 0.3.x, image first: ``image_first``):
   ``patches_replace["dit"]`` block replaces that call the block they replaced (the ``original_block`` ComfyUI
   hands in, which is any earlier pack's replace, or the block itself). The block runs on the merged tokens; its
   update (output minus the merged input, copied first where blocks add to their input in place) is unmerged.
@@ -13,10 +14,11 @@ its own input plus its group's unmerged update.
   unmerged; the block itself adds each to the token's own residual, per sub-layer as the papers' code does.
 * The SDTM detail stage merges only the MLP, through the same sub-layer patches.
 
-Text tokens are never merged. Positions stay right: RoPE tables (Flux/QwenImage ``pe``, Wan ``freqs``, Lumina
-``freqs_cis``) are gathered for the kept tokens, which keep their own position (a destination keeps its own); SD3
-and PixArt add absolute embeddings before the blocks. Modulation is per sample and broadcasts over any token
-count. Wan merges within frames, so every frame keeps the same number of tokens.
+Text tokens are never merged. Positions stay right: RoPE tables (Flux/QwenImage/HunyuanVideo ``pe``, Wan
+``freqs``, Lumina ``freqs_cis``) are gathered for the kept tokens, which keep their own position (a destination
+keeps its own); SD3 and PixArt add absolute embeddings before the blocks. Modulation is per sample and broadcasts
+over any token count (Wan 2.2 TI2V: per frame, see ``_frame_order``). Wan and HunyuanVideo merge within frames,
+so every frame keeps the same number of tokens.
 
 Attention over merged tokens (proportional attention, SDTM prompt reweighting; ``merging/attention_bias.py``)
 reaches the upstream attention as a per-key logit bias through the block's ``transformer_options``
@@ -68,12 +70,15 @@ DIT_CLASSES = {
     "comfy.ldm.pixart.pixartms.PixArtMS": "pixart",
     "comfy.ldm.lumina.model.NextDiT": "lumina",
     "comfy.ldm.wan.model.WanModel": "wan",
+    "comfy.ldm.hunyuan_video.model.HunyuanVideo": "hunyuan",  # HunyuanVideo 1.0 / 1.5, HunyuanImage 2.1
 }
-JOINT_FAMILIES = {"sd3", "flux", "qwen", "lumina"}  # text and image tokens share one attention (text first)
+# text and image tokens share one attention (text first; HunyuanVideo on releases whose blocks are flipped: image
+# first, see ``image_first``)
+JOINT_FAMILIES = {"sd3", "flux", "qwen", "lumina", "hunyuan"}
 BLOCK_MODULES = {"pixart": "blocks", "lumina": "layers"}  # families without a replace point: object-patched blocks
 PIXART_SUBLAYERS = frozenset({"attn", "cross_attn", "mlp"})
 REFERENCE_FAMILIES = {"flux", "qwen"}  # reference-image tokens trail the image tokens (Kontext, Flux 2, Qwen-Edit)
-IN_PLACE_FAMILIES = {"flux"}  # blocks add their update to the input tensor in place (Flux layers: img += ...)
+IN_PLACE_FAMILIES = {"flux", "hunyuan"}  # blocks add their update to the input in place (Flux layers: img += ...)
 
 
 def ignored_attention_options(config: MergeConfig, family: str) -> list[str]:
@@ -96,7 +101,7 @@ def dit_family(diffusion_model: torch.nn.Module) -> str | None:
 
 def block_keys(diffusion_model: torch.nn.Module, family: str) -> list[tuple[str, int]]:
     """Every block of the model in forward order, as ``patches_replace`` keys (PixArt: ("block", i))."""
-    if family == "flux":
+    if family in ("flux", "hunyuan"):
         return ([("double_block", i) for i in range(len(diffusion_model.double_blocks))]
                 + [("single_block", i) for i in range(len(diffusion_model.single_blocks))])
     if family == "sd3":
@@ -106,6 +111,14 @@ def block_keys(diffusion_model: torch.nn.Module, family: str) -> list[tuple[str,
     if family == "qwen":
         return [("double_block", i) for i in range(len(diffusion_model.transformer_blocks))]
     return [("block", i) for i in range(len(getattr(diffusion_model, BLOCK_MODULES[family])))]
+
+
+def image_first(diffusion_model: torch.nn.Module) -> bool:
+    """Whether the blocks' joint sequence puts the image before the text: HunyuanVideo in ComfyUI releases whose
+    double blocks are ``flipped_img_txt`` (0.3.x: attention, RoPE table and mask over [image, text], single blocks
+    over cat(image, text)); newer releases put the text first, as Flux does."""
+    blocks = getattr(diffusion_model, "double_blocks", None) or ()
+    return any(getattr(block, "flipped_img_txt", False) for block in blocks)
 
 
 def selected_blocks(keys: list[tuple[str, int]], block_range: tuple[float, float]) -> list[tuple[str, int]]:
@@ -119,12 +132,13 @@ class DiTMerger(StateHolder):
 
     def __init__(self, config: MergeConfig, state: MergeState, family: str, patch: tuple[int, int, int],
                  blocks: list[tuple[str, int]] = (), switch_sigma: float | None = None,
-                 pad_multiple: int | None = None) -> None:
+                 pad_multiple: int | None = None, *, image_first: bool = False) -> None:
         super().__init__(state)
         self.config = config
         self.family = family
         self.patch = patch
         self.pad_multiple = pad_multiple  # Lumina 2 / Z-Image: the image part is padded to a multiple of this
+        self.image_first = image_first  # joint sequences are [image, text] (see ``image_first()``)
         self.switch_sigma = switch_sigma  # SDTM: sigmas above it are the structure stage
         self.planner = TokenPlanner(config, state, blocks)
         self.sublayers: dict[tuple[str, int], frozenset[str]] = {}  # block -> its sub-layers that carry a patch
@@ -242,9 +256,16 @@ class DiTMerger(StateHolder):
             if planned is None:
                 return original(args)
             plan = planned.plan
-            text_len = start if kind == "single_block" else self._text_keys(args)
+            # tokens before and after the image in the block's attention: [text, image, references] or, image first,
+            # [image, text]
+            if kind == "single_block":
+                lead, tail = start, trailing
+            elif self.image_first:
+                lead, tail = 0, trailing + self._text_keys(args)
+            else:
+                lead, tail = self._text_keys(args), trailing
             if planned.mlp_only:  # attention runs on all tokens; the prompt reweighting of the stage still applies
-                unmerged_args = self._with_key_bias(args, planned, text_len, n, trailing)
+                unmerged_args = self._with_key_bias(args, planned, lead, n, tail)
                 call = SublayerCall(planned, self._merged_sublayers(planned), fuse=True, tokens=n)
                 return self._with_sublayers(key, call, original, unmerged_args)
             merged = merge(img, plan, planned.mode)
@@ -254,16 +275,17 @@ class DiTMerger(StateHolder):
             else:  # the block gets ``merged`` itself, which in-place families overwrite
                 new_args["img"], merged = merged, self._kept_input(merged)
             if args.get("pe") is not None:
-                new_args["pe"] = self._gather_positions(args["pe"], plan, trailing)
-            if args.get("attn_mask") is not None:
-                new_args["attn_mask"] = self._merged_mask(args["attn_mask"], plan, text_len, trailing)
-                if new_args["attn_mask"] is None:
+                new_args["pe"] = self._gather_positions(args["pe"], plan, tail)
+            mask_name = "attention_mask" if self.family == "hunyuan" else "attn_mask"
+            if args.get(mask_name) is not None:
+                new_args[mask_name] = self._merged_mask(args[mask_name], plan, lead, tail)
+                if new_args[mask_name] is None:
                     return original(args)
             order = self._frame_order(args, plan)
             if order is not None:  # one modulation per frame: the merged tokens frame by frame (Wan only: start 0)
                 new_args["img"] = new_args["img"][:, order]
                 new_args["pe"] = take_tokens(new_args["pe"], 1, order.expand(new_args["pe"].shape[0], -1))
-            out = dict(original(self._with_key_bias(new_args, planned, text_len, plan.num_out, trailing, order)))
+            out = dict(original(self._with_key_bias(new_args, planned, lead, plan.num_out, tail, order)))
             if order is not None:
                 out["img"] = out["img"][:, torch.argsort(order)]
             M = plan.num_out
@@ -321,14 +343,20 @@ class DiTMerger(StateHolder):
         """(start, trailing) of the generated image tokens in a block's ``img`` stream, from what the model says:
         double blocks (and every other replace family) see [image, references], Flux single blocks [text, image,
         references], the text length told by ``transformer_options["img_slice"]`` (newer ComfyUI) or by the
-        call's text context. Reference-image tokens (Flux Kontext, Flux 2, QwenImage-Edit) trail the image and
-        pass through untouched; ``None`` (skipped with one warning) when the span cannot be known."""
+        call's text context; HunyuanVideo's image-first single blocks (``image_first``) [image, text]. Reference-image
+        tokens (Flux Kontext, Flux 2, QwenImage-Edit) trail the image and pass through untouched; ``None`` (skipped
+        with one warning) when the span cannot be known."""
         call = self.state.call
         if call is None:
             return None
+        if call.leading_references:
+            self.planner.skip("leading_references", "reference latents placed before the image (HunyuanVideo / "
+                              "HunyuanImage ref_latent) are not merged yet")
+            return None
         start = 0
         options = args.get("transformer_options") or {}
-        if kind == "single_block":
+        text_trails = kind == "single_block" and self.image_first  # cat(image, text)
+        if kind == "single_block" and not text_trails:
             told = options.get("img_slice")
             start = told[0] if told else call.text_tokens
             if start is None:
@@ -337,7 +365,7 @@ class DiTMerger(StateHolder):
         trailing = args["img"].shape[1] - start - self._image_tokens()
         references = options.get("reference_image_num_tokens")
         if trailing < 0 or (references is not None and trailing != sum(references)) \
-                or (references is None and trailing and self.family not in REFERENCE_FAMILIES):
+                or (references is None and trailing and self.family not in REFERENCE_FAMILIES and not text_trails):
             self.planner.skip("span", f"a {kind} holds {args['img'].shape[1]} tokens where the latent gives "
                                       f"{self._image_tokens()} image tokens after {start} text tokens")
             return None
@@ -358,14 +386,18 @@ class DiTMerger(StateHolder):
         nothing changes, bit for bit). ``image`` is the block's image input, for rows and device; ``order`` the
         frame-by-frame layout of the merged tokens, if any (``_frame_order``)."""
         proportional = self.config.proportional_attention and not planned.mlp_only
-        text_scale = planned.text_scale if text_len else 1.0
+        text_scale = planned.text_scale if (trailing if self.image_first else text_len) else 1.0
         if not proportional and text_scale == 1.0:
             return None
         counts = multiplicity(planned.plan) if proportional \
             else torch.ones(image.shape[0], image_len, device=image.device)
         if order is not None:
             counts = counts[:, order]
-        joint = torch.nn.functional.pad(key_bias(counts, text_len, text_scale), (0, trailing))  # pads: bias 0
+        if self.image_first:  # [image, text]: the trailing tokens are the text
+            joint = torch.cat([key_bias(counts), counts.new_full((counts.shape[0], trailing), math.log(text_scale))],
+                              dim=1)
+        else:
+            joint = torch.nn.functional.pad(key_bias(counts, text_len, text_scale), (0, trailing))  # pads: bias 0
         biases = {joint.shape[1]: joint}
         if proportional and text_len:
             biases[image_len] = key_bias(counts)  # an image-only self-attention in the block (SD3.5 MMDiT-X)
@@ -382,6 +414,10 @@ class DiTMerger(StateHolder):
         return {**args, "transformer_options": with_key_bias(args.get("transformer_options") or {}, biases)}
 
     def _unsupported(self, args: dict) -> bool:
+        if self.family == "hunyuan" and (args.get("modulation_dims_img") or args.get("modulation_dims")):
+            self.planner.skip("modulation_ranges", "HunyuanVideo's per-token modulation ranges (image to video with "
+                              "a guiding frame) are not merged yet")
+            return True
         vec = args.get("vec")
         # e0 is [B, T_e, 6, C]; T_e > 1 is one timestep per frame (Wan 2.2 TI2V), merged frame by frame
         # (_frame_order); any other count would spread over tokens in a layout merging cannot keep

@@ -36,6 +36,9 @@ class GridImportance(NamedTuple):
     order: torch.Tensor | None  # [S * frames, h * w] token indices by falling importance (IBTM only)
 
 
+LEADING_REFERENCE = "leading"  # the reference method of a latent placed before the image tokens
+
+
 @dataclass(frozen=True)
 class ModelCall:
     """One model call: its layout, its place in the run and the merging decisions of its step."""
@@ -63,6 +66,8 @@ class ModelCall:
     # reference images (Flux Kontext / Flux 2 / QwenImage-Edit editing) whose tokens get the zero timestep's
     # modulation ("index_timestep_zero"): the model hands the blocks token ranges the merge would move
     reference_timestep_zero: bool = False
+    # a reference latent placed before the image tokens (HunyuanVideo / HunyuanImage ``ref_latent``)
+    leading_references: bool = False
 
     @property
     def chunks(self) -> int:
@@ -109,6 +114,7 @@ def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options:
         importance=_pooled_importance(config, state, x, len(cond_or_uncond), grids),
         text_tokens=text_tokens,
         reference_timestep_zero=reference_method == "index_timestep_zero",
+        leading_references=reference_method == LEADING_REFERENCE,
     )
 
 

@@ -31,12 +31,14 @@ SUBLAYER_PATHS = {
     "flux": {"mlp": "double_blocks.{i}.img_mlp"},  # single blocks fuse the MLP with attention: none
     "qwen": {"mlp": "transformer_blocks.{i}.img_mlp"},
     "wan": {"mlp": "blocks.{i}.ffn"},
+    "hunyuan": {"mlp": "double_blocks.{i}.img_mlp"},  # Flux's blocks
 }
+FUSED_SINGLE_BLOCKS = {"flux", "hunyuan"}  # single blocks that fuse the MLP with attention: no sub-layer
 
 
 def sublayer_paths(family: str, key: tuple[str, int]) -> dict[str, str]:
-    """``{sub-layer: module path}`` of the block ``key`` (Flux single blocks have none)."""
-    if family == "flux" and key[0] != "double_block":
+    """``{sub-layer: module path}`` of the block ``key`` (Flux's and HunyuanVideo's single blocks have none)."""
+    if family in FUSED_SINGLE_BLOCKS and key[0] != "double_block":
         return {}
     return {name: path.format(i=key[1]) for name, path in SUBLAYER_PATHS.get(family, {}).items()}
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 UNET_FAMILIES = ("sd15", "sdxl")
 FACTORS: dict[str, tuple[Any, ...]] = {
-    "family": ("sd15", "sdxl", "sd3", "flux", "flux2", "pixart_alpha", "zimage", "wan21"),
+    "family": ("sd15", "sdxl", "sd3", "flux", "flux2", "pixart_alpha", "zimage", "wan21", "hunyuan_video"),
     "method": ("importance", "tome", "sdtm"),
     "resolution": ("square", "16:9", "9:16", "odd_grid", "tiny"),
     "batch": (1, 2, 3),
@@ -47,9 +47,12 @@ SEED = 8
 RESOLUTIONS = {"square": (96, 96), "16:9": (72, 128), "9:16": (128, 72), "odd_grid": (136, 200), "tiny": (24, 24)}
 # PixArt needs larger sides (see FORBIDDEN_PAIRS) and an even latent (its patch embedding does not pad). Flux 2's
 # latent is 1/16 of the image, one token per latent cell: the same odd 9x13 and tiny 2x2 token grids need other sizes.
+# HunyuanVideo does not pad an odd latent either (its unpatchify fails, merged or not): even latents of the same
+# shapes (10x18 and 18x10 for 16:9 and 9:16; 18x26 and 4x4 for the same 9x13 and 2x2 token grids).
 FAMILY_RESOLUTIONS = {
     "pixart_alpha": {"square": (320, 320), "16:9": (288, 512), "9:16": (512, 288), "odd_grid": (272, 400)},
     "flux2": {**RESOLUTIONS, "odd_grid": (144, 208), "tiny": (32, 32)},
+    "hunyuan_video": {**RESOLUTIONS, "16:9": (80, 144), "9:16": (144, 80), "odd_grid": (144, 208), "tiny": (32, 32)},
 }
 
 STEPS = 4

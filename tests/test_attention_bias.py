@@ -171,7 +171,7 @@ def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides
                                           prompt_scale_detail=prompt_scale_detail, **settings)[0]
 
 
-@pytest.mark.parametrize("name", ["flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "sd3"])
+@pytest.mark.parametrize("name", ["flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "sd3", "hunyuan_video"])
 def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pack, name):
     family = tiny_models.FAMILIES[name]
     base = tiny_models.build_patcher(name, seed=0)
@@ -190,7 +190,7 @@ def test_prompt_reweighting_changes_the_output_and_is_bitwise_neutral_at_one(pac
 def test_proportional_attention_on_each_family_keeps_sampling_deterministic(pack):
     from tokenmerge.nodes.importance import TokenMergeImportanceAdvanced
 
-    for name in ("sd3", "flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "wan21"):
+    for name in ("sd3", "flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "wan21", "hunyuan_video"):
         family = tiny_models.FAMILIES[name]
         base = tiny_models.build_patcher(name, seed=0)
         settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
@@ -247,3 +247,66 @@ def test_out_of_range_prompt_scales_are_refused(pack, name, value):
 
     with pytest.raises(ValueError, match=rf"{name}={value} is out of range: allowed 0.1 to 10.0"):
         MergeConfig(Method.SDTM, ratio=0.4, max_downsample=1, **{name: value})
+
+
+@pytest.mark.parametrize("proportional", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, proportional,
+                                                                                                  masked):
+    """HunyuanVideo's blocks in the layout this ComfyUI gives them: text first (newer releases; the single block told
+    the text length by ``img_slice``) or image first (0.3.x, whose blocks are ``flipped_img_txt``: attention, RoPE
+    table and mask over [image, text], single blocks over cat(image, text)). Exact twins (features and RoPE rows)
+    merged with proportional attention give the unmerged double and single block outputs, also under the key mask a
+    text attention mask becomes ([1, 1, L], one padded text token masked out); without it the text gets too much
+    attention mass."""
+    from tokenmerge.patching.config import MergeConfig, Method
+    from tokenmerge.patching.dit import DiTMerger, image_first
+    from tokenmerge.patching.state import MergeState
+
+    model = tiny_models.build_patcher("hunyuan_video", seed=0).model.diffusion_model
+    flipped = image_first(model)
+    g = torch.Generator().manual_seed(0)
+    h, w, txt_len, dim = 2, 4, 5, model.hidden_size
+    img = torch.randn(1, h * w // 2, dim, generator=g).repeat_interleave(2, dim=1)  # [1, 8, C], twins side by side
+    txt = torch.randn(1, txt_len, dim, generator=g)
+    img_ids = torch.zeros(1, h, w, 3)
+    img_ids[..., 1] = torch.arange(h).view(h, 1)
+    img_ids[..., 2] = (torch.arange(w) // 2).view(1, w)  # twins share their column id
+    img_ids, txt_ids = img_ids.view(1, h * w, 3), torch.zeros(1, txt_len, 3)
+    pe = model.pe_embedder(torch.cat([img_ids, txt_ids] if flipped else [txt_ids, img_ids], dim=1))
+    vec = torch.randn(1, dim, generator=g) * 0.5
+    mask = None
+    if masked:  # the last text token is padding: a key mask over the joint sequence
+        mask = torch.zeros(1, 1, txt_len + h * w)
+        mask[..., h * w + txt_len - 1 if flipped else txt_len - 1] = -torch.finfo(torch.float32).max
+    double, single = model.double_blocks[0], model.single_blocks[0]
+
+    def run_double(args):
+        out_img, out_txt = double(img=args["img"].clone(), txt=args["txt"].clone(), vec=args["vec"], pe=args["pe"],
+                                  attn_mask=args["attention_mask"], transformer_options=args["transformer_options"])
+        return {"img": out_img, "txt": out_txt}
+
+    def run_single(args):
+        return {"img": single(args["img"].clone(), vec=args["vec"], pe=args["pe"], attn_mask=args["attention_mask"],
+                              transformer_options=args["transformer_options"])}
+
+    double_args = {"img": img, "txt": txt, "vec": vec, "pe": pe, "attention_mask": mask, "modulation_dims_img": None,
+                   "modulation_dims_txt": None, "transformer_options": {}}
+    joint = torch.cat([img, txt] if flipped else [txt, img], dim=1)
+    single_args = {"img": joint, "vec": vec, "pe": pe, "attention_mask": mask, "modulation_dims": None,
+                   "transformer_options": {} if flipped else {"img_slice": [txt_len, txt_len + h * w]}}
+    state = MergeState()
+    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
+                         proportional_attention=proportional)
+    merger = DiTMerger(config, state, "hunyuan", (1, 2, 2), image_first=flipped)
+    enter_call(merger, [1, 16, 1, 2 * h, 2 * w])  # one latent frame, a 2 x 4 token grid
+    merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
+    merged_single = merger.block_replace(("single_block", 0))(single_args, {"original_block": run_single})
+    plain_double, plain_single = run_double(double_args), run_single(single_args)
+    assert state.counters["merged_calls"] == 2
+    assert state.counters["tokens_out"] == 2 * 4  # every twin pair became one token
+    assert state.counters["biased_calls"] == (2 if proportional else 0)
+    same = [torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
+            torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
+            torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5)]
+    assert same == ([True] * 3 if proportional else [False] * 3)

@@ -12,7 +12,8 @@ from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21"]
+DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21",
+                "hunyuan_video"]
 
 
 @pytest.fixture(scope="module")
@@ -379,3 +380,27 @@ def test_references_with_their_own_timestep_run_unmerged_with_one_warning(nodes,
     assert torch.equal(merged, sample(dits["qwen_image"], family, **run))
     warnings = [r.getMessage() for r in caplog.records if "index_timestep_zero" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize(("extras", "reason"), [
+    ({"ref_latent": torch.zeros(1, 16, 1, 8, 8)}, "reference latents placed before the image"),
+    ({"guiding_frame_index": 0}, "per-token modulation ranges"),
+], ids=["reference latent (custom)", "guiding frame (v2 replace)"])
+def test_hunyuan_video_image_to_video_conditionings_run_unmerged_with_one_warning(nodes, dits, caplog, extras, reason):
+    """HunyuanImageToVideo's "custom" guidance puts a reference latent before the image tokens, and its "v2
+    (replace)" guidance modulates the first frame's tokens by range: neither is merged yet. The node sets it on the
+    positive only (the negative's calls still merge); at cfg 1 every call carries it, and the run is the unpatched
+    run bit for bit, with one warning that says why."""
+    family = tiny_models.FAMILIES["hunyuan_video"]
+    [[context, cond]] = family.conditioning(1)
+    positive = [[context, {**cond, **extras}]]
+    patched = nodes.TokenMergeImportance.execute(dits["hunyuan_video"], 0.5)[0]
+    with caplog.at_level(logging.WARNING, logger="tokenmerge"):
+        merged = sample(patched, family, steps=3, cfg=1.0, positive=positive, frames=5)
+    plain = sample(dits["hunyuan_video"], family, steps=3, cfg=1.0, positive=positive, frames=5)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("tokenmerge")]
+    assert len(warnings) == 1
+    assert reason in warnings[0]
+    counters = state_of(patched).counters
+    assert counters["skipped"] > 0
+    assert torch.equal(merged, plain)

@@ -12,9 +12,10 @@ from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21"]
+DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21",
+                "hunyuan_video"]
 # patches_replace["dit"]; the rest: object patches
-REPLACE_FAMILIES = {"sd3", "flux", "chroma", "flux2", "qwen_image", "wan21"}
+REPLACE_FAMILIES = {"sd3", "flux", "chroma", "flux2", "qwen_image", "wan21", "hunyuan_video"}
 
 # (label, node, settings): IBTM, spatial ToMe, SDTM structure stage (protected steps on and off), SDTM detail stage
 # (MLP only and whole block). Every block merged; six steps, so IBTM merges by importance from step 1 on.
@@ -101,7 +102,7 @@ def test_a_block_that_changes_nothing_leaves_every_token_bitwise_unchanged(dits,
     assert torch.equal(merged, sample(base, family, steps=6, height=side, width=side + 48, batch=2, frames=5))
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux", "flux2", "qwen_image", "wan21", "pixart_alpha"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2", "qwen_image", "wan21", "pixart_alpha", "hunyuan_video"])
 @pytest.mark.parametrize("protect_every", [0, 2])
 def test_the_detail_stage_changes_only_what_its_merged_mlp_adds(dits, name, protect_every):
     """SDTM's detail stage merges only the MLP: with MLPs that add nothing, the merged run is the unmerged one bit

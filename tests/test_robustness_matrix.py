@@ -2,7 +2,7 @@
 
 Factors (``tests/matrix.py``):
 
-* family: sd15, sdxl (UNets), sd3, flux, flux2, pixart_alpha, zimage, wan21 (DiTs);
+* family: sd15, sdxl (UNets), sd3, flux, flux2, pixart_alpha, zimage, wan21, hunyuan_video (DiTs);
 * method: importance, tome, sdtm (SDTM on a UNet must pass through with one warning);
 * resolution: square, 16:9, 9:16, an odd token grid not divisible by the 2x2 window (9x13 tokens: a 17x25 latent,
   Flux 2 a 9x13 one), and a tiny 2x2 token grid (a 3x3 latent, Flux 2 a 2x2 one) where merging switches itself off;
@@ -12,12 +12,13 @@ Factors (``tests/matrix.py``):
   with CFGGuider, BasicGuider, DualCFGGuider and PerpNegGuider, img2img at denoise 0.5, and two positive conds
   plus an area cond.
 
-The full product is 8 x 3 x 5 x 3 x 3 x 6 x 8 = 51,840 cells; the matrix runs a **sampled** subset of 403: a
+The full product is 9 x 3 x 5 x 3 x 3 x 6 x 8 = 58,320 cells; the matrix runs a **sampled** subset of 452: a
 deterministic 3-wise covering array (greedy, seed 8), so every triple of values of three factors (family x sampler
 x entry point, method x resolution x batch, cfg x sampler x entry point, ...) is in at least one cell, and with it
-every pair and every single value (family x sampler x entry point alone needs 384 cells). Only (pixart_alpha, tiny)
+every pair and every single value (family x sampler x entry point alone needs 432 cells). Only (pixart_alpha, tiny)
 is left out: PixArt itself cannot sample below ~264 px. ``test_the_matrix_covers_every_triple_of_factor_values``
-checks the covering property.
+checks the covering property. On the newer ComfyUI release the suite also runs on, the matrix is pairwise: 72
+cells (``STRENGTH``).
 
 Every cell asserts: no exception; a finite latent of the right shape; merging active through the patch state's
 counters (by importance where an uncond pass exists, else the family's fallback; ToMe; SDTM stages), with no
@@ -61,7 +62,7 @@ def pack_warnings(caplog) -> list[str]:
 
 
 def test_the_matrix_covers_every_triple_of_factor_values():
-    """On the pinned release every triple (403 cells); on the newer release every pair (see ``STRENGTH``)."""
+    """On the pinned release every triple (452 cells); on the newer release every pair (72; see ``STRENGTH``)."""
     from devkit import EXPECTED_COMFYUI, PINNED_COMFYUI
 
     assert (3 if EXPECTED_COMFYUI == PINNED_COMFYUI else 2) == STRENGTH
@@ -69,8 +70,8 @@ def test_the_matrix_covers_every_triple_of_factor_values():
     assert covered == all_combinations()
     assert {pair for cell in CELLS for pair in cell_combinations(cell, 2)} == all_combinations(2)
     assert not any(cell["family"] == "pixart_alpha" and cell["resolution"] == "tiny" for cell in CELLS)
-    # at least family x sampler x entry (384 triples) or family x entry (64 pairs)
-    assert len(CELLS) == len({cell_id(cell) for cell in CELLS}) < (410 if STRENGTH == 3 else 80)
+    # at least family x sampler x entry (432 triples) or family x entry (72 pairs)
+    assert len(CELLS) == len({cell_id(cell) for cell in CELLS}) < (460 if STRENGTH == 3 else 80)
     assert covering_cells() == CELLS  # deterministic
 
 

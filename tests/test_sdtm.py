@@ -111,7 +111,7 @@ def test_flux_cache_holds_the_block_update_although_flux_blocks_add_in_place(nod
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage",
-                                  "wan21"])
+                                  "wan21", "hunyuan_video"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_sdtm_simple_node_runs_on_each_dit(nodes, name, batch):
     family = tiny_models.FAMILIES[name]
