@@ -132,32 +132,34 @@ def _wan() -> ModelSpec:
                      frames=17, cut="2 of 30 blocks (width 1536); 17 frames = 5 latent frames, 3200 tokens")
 
 
+# The newer families below keep two blocks, so that IBTM's preset (the middle half of the blocks) merges one of them
+# (with one block it would merge none), at sizes where a step takes seconds on a 2-core CPU.
 def _flux2() -> ModelSpec:
     config = {**tiny_models.FLUX2_TINY, "hidden_size": 6144, "num_heads": 48, "axes_dim": [32, 32, 32, 32],
-              "depth": 0, "depth_single_blocks": 1, "context_in_dim": 15360}
+              "depth": 0, "depth_single_blocks": 2, "context_in_dim": 15360}
     family = tiny_models.TinyFamily("flux2", "Flux2", config, latent_channels=128, context_dim=15360, pooled_dim=64,
                                     cond_extras={"guidance": 4.0}, downscale=16)
     return ModelSpec("Flux 2 dev width 512x512", family, 512, 512, 512, unet=False, scheduler="simple",
-                     cut="1 of 48 single blocks and none of the 8 double blocks (width 6144, 48 heads); 1024 image "
+                     cut="2 of 48 single blocks and none of the 8 double blocks (width 6144, 48 heads); 1024 image "
                          "and 512 text tokens")
 
 
 def _zimage() -> ModelSpec:
     config = {**tiny_models.ZIMAGE_TINY, "dim": 3840, "n_heads": 30, "n_kv_heads": 30, "cap_feat_dim": 2560,
-              "n_layers": 1, "n_refiner_layers": 1}
+              "n_layers": 2, "n_refiner_layers": 1}
     family = tiny_models.TinyFamily("zimage", "ZImage", config, latent_channels=16, context_dim=2560)
-    return ModelSpec("Z-Image width 768x768", family, 768, 768, 128, unet=False, scheduler="simple",
-                     cut="1 of 30 layers (merged), 1 of 2 noise and 1 of 2 caption refiner layers (unmerged; width "
-                         "3840, 30 heads); 2304 image tokens")
+    return ModelSpec("Z-Image width 512x512", family, 512, 512, 128, unet=False, scheduler="simple",
+                     cut="2 of 30 layers, 1 of 2 noise and 1 of 2 caption refiner layers (unmerged; width 3840, "
+                         "30 heads); 1024 image and 128 caption tokens")
 
 
 def _wan22() -> ModelSpec:
-    config = {**tiny_models.WAN21_TINY, "dim": 3072, "ffn_dim": 14336, "num_heads": 24, "num_layers": 1,
+    config = {**tiny_models.WAN21_TINY, "dim": 3072, "ffn_dim": 14336, "num_heads": 24, "num_layers": 2,
               "in_dim": 48, "out_dim": 48, "text_dim": 4096}
     family = tiny_models.TinyFamily("wan22", "WAN22_T2V", config, latent_channels=48, context_dim=4096, video=True,
                                     downscale=16)
     return ModelSpec("Wan 2.2 5B width 832x480x17", family, 832, 480, 512, unet=False, scheduler="simple",
-                     frames=17, cut="1 of 30 blocks (width 3072); text to video; 17 frames = 5 latent frames, "
+                     frames=17, cut="2 of 30 blocks (width 3072); text to video; 17 frames = 5 latent frames, "
                                     "1950 tokens")
 
 
@@ -177,11 +179,11 @@ def _smoke() -> ModelSpec:
 
 MODELS: dict[str, Callable[[], ModelSpec]] = {
     "sd15-512": lambda: _sd15(512), "sd15-768": lambda: _sd15(768), "sdxl-1024": _sdxl, "sd3-1024": _sd3,
-    "flux-1024": _flux, "pixart-1024": _pixart, "wan-video": _wan, "flux2-512": _flux2, "zimage-768": _zimage,
+    "flux-1024": _flux, "pixart-1024": _pixart, "wan-video": _wan, "flux2-512": _flux2, "zimage-512": _zimage,
     "wan22-video": _wan22, "hunyuan-video": _hunyuan, "smoke": _smoke,
 }
 DEFAULT_MODELS = ("sd15-512", "sd15-768", "sdxl-1024", "sd3-1024", "flux-1024", "pixart-1024", "wan-video",
-                  "flux2-512", "zimage-768", "wan22-video", "hunyuan-video")
+                  "flux2-512", "zimage-512", "wan22-video", "hunyuan-video")
 
 
 # ------------------------------------------------------------------------------------------- conditions
