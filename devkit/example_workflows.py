@@ -298,14 +298,15 @@ def _prompt_group(g: Graph, clip: Any, latent_kind: str, *, prompt: str, negativ
 
 
 def _sample_group(g: Graph, model: Node, positive: Node, negative: Node, latent: Node, vae: Any, *, steps: int,
-                  cfg: float, sampler: str, scheduler: str, prefix: str, save: str = "SaveImage",
+                  cfg: float, sampler: str, scheduler: str, prefix: str, save: str = "SaveImage", column: int = 2,
                   **save_inputs: Any) -> Node:
-    """The group of columns 2 and 3: KSampler (seed 42), VAEDecode, the save node; the decoded images."""
+    """The group of columns ``column`` and the next (2 and 3 by default): KSampler (seed 42) and VAEDecode, then the
+    save node; the decoded images."""
     g.group("Sample and save", GREEN)
-    sampled = g.add("KSampler", 2, model=model, positive=positive, negative=negative, latent_image=latent, seed=42,
-                    steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
-    decoded = g.add("VAEDecode", 2, samples=sampled, vae=vae)
-    g.add(save, 3, None, max(340, MIN_HEIGHT[save]), images=decoded, filename_prefix=prefix, **save_inputs)
+    sampled = g.add("KSampler", column, model=model, positive=positive, negative=negative, latent_image=latent,
+                    seed=42, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
+    decoded = g.add("VAEDecode", column, samples=sampled, vae=vae)
+    g.add(save, column + 1, None, max(340, MIN_HEIGHT[save]), images=decoded, filename_prefix=prefix, **save_inputs)
     return decoded
 
 
@@ -437,8 +438,7 @@ def flux2_sdtm() -> Graph:
     g.note(0, "Recommended settings", 250, (
         "Flux 2 dev runs at cfg 1 with its guidance embedding (FluxGuidance 4), so there is no uncond pass: SDTM "
         "ratio 0.4, as on Flux. It merges the generated image tokens of every double and single block; the text "
-        "tokens, and the tokens of reference images (ReferenceLatent, for editing), pass through untouched. The "
-        "README's CPU benchmark measures one single block at Flux 2's real width."))
+        "tokens, and the tokens of reference images (ReferenceLatent, for editing), pass through untouched."))
     g.group("Models and merging")
     unet = g.add("UNETLoader", 0, unet_name="flux2_dev_fp8mixed.safetensors", weight_dtype="default")
     clip = g.add("CLIPLoader", 0, clip_name="mistral_3_small_flux2_fp8.safetensors", type="flux2", device="default")
@@ -478,12 +478,8 @@ def kontext_editing() -> Graph:
     referenced = g.add("ReferenceLatent", 2, conditioning=instruction, latent=encoded)
     positive = g.add("FluxGuidance", 2, conditioning=referenced, guidance=2.5)
     negative = g.add("CLIPTextEncode", 2, "Negative (unused at cfg 1)", 100, clip=clip, text="")
-    g.group("Sample and save", GREEN)
-    sampled = g.add("KSampler", 3, model=merged, positive=positive, negative=negative, latent_image=encoded, seed=42,
-                    steps=20, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-    decoded = g.add("VAEDecode", 3, samples=sampled, vae=vae)
-    g.add("SaveImage", 4, None, max(340, MIN_HEIGHT["SaveImage"]), images=decoded,
-          filename_prefix="tokenmerge_kontext_sdtm")
+    _sample_group(g, merged, positive, negative, encoded, vae, steps=20, cfg=1.0, sampler="euler",
+                  scheduler="simple", prefix="tokenmerge_kontext_sdtm", column=3)
     return g
 
 
@@ -493,7 +489,7 @@ def zimage_sdtm() -> Graph:
         "Z-Image Turbo samples in 8 steps at cfg 1 (no uncond pass): SDTM ratio 0.4 merges the image tokens of "
         "its main layers (the caption and its pad tokens pass untouched; the refiner layers before them run in "
         "full). Every third step, the first included, runs in full (3 of 8), so the saving per image is smaller "
-        "than per merged step. The README's CPU benchmark measures two layers at Z-Image's real width."))
+        "than per merged step."))
     g.group("Models and merging")
     unet = g.add("UNETLoader", 0, unet_name="z_image_turbo_bf16.safetensors", weight_dtype="default")
     clip = g.add("CLIPLoader", 0, clip_name="qwen_3_4b.safetensors", type="lumina2", device="default")

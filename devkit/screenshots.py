@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,12 @@ def thumbnail_prompt(example: dict[str, Any], spec: Thumbnail) -> tuple[dict[str
         "4": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
         "5": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 1}},
     }
-    merging: list[dict[str, Any]] = []  # each distinct merging node (Wan 2.2: the same settings on both experts)
+    distinct: dict[str, dict[str, Any]] = {}  # one branch per merging setup (Wan 2.2: the same on both experts)
     for node in example.values():
-        settings = (node["class_type"], {k: v for k, v in node["inputs"].items() if k != "model"})
-        if node["class_type"] in MERGING_LABELS and settings not in [
-                (n["class_type"], {k: v for k, v in n["inputs"].items() if k != "model"}) for n in merging]:
-            merging.append(node)
+        if node["class_type"] in MERGING_LABELS:
+            settings = {k: v for k, v in node["inputs"].items() if k != "model"}
+            distinct.setdefault(json.dumps([node["class_type"], settings], sort_keys=True), node)
+    merging = list(distinct.values())
     labels = ["unmerged", *(f"{MERGING_LABELS[n['class_type']]} {n['inputs']['ratio']:g}" for n in merging)]
     model = ["1", 0]
     for branch, node in enumerate([None, *merging]):

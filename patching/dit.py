@@ -139,6 +139,7 @@ class DiTMerger(StateHolder):
         self.patch = patch
         self.pad_multiple = pad_multiple  # Lumina 2 / Z-Image: the image part is padded to a multiple of this
         self.image_first = image_first  # joint sequences are [image, text] (see ``image_first()``)
+        self.mask_arg = "attention_mask" if family == "hunyuan" else "attn_mask"  # the replace args' mask entry
         self.switch_sigma = switch_sigma  # SDTM: sigmas above it are the structure stage
         self.planner = TokenPlanner(config, state, blocks)
         self.sublayers: dict[tuple[str, int], frozenset[str]] = {}  # block -> its sub-layers that carry a patch
@@ -276,10 +277,9 @@ class DiTMerger(StateHolder):
                 new_args["img"], merged = merged, self._kept_input(merged)
             if args.get("pe") is not None:
                 new_args["pe"] = self._gather_positions(args["pe"], plan, tail)
-            mask_name = "attention_mask" if self.family == "hunyuan" else "attn_mask"
-            if args.get(mask_name) is not None:
-                new_args[mask_name] = self._merged_mask(args[mask_name], plan, lead, tail)
-                if new_args[mask_name] is None:
+            if args.get(self.mask_arg) is not None:
+                new_args[self.mask_arg] = self._merged_mask(args[self.mask_arg], plan, lead, tail)
+                if new_args[self.mask_arg] is None:
                     return original(args)
             order = self._frame_order(args, plan)
             if order is not None:  # one modulation per frame: the merged tokens frame by frame (Wan only: start 0)
@@ -382,11 +382,13 @@ class DiTMerger(StateHolder):
     def _key_biases(self, planned: Planned, image: torch.Tensor, text_len: int, image_len: int,
                     trailing: int = 0, order: torch.Tensor | None = None) -> dict[int, torch.Tensor] | None:
         """Key biases by key length (``attention_override.py``) for a block's attention over ``text_len`` text,
-        ``image_len`` image and ``trailing`` pad or reference tokens; ``None`` when no bias applies (the defaults:
+        ``image_len`` image and ``trailing`` pad or reference tokens (image first: the text); ``None`` when no bias
+        applies (the defaults:
         nothing changes, bit for bit). ``image`` is the block's image input, for rows and device; ``order`` the
         frame-by-frame layout of the merged tokens, if any (``_frame_order``)."""
         proportional = self.config.proportional_attention and not planned.mlp_only
-        text_scale = planned.text_scale if (trailing if self.image_first else text_len) else 1.0
+        text_keys = trailing if self.image_first else text_len
+        text_scale = planned.text_scale if text_keys else 1.0
         if not proportional and text_scale == 1.0:
             return None
         counts = multiplicity(planned.plan) if proportional \

@@ -100,7 +100,8 @@ def flux_twins(patcher):
     return model, img, txt, vec, vec, pe
 
 
-def twin_merger(proportional, patch_size):
+def twin_merger(proportional, patch_size, family="flux", frames=(), **merger_options):
+    """A ToMe merger of ``family`` that pairs the twins of a 2 x 4 token grid (one latent frame if ``frames``)."""
     from tokenmerge.patching.config import MergeConfig, Method
     from tokenmerge.patching.dit import DiTMerger
     from tokenmerge.patching.state import MergeState
@@ -108,9 +109,24 @@ def twin_merger(proportional, patch_size):
     state = MergeState()
     config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
                          proportional_attention=proportional)
-    merger = DiTMerger(config, state, "flux", (1, patch_size, patch_size))
-    enter_call(merger, [1, 16, 2 * patch_size, 4 * patch_size])  # a 2 x 4 token grid
+    merger = DiTMerger(config, state, family, (1, patch_size, patch_size), **merger_options)
+    enter_call(merger, [1, 16, *frames, 2 * patch_size, 4 * patch_size])  # a 2 x 4 token grid
     return merger, state
+
+
+def assert_twins_merge_exactly(merger, state, proportional, double_args, run_double, single_args, run_single):
+    """A double and a single block call of twin tokens, merged: each pair becomes one token, and the outputs (image
+    and text streams) equal the unmerged ones with proportional attention and differ without it."""
+    merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
+    merged_single = merger.block_replace(("single_block", 0))(single_args, {"original_block": run_single})
+    plain_double, plain_single = run_double(double_args), run_single(single_args)
+    assert state.counters["merged_calls"] == 2
+    assert state.counters["tokens_out"] == 2 * 4  # every twin pair became one token
+    assert state.counters["biased_calls"] == (2 if proportional else 0)
+    same = [torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
+            torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
+            torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5)]
+    assert same == ([True] * 3 if proportional else [False] * 3)
 
 
 def regional_mask(txt_len: int, img_len: int) -> torch.Tensor:
@@ -149,16 +165,7 @@ def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmer
     single_args = {"img": torch.cat([txt, img], dim=1), "vec": single_vec, "pe": pe, "attn_mask": mask,
                    "transformer_options": {"img_slice": [txt.shape[1], txt.shape[1] + img.shape[1]]}}
     merger, state = twin_merger(proportional, model.patch_size)
-    merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
-    merged_single = merger.block_replace(("single_block", 0))(single_args, {"original_block": run_single})
-    plain_double, plain_single = run_double(double_args), run_single(single_args)
-    assert state.counters["merged_calls"] == 2
-    assert state.counters["tokens_out"] == 2 * 4  # every twin pair became one token
-    assert state.counters["biased_calls"] == (2 if proportional else 0)
-    same = [torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
-            torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
-            torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5)]
-    assert same == ([True] * 3 if proportional else [False] * 3)
+    assert_twins_merge_exactly(merger, state, proportional, double_args, run_double, single_args, run_single)
 
 
 def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides):
@@ -259,9 +266,7 @@ def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_
     merged with proportional attention give the unmerged double and single block outputs, also under the key mask a
     text attention mask becomes ([1, 1, L], one padded text token masked out); without it the text gets too much
     attention mass."""
-    from tokenmerge.patching.config import MergeConfig, Method
-    from tokenmerge.patching.dit import DiTMerger, image_first
-    from tokenmerge.patching.state import MergeState
+    from tokenmerge.patching.dit import image_first
 
     model = tiny_models.build_patcher("hunyuan_video", seed=0).model.diffusion_model
     flipped = image_first(model)
@@ -295,18 +300,5 @@ def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_
     joint = torch.cat([img, txt] if flipped else [txt, img], dim=1)
     single_args = {"img": joint, "vec": vec, "pe": pe, "attention_mask": mask, "modulation_dims": None,
                    "transformer_options": {} if flipped else {"img_slice": [txt_len, txt_len + h * w]}}
-    state = MergeState()
-    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
-                         proportional_attention=proportional)
-    merger = DiTMerger(config, state, "hunyuan", (1, 2, 2), image_first=flipped)
-    enter_call(merger, [1, 16, 1, 2 * h, 2 * w])  # one latent frame, a 2 x 4 token grid
-    merged_double = merger.block_replace(("double_block", 0))(double_args, {"original_block": run_double})
-    merged_single = merger.block_replace(("single_block", 0))(single_args, {"original_block": run_single})
-    plain_double, plain_single = run_double(double_args), run_single(single_args)
-    assert state.counters["merged_calls"] == 2
-    assert state.counters["tokens_out"] == 2 * 4  # every twin pair became one token
-    assert state.counters["biased_calls"] == (2 if proportional else 0)
-    same = [torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
-            torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
-            torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5)]
-    assert same == ([True] * 3 if proportional else [False] * 3)
+    merger, state = twin_merger(proportional, 2, "hunyuan", frames=(1,), image_first=flipped)
+    assert_twins_merge_exactly(merger, state, proportional, double_args, run_double, single_args, run_single)
