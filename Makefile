@@ -35,6 +35,7 @@ demo-models: setup
 
 lint: setup
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 pytest: setup
 	$(PYTHON) -m pytest

@@ -55,8 +55,9 @@ def cells_for(unet: bool) -> list[Cell]:
     merged = [Condition("ibtm 0.5", "ibtm", 0.5, preset=True)]
     if not unet:
         merged.append(Condition("sdtm 0.4", "sdtm", 0.4, preset=True))
-    return [Cell(c, compiled) for compiled in (False, True) for c in [Condition("unpatched", "unpatched", 0.0),
-                                                                       *merged]]
+    return [
+        Cell(c, compiled) for compiled in (False, True) for c in [Condition("unpatched", "unpatched", 0.0), *merged]
+    ]
 
 
 def graphs() -> int:
@@ -89,11 +90,13 @@ def run_model(name: str, steps: int, rounds: int, dtype: torch.dtype, log) -> di
                 if warm_pass == 0:
                     warmup[cell.name] = time.perf_counter() - began
                 built[cell.name] += graphs() - before
-                log(f"  {spec.name} / {cell.name}: warm-up {warm_pass + 1} {time.perf_counter() - began:.1f} s, "
-                    f"{built[cell.name]} graphs")
+                log(
+                    f"  {spec.name} / {cell.name}: warm-up {warm_pass + 1} {time.perf_counter() - began:.1f} s, "
+                    f"{built[cell.name]} graphs"
+                )
         before = graphs()
         for round_index in range(rounds):
-            order = cells[round_index % len(cells):] + cells[:round_index % len(cells)]
+            order = cells[round_index % len(cells) :] + cells[: round_index % len(cells)]
             for cell in order:
                 times[cell.name].append(run_seconds(spec, models[cell.name], steps) / steps)
                 log(f"  {spec.name} / {cell.name}: {times[cell.name][-1]:.3f} s/step")
@@ -103,39 +106,69 @@ def run_model(name: str, steps: int, rounds: int, dtype: torch.dtype, log) -> di
     rows = []
     for cell in cells:
         step = statistics.median(times[cell.name])
-        rows.append({
-            "name": cell.name, "method": cell.condition.method, "compiled": cell.compiled,
-            "seconds_per_step": step, "min": min(times[cell.name]), "max": max(times[cell.name]),
-            "vs_eager_unpatched": eager_base / step,
-            "vs_same_mode_unpatched": (compiled_base if cell.compiled else eager_base) / step,
-            "compile_seconds": warmup[cell.name] - step * steps if cell.compiled else 0.0,
-            "warmup_graphs": built[cell.name],
-        })
-    return {"model": spec.name, "cut": spec.cut, "steps": steps, "rounds": rounds, "rows": rows,
-            "graphs_in_timed_runs": rebuilt}
+        rows.append(
+            {
+                "name": cell.name,
+                "method": cell.condition.method,
+                "compiled": cell.compiled,
+                "seconds_per_step": step,
+                "min": min(times[cell.name]),
+                "max": max(times[cell.name]),
+                "vs_eager_unpatched": eager_base / step,
+                "vs_same_mode_unpatched": (compiled_base if cell.compiled else eager_base) / step,
+                "compile_seconds": warmup[cell.name] - step * steps if cell.compiled else 0.0,
+                "warmup_graphs": built[cell.name],
+            }
+        )
+    return {
+        "model": spec.name,
+        "cut": spec.cut,
+        "steps": steps,
+        "rounds": rounds,
+        "rows": rows,
+        "graphs_in_timed_runs": rebuilt,
+    }
 
 
 def report(results: list[dict], args: argparse.Namespace, minutes: float) -> str:
-    device = torch.cuda.get_device_name() if args.device == "cuda" else \
-        f"{platform.machine()}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}"
-    lines = [f"# Compiled speed benchmark, {args.date}", "",
-             (f"Machine: {args.machine} ({device}), torch {torch.__version__}, {args.dtype}, "
-              f"{args.attention} attention, inductor."),
-             f"Command: `python -m benchmarks.compiled {' '.join(args.argv)}` ({minutes:.0f} min).", "",
-             ("Columns: **s/step** median (min-max) of the timed runs; **vs eager unpatched**; **vs unpatched, same "
-              "mode**: the merging speed-up among compiled (or among eager) conditions; **compile s**: the warm-up "
-              "run minus a timed run of as many steps; **graphs**: graphs dynamo built in the warm-up."), ""]
+    device = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.machine()}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}"
+    )
+    lines = [
+        f"# Compiled speed benchmark, {args.date}",
+        "",
+        (
+            f"Machine: {args.machine} ({device}), torch {torch.__version__}, {args.dtype}, "
+            f"{args.attention} attention, inductor."
+        ),
+        f"Command: `python -m benchmarks.compiled {' '.join(args.argv)}` ({minutes:.0f} min).",
+        "",
+        (
+            "Columns: **s/step** median (min-max) of the timed runs; **vs eager unpatched**; **vs unpatched, same "
+            "mode**: the merging speed-up among compiled (or among eager) conditions; **compile s**: the warm-up "
+            "run minus a timed run of as many steps; **graphs**: graphs dynamo built in the warm-up."
+        ),
+        "",
+    ]
     for result in results:
-        lines += [(f"## {result['model']} ({result['cut']}; {result['steps']} steps, {result['rounds']} timed runs; "
-                   f"graphs built during the timed runs: {result['graphs_in_timed_runs']})"), "",
-                  ("| condition | s/step (min-max) | vs eager unpatched | vs unpatched, same mode | compile s | "
-                   "graphs |"),
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            (
+                f"## {result['model']} ({result['cut']}; {result['steps']} steps, {result['rounds']} timed runs; "
+                f"graphs built during the timed runs: {result['graphs_in_timed_runs']})"
+            ),
+            "",
+            ("| condition | s/step (min-max) | vs eager unpatched | vs unpatched, same mode | compile s | graphs |"),
+            "|---|---|---|---|---|---|",
+        ]
         for r in result["rows"]:
             compile_s = f"{r['compile_seconds']:.0f}" if r["compiled"] else "-"
-            lines.append(f"| {r['name']} | {r['seconds_per_step']:.3f} ({r['min']:.3f}-{r['max']:.3f}) | "
-                         f"{r['vs_eager_unpatched']:.2f}x | {r['vs_same_mode_unpatched']:.2f}x | {compile_s} | "
-                         f"{r['warmup_graphs'] if r['compiled'] else '-'} |")
+            lines.append(
+                f"| {r['name']} | {r['seconds_per_step']:.3f} ({r['min']:.3f}-{r['max']:.3f}) | "
+                f"{r['vs_eager_unpatched']:.2f}x | {r['vs_same_mode_unpatched']:.2f}x | {compile_s} | "
+                f"{r['warmup_graphs'] if r['compiled'] else '-'} |"
+            )
         lines.append("")
     return with_analysis(lines, args.notes)
 
@@ -167,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     comfy_env.bootstrap_comfyui(pytorch_attention=args.attention == "pytorch", device=args.device)
     comfy_env.import_pack()
-    results = [run_model(name, args.steps, args.rounds, DTYPES[args.dtype], log=lambda m: print(m, flush=True))
-               for name in args.models]
+    results = [
+        run_model(name, args.steps, args.rounds, DTYPES[args.dtype], log=lambda m: print(m, flush=True))
+        for name in args.models
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"compiled-{'smoke-' if args.smoke else ''}{args.machine}-{args.date}"

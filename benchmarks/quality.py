@@ -99,47 +99,96 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
         cells.append(Cell("unmerged (repeat)", "unmerged", 0.0, lambda m: m))
     for ratio in ratios:
         preset = not dit and ratio == 0.5
-        cells.append(Cell(f"tome {ratio}", "tome", ratio, merged("tome", ratio, prune_until=0.0, **extra),
-                          preset=preset))
+        cells.append(
+            Cell(f"tome {ratio}", "tome", ratio, merged("tome", ratio, prune_until=0.0, **extra), preset=preset)
+        )
         cells.append(Cell(f"ibtm {ratio}", "ibtm", ratio, merged("importance", ratio, **extra), preset=preset))
         if dit:
             # SDTM's ratio is the centre of its schedule: the deviation shrinks near the ceiling (1 - 1/4 windows).
             deviation = round(min(0.2, ratio, 0.75 - ratio), 2)
-            cells.append(Cell(f"sdtm {ratio}", "sdtm", ratio,
-                              merged("sdtm", ratio, deviation=deviation, prune_until=0.0, **extra)))
+            cells.append(
+                Cell(
+                    f"sdtm {ratio}", "sdtm", ratio, merged("sdtm", ratio, deviation=deviation, prune_until=0.0, **extra)
+                )
+            )
     if quick:
         return cells
     cells.append(Cell("ibtm 0.5 dst top_k", "ibtm", 0.5, merged("importance", 0.5, dst_mode=DstMode.TOP_K, **extra)))
     cells.append(Cell("ibtm 0.5 no prune", "ibtm", 0.5, merged("importance", 0.5, prune_until=0.0, **extra)))
     # Where IBTM trails spatial ToMe: its knobs one at a time at ratio 0.5, on either side of MergeConfig's defaults.
-    for option, value in (("pool_factor", 1.0), ("pool_factor", 2.0), ("dst_fraction", 0.1),
-                          ("dst_fraction", 0.4), ("prune_until", 0.3)):
-        cells.append(Cell(f"ibtm 0.5 {option} {value}", "ibtm", 0.5,
-                          merged("importance", 0.5, **{option: value}, **extra)))
+    for option, value in (
+        ("pool_factor", 1.0),
+        ("pool_factor", 2.0),
+        ("dst_fraction", 0.1),
+        ("dst_fraction", 0.4),
+        ("prune_until", 0.3),
+    ):
+        cells.append(
+            Cell(f"ibtm 0.5 {option} {value}", "ibtm", 0.5, merged("importance", 0.5, **{option: value}, **extra))
+        )
     # What a source matches on (issue 30): the features layer-normalised, and (IBTM) the nearest destination.
     for method in ("tome", "importance", *(("sdtm",) if dit else ())):
         label = "ibtm" if method == "importance" else method
-        cells.append(Cell(f"{label} 0.5 match normalized", label, 0.5,
-                          merged(method, 0.5, match=Match.NORMALIZED, **{"prune_until": 0.0} if method != "importance"
-                                 else {}, **extra)))
+        cells.append(
+            Cell(
+                f"{label} 0.5 match normalized",
+                label,
+                0.5,
+                merged(
+                    method,
+                    0.5,
+                    match=Match.NORMALIZED,
+                    **{"prune_until": 0.0} if method != "importance" else {},
+                    **extra,
+                ),
+            )
+        )
     cells.append(Cell("ibtm 0.5 match position", "ibtm", 0.5, merged("importance", 0.5, match=Match.POSITION, **extra)))
-    cells.append(Cell("ibtm 0.5 match position, pool_factor 1.0", "ibtm", 0.5,
-                      merged("importance", 0.5, match=Match.POSITION, pool_factor=1.0, **extra)))
+    cells.append(
+        Cell(
+            "ibtm 0.5 match position, pool_factor 1.0",
+            "ibtm",
+            0.5,
+            merged("importance", 0.5, match=Match.POSITION, pool_factor=1.0, **extra),
+        )
+    )
     if not dit:  # the 8x8 blocks too (max_downsample 2): 64 more tokens per block merged
-        cells.append(Cell("tome 0.5 max_downsample 2", "tome", 0.5,
-                          merged("tome", 0.5, prune_until=0.0, max_downsample=2)))
+        cells.append(
+            Cell("tome 0.5 max_downsample 2", "tome", 0.5, merged("tome", 0.5, prune_until=0.0, max_downsample=2))
+        )
         cells.append(Cell("ibtm 0.5 max_downsample 2", "ibtm", 0.5, merged("importance", 0.5, max_downsample=2)))
     if dit:
-        cells.append(Cell("ibtm preset (Simple node, 0.5)", "ibtm", 0.5,
-                          lambda m: TokenMergeImportance.execute(m, 0.5).result[0], preset=True))
-        cells.append(Cell("sdtm preset (Simple node, 0.4)", "sdtm", 0.4,
-                          lambda m: TokenMergeSDTM.execute(m, 0.4).result[0], preset=True))
-        for options, label in (({"proportional_attention": True}, "proportional attention"),
-                               ({"prompt_scale_structure": 1.5}, "prompt scale 1.5 structure"),
-                               ({"prompt_scale_structure": 1.5, "prompt_scale_detail": 1.2},
-                                "prompt scale 1.5 / 1.2")):
-            cells.append(Cell(f"sdtm 0.4 {label}", "sdtm", 0.4,
-                              merged("sdtm", 0.4, deviation=0.2, prune_until=0.0, **extra, **options)))
+        cells.append(
+            Cell(
+                "ibtm preset (Simple node, 0.5)",
+                "ibtm",
+                0.5,
+                lambda m: TokenMergeImportance.execute(m, 0.5).result[0],
+                preset=True,
+            )
+        )
+        cells.append(
+            Cell(
+                "sdtm preset (Simple node, 0.4)",
+                "sdtm",
+                0.4,
+                lambda m: TokenMergeSDTM.execute(m, 0.4).result[0],
+                preset=True,
+            )
+        )
+        for options, label in (
+            ({"proportional_attention": True}, "proportional attention"),
+            ({"prompt_scale_structure": 1.5}, "prompt scale 1.5 structure"),
+            ({"prompt_scale_structure": 1.5, "prompt_scale_detail": 1.2}, "prompt scale 1.5 / 1.2"),
+        ):
+            cells.append(
+                Cell(
+                    f"sdtm 0.4 {label}",
+                    "sdtm",
+                    0.4,
+                    merged("sdtm", 0.4, deviation=0.2, prune_until=0.0, **extra, **options),
+                )
+            )
     return cells
 
 
@@ -194,8 +243,19 @@ def sample_batch(loaded: Loaded, model, seeds: list[int], prompts: list, steps: 
     latent = torch.zeros(len(seeds), model.model.latent_format.latent_channels, SIDE // 8, SIDE // 8)
     noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
     positive, negative = conditioning(prompts)
-    return comfy.sample.sample(model, noise, steps, cfg, "dpmpp_2m", loaded.scheduler, positive, negative, latent,
-                               disable_pbar=True, seed=seeds[0])
+    return comfy.sample.sample(
+        model,
+        noise,
+        steps,
+        cfg,
+        "dpmpp_2m",
+        loaded.scheduler,
+        positive,
+        negative,
+        latent,
+        disable_pbar=True,
+        seed=seeds[0],
+    )
 
 
 def decode(loaded: Loaded, latents: torch.Tensor) -> torch.Tensor:
@@ -218,8 +278,16 @@ class CellResult:
 
 
 @torch.no_grad()
-def run_family(family: str, samples: int, batch: int, steps: int, ratios: tuple[float, ...], quick: bool,
-               log: Callable[[str], None], only: list[str] | None = None) -> dict:
+def run_family(
+    family: str,
+    samples: int,
+    batch: int,
+    steps: int,
+    ratios: tuple[float, ...],
+    quick: bool,
+    log: Callable[[str], None],
+    only: list[str] | None = None,
+) -> dict:
     from devkit.shapes import classifier as shapes_classifier
     from devkit.shapes import scenes
     from devkit.shapes.training import EVAL_SEED
@@ -239,7 +307,7 @@ def run_family(family: str, samples: int, batch: int, steps: int, ratios: tuple[
     patched["unmerged"] = loaded.model.clone()
     patched["unmerged"].set_model_sampler_post_cfg_function(probe)
     for start in range(0, samples, batch):
-        chunk = held_out[start:start + batch]
+        chunk = held_out[start : start + batch]
         seeds = list(range(start, start + len(chunk)))
         prompts = [scene.prompt for scene in chunk]
         rotation = (start // batch) % len(cells)
@@ -286,20 +354,34 @@ def run_family(family: str, samples: int, batch: int, steps: int, ratios: tuple[
         speedups = [b / s for b, s in zip(base_seconds, results[cell.name].seconds, strict=True)]
         quartiles = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else [speedups[0]] * 3
         psnr = qm.psnr(images, reference)
-        rows.append({
-            "cell": cell.name, "method": cell.method, "ratio": cell.ratio, "preset": cell.preset,
-            "speedup": statistics.median(speedups), "speedup_q1": quartiles[0], "speedup_q3": quartiles[2],
-            "seconds_per_image": statistics.median(results[cell.name].seconds) / batch,
-            "psnr": psnr.clamp(max=1e9).mean().item() if psnr.isfinite().any() else math.inf,
-            "ssim": qm.ssim(images, reference).mean().item(),
-            "accuracy": accuracy, "frechet": qm.frechet_distance(features, real_features),
-        })
+        rows.append(
+            {
+                "cell": cell.name,
+                "method": cell.method,
+                "ratio": cell.ratio,
+                "preset": cell.preset,
+                "speedup": statistics.median(speedups),
+                "speedup_q1": quartiles[0],
+                "speedup_q3": quartiles[2],
+                "seconds_per_image": statistics.median(results[cell.name].seconds) / batch,
+                "psnr": psnr.clamp(max=1e9).mean().item() if psnr.isfinite().any() else math.inf,
+                "ssim": qm.ssim(images, reference).mean().item(),
+                "accuracy": accuracy,
+                "frechet": qm.frechet_distance(features, real_features),
+            }
+        )
     examples = {name: torch.cat(results[name].images)[:4] for name in results}
     return {
-        "family": family, "rows": rows, "real_accuracy": real_accuracy, "no_cfg_accuracy": no_cfg_accuracy,
+        "family": family,
+        "rows": rows,
+        "real_accuracy": real_accuracy,
+        "no_cfg_accuracy": no_cfg_accuracy,
         "no_cfg_frechet": qm.frechet_distance(no_cfg_features, real_features),
-        "auc_by_step": [_nanmean(v) for v in auc_by_step], "iou_by_step": [_nanmean(v) for v in iou_by_step],
-        "examples": examples, "real_examples": real[:4], "prompts": [s.prompt.text() for s in held_out[:4]],
+        "auc_by_step": [_nanmean(v) for v in auc_by_step],
+        "iou_by_step": [_nanmean(v) for v in iou_by_step],
+        "examples": examples,
+        "real_examples": real[:4],
+        "prompts": [s.prompt.text() for s in held_out[:4]],
         "example_importance": example_importance,
     }
 
@@ -316,6 +398,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 def verdict(rows: list[dict], method: str) -> list[str]:
     """IBTM (or SDTM) against spatial ToMe, at equal ratio and at equal measured speed-up (ToMe interpolated)."""
+
     def plain(r: dict) -> bool:  # the method x ratio cells (not the hybrids)
         return r["cell"] == f"{r['method']} {r['ratio']}"
 
@@ -339,7 +422,8 @@ def verdict(rows: list[dict], method: str) -> list[str]:
             f"| {row['ratio']} | {_fmt(row['psnr'])} vs {_fmt(same_ratio['psnr'])} | "
             f"{_fmt(row['accuracy'], 3)} vs {_fmt(same_ratio['accuracy'], 3)} | {_fmt(row['speedup'])} vs "
             f"{_fmt(same_ratio['speedup'])} | {_fmt(row['psnr'])} vs {_fmt(at_speed('psnr', row['speedup']))} | "
-            f"{_fmt(row['accuracy'], 3)} vs {_fmt(at_speed('accuracy', row['speedup']), 3)} |")
+            f"{_fmt(row['accuracy'], 3)} vs {_fmt(at_speed('accuracy', row['speedup']), 3)} |"
+        )
     return lines
 
 
@@ -355,8 +439,11 @@ def write_figures(result: dict, stem: Path) -> list[str]:
     names = []
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for method, colour in (("tome", "tab:blue"), ("ibtm", "tab:red"), ("sdtm", "tab:green")):
-        points = sorted((r["speedup"], r["accuracy"], r["psnr"], r["ratio"]) for r in rows
-                         if r["method"] == method and r["cell"] == f"{method} {r['ratio']}")
+        points = sorted(
+            (r["speedup"], r["accuracy"], r["psnr"], r["ratio"])
+            for r in rows
+            if r["method"] == method and r["cell"] == f"{method} {r['ratio']}"
+        )
         if not points:
             continue
         axes[0].plot([p[0] for p in points], [p[1] for p in points], "o-", color=colour, label=method)
@@ -382,15 +469,16 @@ def write_figures(result: dict, stem: Path) -> list[str]:
 
     columns = ["real render", "unmerged", "tome 0.5", "ibtm 0.5"] + (["sdtm 0.4"] if family == "sd3" else [])
     columns = [c for c in columns if c == "real render" or c in result["examples"]]
-    fig, axes = plt.subplots(len(result["prompts"]), len(columns) + 1, figsize=(2.1 * (len(columns) + 1),
-                                                                                2.3 * len(result["prompts"])))
+    fig, axes = plt.subplots(
+        len(result["prompts"]), len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 2.3 * len(result["prompts"]))
+    )
     for i, text in enumerate(result["prompts"]):
         for j, name in enumerate(columns):
             image = result["real_examples"][i] if name == "real render" else result["examples"][name][i]
             axes[i][j].imshow(image.permute(1, 2, 0).numpy())
             axes[i][j].set_title(name, fontsize=8)
         importance = result.get("example_importance")
-        heat = colorize(normalize(importance[i:i + 1]))[0] if importance is not None else None
+        heat = colorize(normalize(importance[i : i + 1]))[0] if importance is not None else None
         if heat is not None:
             axes[i][-1].imshow(heat.numpy(), interpolation="nearest")
             axes[i][-1].set_title("CFG importance", fontsize=8)
@@ -407,38 +495,66 @@ def write_figures(result: dict, stem: Path) -> list[str]:
 
 def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str:
     lines = [
-        f"# Quality benchmark{' (quick mode)' if args.quick else ''}, {dt.datetime.now(dt.UTC).date().isoformat()}", "",
-        (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, CPU. Command: `python -m benchmarks.quality {' '.join(sys.argv[1:])}`. "
-        f"Wall time {seconds / 60:.1f} min."), "",
-        (f"Held-out prompts x 1 seed per cell ({', '.join(f'{f} {n}' for f, n in args.samples.items())}), "
-        f"{SIDE}x{SIDE} px, {args.steps} steps dpmpp_2m, cfg "
-        f"{CFG}, batch {args.batch}. PSNR/SSIM against the unmerged image of the same seed; accuracy: the prompted "
-        "objects our classifier names right (shape and colour at their slot); Frechet: classifier features vs "
-        "renders of the same scenes (lower is better); speed-up: unmerged time / cell time per batch, median "
-        "[quartiles]."), "",
+        f"# Quality benchmark{' (quick mode)' if args.quick else ''}, {dt.datetime.now(dt.UTC).date().isoformat()}",
+        "",
+        (
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+            f"{torch.__version__}, CPU. Command: `python -m benchmarks.quality {' '.join(sys.argv[1:])}`. "
+            f"Wall time {seconds / 60:.1f} min."
+        ),
+        "",
+        (
+            f"Held-out prompts x 1 seed per cell ({', '.join(f'{f} {n}' for f, n in args.samples.items())}), "
+            f"{SIDE}x{SIDE} px, {args.steps} steps dpmpp_2m, cfg "
+            f"{CFG}, batch {args.batch}. PSNR/SSIM against the unmerged image of the same seed; accuracy: the prompted "
+            "objects our classifier names right (shape and colour at their slot); Frechet: classifier features vs "
+            "renders of the same scenes (lower is better); speed-up: unmerged time / cell time per batch, median "
+            "[quartiles]."
+        ),
+        "",
     ]
     for result in results:
         lines += [
-            f"## {result['family']}", "",
-            (f"Reference points: real renders {result['real_accuracy']:.3f} accuracy; unmerged without CFG (cfg 1) "
-            f"{result['no_cfg_accuracy']:.3f} accuracy, Frechet {result['no_cfg_frechet']:.2f}."), "",
+            f"## {result['family']}",
+            "",
+            (
+                f"Reference points: real renders {result['real_accuracy']:.3f} accuracy; unmerged without CFG (cfg 1) "
+                f"{result['no_cfg_accuracy']:.3f} accuracy, Frechet {result['no_cfg_frechet']:.2f}."
+            ),
+            "",
             "| cell | ratio | speed-up | s/image | PSNR dB | SSIM | accuracy | Frechet |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {r['cell']} | {r['ratio']} | {_fmt(r['speedup'])} [{_fmt(r['speedup_q1'])}-"
-                  f"{_fmt(r['speedup_q3'])}] | {r['seconds_per_image']:.3f} | {_fmt(r['psnr'])} | "
-                  f"{_fmt(r['ssim'], 3)} | {_fmt(r['accuracy'], 3)} | {_fmt(r['frechet'])} |" for r in result["rows"]]
+        lines += [
+            f"| {r['cell']} | {r['ratio']} | {_fmt(r['speedup'])} [{_fmt(r['speedup_q1'])}-"
+            f"{_fmt(r['speedup_q3'])}] | {r['seconds_per_image']:.3f} | {_fmt(r['psnr'])} | "
+            f"{_fmt(r['ssim'], 3)} | {_fmt(r['accuracy'], 3)} | {_fmt(r['frechet'])} |"
+            for r in result["rows"]
+        ]
         auc = result["auc_by_step"]
-        lines += ["", "CFG importance against the prompted objects' masks (unmerged run), per step: ROC AUC "
-                  + ", ".join(_fmt(a) for a in auc) + "; top-k IoU " + ", ".join(_fmt(a) for a in result["iou_by_step"])
-                  + ".", ""]
+        lines += [
+            "",
+            "CFG importance against the prompted objects' masks (unmerged run), per step: ROC AUC "
+            + ", ".join(_fmt(a) for a in auc)
+            + "; top-k IoU "
+            + ", ".join(_fmt(a) for a in result["iou_by_step"])
+            + ".",
+            "",
+        ]
         for method in ("ibtm", "sdtm"):
             verdict_rows = verdict(result["rows"], method)
             if verdict_rows:
-                lines += [f"Verdict, {method} vs spatial ToMe (first value {method}):", "",
-                          ("| ratio | PSNR, same ratio | accuracy, same ratio | speed-up | PSNR, same speed | "
-                          "accuracy, same speed |"), "|---|---|---|---|---|---|", *verdict_rows, ""]
+                lines += [
+                    f"Verdict, {method} vs spatial ToMe (first value {method}):",
+                    "",
+                    (
+                        "| ratio | PSNR, same ratio | accuracy, same ratio | speed-up | PSNR, same speed | "
+                        "accuracy, same speed |"
+                    ),
+                    "|---|---|---|---|---|---|",
+                    *verdict_rows,
+                    "",
+                ]
         lines += [f"![{name}]({name})" for name in result["figures"]] + [""]
     return "\n".join(lines)
 
@@ -453,14 +569,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[l
     stem.parent.mkdir(parents=True, exist_ok=True)
     path = stem.with_suffix(".md")
     for family in args.models:
-        result = run_family(family, args.samples[family], args.batch, args.steps, tuple(args.ratios), args.quick, log,
-                            args.only)
+        result = run_family(
+            family, args.samples[family], args.batch, args.steps, tuple(args.ratios), args.quick, log, args.only
+        )
         result["figures"] = write_figures(result, stem) if not args.no_figures else []
         results.append(result)
         path.write_text(report(results, args, time.perf_counter() - began))  # each model's rows as soon as done
-    numbers = [{k: v for k, v in r.items() if k in ("family", "rows", "real_accuracy", "no_cfg_accuracy",
-                                                     "no_cfg_frechet", "auc_by_step", "iou_by_step")}
-               for r in results]
+    numbers = [
+        {
+            k: v
+            for k, v in r.items()
+            if k
+            in ("family", "rows", "real_accuracy", "no_cfg_accuracy", "no_cfg_frechet", "auc_by_step", "iou_by_step")
+        }
+        for r in results
+    ]
     stem.with_suffix(".json").write_text(json.dumps(numbers, indent=1, default=str))
     log(f"wrote {path}")
     return results, path
@@ -472,16 +595,25 @@ DEFAULT_SAMPLES = 128
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 samples, 6 steps, ratio 0.5: proves it works (CI)")
-    parser.add_argument("--samples", nargs="+", default=[str(DEFAULT_SAMPLES)], metavar="N|FAMILY=N",
-                        help="held-out prompts per cell: N for every model, FAMILY=N for one (e.g. 24 sd3=192)")
+    parser.add_argument(
+        "--samples",
+        nargs="+",
+        default=[str(DEFAULT_SAMPLES)],
+        metavar="N|FAMILY=N",
+        help="held-out prompts per cell: N for every model, FAMILY=N for one (e.g. 24 sd3=192)",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--models", nargs="+", default=["sd15", "sd3"], choices=("sd15", "sd3"))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-figures", action="store_true")
-    parser.add_argument("--only", nargs="+", metavar="GLOB",
-                        help="run only the unmerged cell and the cells whose name matches one of these patterns")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="GLOB",
+        help="run only the unmerged cell and the cells whose name matches one of these patterns",
+    )
     args = parser.parse_args(argv)
     args.samples = samples_by_family(args.samples, args.models, parser.error)
     if args.quick:

@@ -18,8 +18,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 CHROMIUM = Path(os.environ.get("TOKENMERGE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1600, "height": 900}
 
 
@@ -31,8 +38,12 @@ DISMISSED_BANNERS = "localStorage.setItem('vueNodesBannerDismissed', 'true');"
 
 
 def _store_settings(url: str) -> None:
-    request = urllib.request.Request(f"{url}/settings", data=json.dumps(USER_SETTINGS).encode(),  # loopback only
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"{url}/settings",
+        data=json.dumps(USER_SETTINGS).encode(),  # loopback only
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=10):
         pass
 
@@ -46,8 +57,9 @@ def open_frontend(url: str, timeout_ms: int = 90_000, viewport: dict | None = No
     _store_settings(url)
 
     if not CHROMIUM.exists():
-        raise FileNotFoundError(f"Chromium not found at {CHROMIUM}: run scripts/install_browser.sh "
-                                "(Debian package chromium)")
+        raise FileNotFoundError(
+            f"Chromium not found at {CHROMIUM}: run scripts/install_browser.sh (Debian package chromium)"
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
@@ -82,21 +94,27 @@ def node_types(page) -> list[str]:
 
 def focus_node(page, node_id: int, scale: float = 1.0) -> None:
     """Centre the canvas on a node at ``scale``."""
-    page.evaluate("""([id, scale]) => {
+    page.evaluate(
+        """([id, scale]) => {
         const canvas = window.app.canvas;
         canvas.ds.scale = scale;
         canvas.centerOnNode(window.app.graph.getNodeById(id));
         canvas.setDirty(true, true);
-    }""", [node_id, scale])
+    }""",
+        [node_id, scale],
+    )
     page.wait_for_timeout(300)
 
 
 def node_state(page, node_id: int) -> dict:
     """What the pack's extension and the frontend hold for a node: live frames and final images."""
-    return page.evaluate("""(id) => {
+    return page.evaluate(
+        """(id) => {
         const node = window.app.graph.getNodeById(id);
         if (!node) return null;
         const live = node.tokenmergeLive;
         return {type: node.type, liveFrames: live ? live.frames : 0, liveStep: live ? live.step : 0,
                 liveDone: live ? live.done : false, images: node.imgs ? node.imgs.length : 0};
-    }""", node_id)
+    }""",
+        node_id,
+    )

@@ -42,8 +42,14 @@ def free_port() -> int:
 class ComfyServer:
     """A real ComfyUI server process on a loopback port, plus a small client for its HTTP API."""
 
-    def __init__(self, base_dir: Path, models_dir: Path = STANDIN_MODELS_DIR, extra_args: tuple[str, ...] = (),
-                 *, pytorch_attention: bool = True) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        models_dir: Path = STANDIN_MODELS_DIR,
+        extra_args: tuple[str, ...] = (),
+        *,
+        pytorch_attention: bool = True,
+    ) -> None:
         self.base_dir = Path(base_dir)
         self.models_dir = Path(models_dir)
         self.port = free_port()
@@ -58,8 +64,10 @@ class ComfyServer:
         for sub in ("custom_nodes", "input", "output", "temp", "user"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        for link, target in ((self.base_dir / "custom_nodes" / PACK_DIR_NAME, REPO_ROOT),
-                             (self.base_dir / "models", self.models_dir)):
+        for link, target in (
+            (self.base_dir / "custom_nodes" / PACK_DIR_NAME, REPO_ROOT),
+            (self.base_dir / "models", self.models_dir),
+        ):
             if not link.is_symlink():
                 link.symlink_to(target, target_is_directory=True)
         # the image a fresh ComfyUI install has in input/ (the editing example loads it)
@@ -71,9 +79,20 @@ class ComfyServer:
         if self.process is not None and self.process.poll() is None:
             raise ComfyServerError("this server is already running (use either start() or a with block)")
         self._prepare_base_dir()
-        cmd = [str(VENV_PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
-               *self.extra_args]
+        cmd = [
+            str(VENV_PYTHON),
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
+            "--database-url",
+            "sqlite:///:memory:",
+            *self.extra_args,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(cmd, cwd=comfyui_dir(), stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -112,8 +131,11 @@ class ComfyServer:
     # ------------------------------------------------------------------------------ HTTP client
     def request(self, path: str, data: dict | None = None, timeout: float = 30.0) -> bytes:
         body = None if data is None else json.dumps(data).encode()
-        req = urllib.request.Request(self.url + path, data=body,  # only our own loopback URL
-                                     headers={"Content-Type": "application/json"} if body else {})
+        req = urllib.request.Request(
+            self.url + path,
+            data=body,  # only our own loopback URL
+            headers={"Content-Type": "application/json"} if body else {},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.read()
 

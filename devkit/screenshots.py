@@ -68,30 +68,77 @@ class Thumbnail:
 
 THUMBNAILS = {
     DEMO: Thumbnail("sd3", SHAPES_PROMPT, 7, "shapes demo DiT, as the demo runs it"),
-    SD15_PREVIEW: Thumbnail("sd15", "a large yellow circle at center on a gradient background", 1,
-                            "shapes demo UNet (SD1.x family), not SD1.5"),
-    COMPARISON: Thumbnail("sd15", "a large green square at top left and a small magenta circle at bottom right "
-                                  "on a checkered background", 2, "shapes demo UNet (SD1.x family), not SD1.5"),
-    SDXL: Thumbnail("sd15", "a large cyan triangle at center on a plain background", 3,
-                    "shapes demo UNet (SD1.x family), not SDXL"),
-    SD3: Thumbnail("sd3", "a large blue diamond at top right and a small yellow square at bottom left on a striped "
-                          "background", 4, "shapes demo DiT (SD3 family), not SD3.5"),
-    FLUX: Thumbnail("sd3", "a large magenta circle at center on a gradient background", 5,
-                    "shapes demo DiT (SD3 family) at cfg 1, not Flux", cfg=1.0, view="merge assignment"),
-    PIXART: Thumbnail("sd3", "a large red triangle at bottom left and a small cyan diamond at top right on a striped "
-                             "background", 6, "shapes demo DiT (SD3 family), not PixArt"),
-    WAN: Thumbnail("sd3", "a large green diamond at center on a checkered background", 8,
-                   "shapes demo DiT (an image model), not Wan"),
-    FLUX2: Thumbnail("sd3", "a large yellow square at top left and a small red circle at bottom right on a gradient "
-                            "background", 9, "shapes demo DiT (SD3 family) at cfg 1, not Flux 2", cfg=1.0,
-                     view="merge assignment"),
-    KONTEXT: Thumbnail("sd3", "a large cyan circle at center on a striped background", 10,
-                       "shapes demo DiT at cfg 1, text to image, not Kontext", cfg=1.0, view="merge assignment"),
-    ZIMAGE: Thumbnail("sd3", "a large red square at bottom right and a small green triangle at top left on a plain "
-                             "background", 11, "shapes demo DiT (SD3 family) at cfg 1, not Z-Image", cfg=1.0,
-                      view="merge assignment"),
-    WAN22: Thumbnail("sd3", "a large blue circle at top left and a small yellow diamond at bottom right on a "
-                            "checkered background", 12, "shapes demo DiT (an image model), not Wan 2.2"),
+    SD15_PREVIEW: Thumbnail(
+        "sd15",
+        "a large yellow circle at center on a gradient background",
+        1,
+        "shapes demo UNet (SD1.x family), not SD1.5",
+    ),
+    COMPARISON: Thumbnail(
+        "sd15",
+        "a large green square at top left and a small magenta circle at bottom right on a checkered background",
+        2,
+        "shapes demo UNet (SD1.x family), not SD1.5",
+    ),
+    SDXL: Thumbnail(
+        "sd15", "a large cyan triangle at center on a plain background", 3, "shapes demo UNet (SD1.x family), not SDXL"
+    ),
+    SD3: Thumbnail(
+        "sd3",
+        "a large blue diamond at top right and a small yellow square at bottom left on a striped background",
+        4,
+        "shapes demo DiT (SD3 family), not SD3.5",
+    ),
+    FLUX: Thumbnail(
+        "sd3",
+        "a large magenta circle at center on a gradient background",
+        5,
+        "shapes demo DiT (SD3 family) at cfg 1, not Flux",
+        cfg=1.0,
+        view="merge assignment",
+    ),
+    PIXART: Thumbnail(
+        "sd3",
+        "a large red triangle at bottom left and a small cyan diamond at top right on a striped background",
+        6,
+        "shapes demo DiT (SD3 family), not PixArt",
+    ),
+    WAN: Thumbnail(
+        "sd3",
+        "a large green diamond at center on a checkered background",
+        8,
+        "shapes demo DiT (an image model), not Wan",
+    ),
+    FLUX2: Thumbnail(
+        "sd3",
+        "a large yellow square at top left and a small red circle at bottom right on a gradient background",
+        9,
+        "shapes demo DiT (SD3 family) at cfg 1, not Flux 2",
+        cfg=1.0,
+        view="merge assignment",
+    ),
+    KONTEXT: Thumbnail(
+        "sd3",
+        "a large cyan circle at center on a striped background",
+        10,
+        "shapes demo DiT at cfg 1, text to image, not Kontext",
+        cfg=1.0,
+        view="merge assignment",
+    ),
+    ZIMAGE: Thumbnail(
+        "sd3",
+        "a large red square at bottom right and a small green triangle at top left on a plain background",
+        11,
+        "shapes demo DiT (SD3 family) at cfg 1, not Z-Image",
+        cfg=1.0,
+        view="merge assignment",
+    ),
+    WAN22: Thumbnail(
+        "sd3",
+        "a large blue circle at top left and a small yellow diamond at bottom right on a checkered background",
+        12,
+        "shapes demo DiT (an image model), not Wan 2.2",
+    ),
 }
 
 SIDE, TILE, GAP = 400, 180, 8  # a square thumbnail: 2x2 tiles at the top, a caption line below them
@@ -123,16 +170,38 @@ def thumbnail_prompt(example: dict[str, Any], spec: Thumbnail) -> tuple[dict[str
             merged = {**node["inputs"], "model": ["1", 0]}
             prompt[str(20 + branch)] = {"class_type": node["class_type"], "inputs": merged}
             model = [str(20 + branch), 0]
-        prompt[str(30 + branch)] = {"class_type": "KSampler", "inputs": {
-            "model": model, "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "seed": spec.seed,
-            **SAMPLER, "cfg": spec.cfg}}
-        prompt[str(40 + branch)] = {"class_type": "VAEDecode", "inputs": {"samples": [str(30 + branch), 0],
-                                                                          "vae": ["2", 0]}}
-        prompt[str(10 + branch)] = {"class_type": "SaveImage", "inputs": {"images": [str(40 + branch), 0],
-                                                                          "filename_prefix": "tokenmerge_thumbnail"}}
-    prompt["9"] = {"class_type": "TokenMergeHeatmapPreview", "inputs": {
-        "model": model, "images": [str(40 + len(merging)), 0], "steps": str(PREVIEW_STEP), "colormap": "inferno",
-        "overlay_alpha": 0.6, "view": spec.view, "block": 0}}
+        prompt[str(30 + branch)] = {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": model,
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "latent_image": ["5", 0],
+                "seed": spec.seed,
+                **SAMPLER,
+                "cfg": spec.cfg,
+            },
+        }
+        prompt[str(40 + branch)] = {
+            "class_type": "VAEDecode",
+            "inputs": {"samples": [str(30 + branch), 0], "vae": ["2", 0]},
+        }
+        prompt[str(10 + branch)] = {
+            "class_type": "SaveImage",
+            "inputs": {"images": [str(40 + branch), 0], "filename_prefix": "tokenmerge_thumbnail"},
+        }
+    prompt["9"] = {
+        "class_type": "TokenMergeHeatmapPreview",
+        "inputs": {
+            "model": model,
+            "images": [str(40 + len(merging)), 0],
+            "steps": str(PREVIEW_STEP),
+            "colormap": "inferno",
+            "overlay_alpha": 0.6,
+            "view": spec.view,
+            "block": 0,
+        },
+    }
     return prompt, labels
 
 
@@ -189,8 +258,10 @@ def write_thumbnails(server: ComfyServer, names: list[str] | None = None) -> Non
             continue
         prompt, labels = thumbnail_prompt(ui_to_api(load_example(name), object_info), spec)
         outputs = server.run(prompt, timeout=600)["outputs"]
-        tiles = [(label, Image.open(io.BytesIO(server.view(outputs[str(10 + i)]["images"][0]))))
-                 for i, label in enumerate(labels)]
+        tiles = [
+            (label, Image.open(io.BytesIO(server.view(outputs[str(10 + i)]["images"][0]))))
+            for i, label in enumerate(labels)
+        ]
         preview = Image.open(io.BytesIO(server.view(outputs["9"]["images"][0])))
         tiles.append((f"{spec.view}, step {PREVIEW_STEP}", preview.crop((0, 0, *reversed(first_tile)))))
         path = EXAMPLES_DIR / f"{name}.jpg"
@@ -229,13 +300,19 @@ def frame(page, boxes: list[list[float]], margin: int = 10) -> dict[str, float]:
     left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
     right, bottom = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     screen = (90, 170)
-    page.evaluate("""([x, y]) => { const canvas = window.app.canvas;
+    page.evaluate(
+        """([x, y]) => { const canvas = window.app.canvas;
         canvas.ds.scale = 1; canvas.ds.offset = [x, y]; canvas.setDirty(true, true); }""",
-                  [screen[0] - left, screen[1] - top])
+        [screen[0] - left, screen[1] - top],
+    )
     page.wait_for_timeout(500)
     origin = page.evaluate("() => { const r = window.app.canvas.canvas.getBoundingClientRect(); return [r.x, r.y]; }")
-    return {"x": origin[0] + screen[0] - margin, "y": origin[1] + screen[1] - margin,
-            "width": right - left + 2 * margin, "height": bottom - top + 2 * margin}
+    return {
+        "x": origin[0] + screen[0] - margin,
+        "y": origin[1] + screen[1] - margin,
+        "width": right - left + 2 * margin,
+        "height": bottom - top + 2 * margin,
+    }
 
 
 def save_png(png: bytes, path: Path) -> None:
@@ -261,22 +338,29 @@ def write_live_heatmap(server: ComfyServer) -> None:
         clip = frame(page, page.evaluate(NODE_BOXES, ["TokenMergeHeatmapPreview"]), margin=30)  # its badge too
         preview = page.evaluate("() => window.app.graph._nodes.find((n) => n.type === 'TokenMergeHeatmapPreview').id")
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        page.wait_for_function("(id) => (window.app.graph.getNodeById(id).tokenmergeLive?.frames ?? 0) >= 12",
-                               arg=preview, timeout=600_000)
+        page.wait_for_function(
+            "(id) => (window.app.graph.getNodeById(id).tokenmergeLive?.frames ?? 0) >= 12", arg=preview, timeout=600_000
+        )
         save_png(page.screenshot(clip=clip), DOCS_IMAGES / "live_heatmap.png")
-        page.wait_for_function("(id) => window.app.graph.getNodeById(id).tokenmergeLive?.done", arg=preview,
-                               timeout=600_000)
+        page.wait_for_function(
+            "(id) => window.app.graph.getNodeById(id).tokenmergeLive?.done", arg=preview, timeout=600_000
+        )
 
 
 def write_comparison(server: ComfyServer) -> None:
     with open_frontend(server.url, viewport=VIEWPORT) as page:
         load_workflow(page, load_example(DEMO))
         clip = frame(page, page.evaluate(GROUP_BOXES, COMPARISON_GROUPS))
-        shown = page.evaluate("() => window.app.graph._nodes.filter((n) => ['SaveImage', "
-                              "'TokenMergeHeatmapPreview'].includes(n.type)).map((n) => n.id)")
+        shown = page.evaluate(
+            "() => window.app.graph._nodes.filter((n) => ['SaveImage', "
+            "'TokenMergeHeatmapPreview'].includes(n.type)).map((n) => n.id)"
+        )
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        page.wait_for_function("(ids) => ids.every((id) => (window.app.graph.getNodeById(id).imgs?.length ?? 0) > 0)",
-                               arg=shown, timeout=600_000)
+        page.wait_for_function(
+            "(ids) => ids.every((id) => (window.app.graph.getNodeById(id).imgs?.length ?? 0) > 0)",
+            arg=shown,
+            timeout=600_000,
+        )
         page.wait_for_timeout(1000)
         save_png(page.screenshot(clip=clip), DOCS_IMAGES / "comparison_output.png")
 
@@ -287,8 +371,13 @@ def main(argv: list[str] | None = None) -> None:
     from devkit.shapes.training import link_demo_models
 
     parser = argparse.ArgumentParser(description="Thumbnails of the examples and the README screenshots.")
-    parser.add_argument("--thumbnails", nargs="+", metavar="EXAMPLE", choices=list(THUMBNAILS),
-                        help="write only the thumbnails of these examples (no screenshots)")
+    parser.add_argument(
+        "--thumbnails",
+        nargs="+",
+        metavar="EXAMPLE",
+        choices=list(THUMBNAILS),
+        help="write only the thumbnails of these examples (no screenshots)",
+    )
     args = parser.parse_args(argv)
     comfy_env.bootstrap_comfyui()
     link_demo_models(STANDIN_MODELS_DIR)

@@ -56,8 +56,11 @@ class ServerEvents:
 
     def node_seconds(self) -> dict[str, float]:
         """Seconds each node ran, from the arrival of its ``executing`` message to the next one's."""
-        starts = [(t, m["data"]["node"]) for t, m in zip(self.arrivals, self.messages, strict=True)
-                  if m.get("type") == "executing"]
+        starts = [
+            (t, m["data"]["node"])
+            for t, m in zip(self.arrivals, self.messages, strict=True)
+            if m.get("type") == "executing"
+        ]
         return {node: later - t for (t, node), (later, _) in itertools.pairwise(starts) if node}
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:

@@ -45,48 +45,101 @@ def random_init_(module: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> 
 
 # ----------------------------------------------------------------------------------------- configs
 UNET_COMMON = {
-    "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "use_checkpoint": False, "image_size": 32, "use_temporal_resblock": False,
-    "use_temporal_attention": False, "num_heads": -1, "num_head_channels": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "num_heads": -1,
+    "num_head_channels": 16,
 }
 
 # SD1.x: attention at every level, the full-resolution level included.
 SD15_TINY = {
-    **UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
-    "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
-    "context_dim": 64, "use_linear_in_transformer": False, "adm_in_channels": None,
+    **UNET_COMMON,
+    "model_channels": 32,
+    "channel_mult": [1, 2],
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "context_dim": 64,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
 }
 
 # SDXL: no attention at the full-resolution level (depth 0), as in the real model; linear proj_in,
 # and the 2816-wide ADM vector that model_base.SDXL builds from a 1280 pooled output and size ids.
 SDXL_TINY = {
-    **UNET_COMMON, "model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": [1, 1, 1],
-    "transformer_depth": [0, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1],
-    "transformer_depth_middle": 1, "context_dim": 64, "use_linear_in_transformer": True,
-    "adm_in_channels": 2816, "num_classes": "sequential",
+    **UNET_COMMON,
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2],
+    "num_res_blocks": [1, 1, 1],
+    "transformer_depth": [0, 1, 1],
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "context_dim": 64,
+    "use_linear_in_transformer": True,
+    "adm_in_channels": 2816,
+    "num_classes": "sequential",
 }
 
 # SD3 / MMDiT: hidden = 64 * depth, heads = depth (what model_detection derives).
 SD3_TINY = {
-    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "adm_in_channels": 64,
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "depth": 2,
+    "adm_in_channels": 64,
     "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}},
-    "num_patches": 64 * 64, "pos_embed_max_size": 64, "pos_embed_scaling_factor": None,
-    "input_size": None, "x_block_self_attn_layers": [],
+    "num_patches": 64 * 64,
+    "pos_embed_max_size": 64,
+    "pos_embed_scaling_factor": None,
+    "input_size": None,
+    "x_block_self_attn_layers": [],
 }
 
 # Flux: the RoPE axes fix the head dim at 128, so 2 heads of 128.
 FLUX_TINY = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "hidden_size": 256,
-    "num_heads": 2, "mlp_ratio": 4.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
-    "theta": 10000, "qkv_bias": True, "guidance_embed": True, "context_in_dim": 64, "vec_in_dim": 64,
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "hidden_size": 256,
+    "num_heads": 2,
+    "mlp_ratio": 4.0,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "qkv_bias": True,
+    "guidance_embed": True,
+    "context_in_dim": 64,
+    "vec_in_dim": 64,
 }
 
 # Chroma: Flux's blocks with per-block modulations from a small approximator (344 vectors, in_dim 64 as
 # model_detection sets); latent channels are patchified before img_in, hence 64 in/out channels.
 CHROMA_TINY = {
-    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2, "hidden_size": 256,
-    "num_heads": 2, "mlp_ratio": 4.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
-    "theta": 10000, "qkv_bias": True, "context_in_dim": 64, "in_dim": 64, "out_dim": 256, "hidden_dim": 64,
+    "image_model": "chroma",
+    "in_channels": 64,
+    "out_channels": 64,
+    "patch_size": 2,
+    "hidden_size": 256,
+    "num_heads": 2,
+    "mlp_ratio": 4.0,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "qkv_bias": True,
+    "context_in_dim": 64,
+    "in_dim": 64,
+    "out_dim": 256,
+    "hidden_dim": 64,
     "n_layers": 1,
 }
 
@@ -96,29 +149,70 @@ CHROMA_TINY = {
 # axes fix the head dim), so 2 heads of 32: every prompt is padded to 512 tokens, which a width of 256 makes 5 times
 # slower to sample.
 FLUX2_TINY = {
-    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "patch_size": 1, "hidden_size": 64,
-    "num_heads": 2, "mlp_ratio": 3.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 8, 8, 8],
-    "theta": 2000, "qkv_bias": False, "guidance_embed": True, "context_in_dim": 64, "vec_in_dim": None,
-    "global_modulation": True, "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index",
+    "image_model": "flux2",
+    "in_channels": 128,
+    "out_channels": 128,
+    "patch_size": 1,
+    "hidden_size": 64,
+    "num_heads": 2,
+    "mlp_ratio": 3.0,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [8, 8, 8, 8],
+    "theta": 2000,
+    "qkv_bias": False,
+    "guidance_embed": True,
+    "context_in_dim": 64,
+    "vec_in_dim": None,
+    "global_modulation": True,
+    "mlp_silu_act": True,
+    "ops_bias": False,
+    "default_ref_method": "index",
     "ref_index_scale": 10.0,
 }
 
 # QwenImage: joint text-image blocks like Flux's double blocks; the RoPE axes fix the head dim at 128.
 QWEN_IMAGE_TINY = {
-    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
-    "attention_head_dim": 128, "num_attention_heads": 2, "joint_attention_dim": 64, "axes_dims_rope": (16, 56, 56),
+    "image_model": "qwen_image",
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 2,
+    "attention_head_dim": 128,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 64,
+    "axes_dims_rope": (16, 56, 56),
 }
 
 PIXART_ALPHA_TINY = {
-    "image_model": "pixart_alpha", "in_channels": 4, "patch_size": 2, "hidden_size": 96, "num_heads": 2,
-    "depth": 2, "caption_channels": 64, "model_max_length": 120, "micro_condition": True,
+    "image_model": "pixart_alpha",
+    "in_channels": 4,
+    "patch_size": 2,
+    "hidden_size": 96,
+    "num_heads": 2,
+    "depth": 2,
+    "caption_channels": 64,
+    "model_max_length": 120,
+    "micro_condition": True,
 }
 
 # Wan 2.1 t2v: heads = dim // 128 (what model_detection derives).
 WAN21_TINY = {
-    "image_model": "wan2.1", "model_type": "t2v", "dim": 256, "ffn_dim": 512, "num_heads": 2,
-    "num_layers": 2, "in_dim": 16, "out_dim": 16, "text_dim": 64, "freq_dim": 256,
-    "patch_size": (1, 2, 2), "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+    "image_model": "wan2.1",
+    "model_type": "t2v",
+    "dim": 256,
+    "ffn_dim": 512,
+    "num_heads": 2,
+    "num_layers": 2,
+    "in_dim": 16,
+    "out_dim": 16,
+    "text_dim": 64,
+    "freq_dim": 256,
+    "patch_size": (1, 2, 2),
+    "window_size": (-1, -1),
+    "qk_norm": True,
+    "cross_attn_norm": True,
+    "eps": 1e-6,
 }
 
 
@@ -127,17 +221,42 @@ WAN21_TINY = {
 # checkpoints: 16 + 56 + 56), so 2 heads of 128; no guidance embedding (sampled with cfg, as 1.5 is); a pooled
 # CLIP-L vector (1.0), narrowed to 64.
 HUNYUAN_VIDEO_TINY = {
-    "image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 64, "context_in_dim": 64,
-    "hidden_size": 256, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-    "axes_dim": [16, 56, 56], "theta": 256, "patch_size": [1, 2, 2], "qkv_bias": True, "guidance_embed": False,
-    "byt5": False, "meanflow": False, "use_cond_type_embedding": False, "vision_in_dim": None,
+    "image_model": "hunyuan_video",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 64,
+    "context_in_dim": 64,
+    "hidden_size": 256,
+    "mlp_ratio": 4.0,
+    "num_heads": 2,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [16, 56, 56],
+    "theta": 256,
+    "patch_size": [1, 2, 2],
+    "qkv_bias": True,
+    "guidance_embed": False,
+    "byt5": False,
+    "meanflow": False,
+    "use_cond_type_embedding": False,
+    "vision_in_dim": None,
 }
 
 # Lumina 2 (NextDiT).
 LUMINA2_TINY = {
-    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 64, "n_layers": 2,
-    "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512], "qk_norm": True,
-    "ffn_dim_multiplier": 4.0, "rope_theta": 10000.0,
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 64,
+    "cap_feat_dim": 64,
+    "n_layers": 2,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+    "axes_dims": [8, 12, 12],
+    "axes_lens": [300, 512, 512],
+    "qk_norm": True,
+    "ffn_dim_multiplier": 4.0,
+    "rope_theta": 10000.0,
 }
 
 # Z-Image (NextDiT, the Lumina 2 class): Z-Image's modulation (a 256-wide timestep embedding, no SiLU before the
@@ -146,17 +265,38 @@ LUMINA2_TINY = {
 # Z-Image checkpoints, with one caption and one image refiner layer instead of two (they run before the layers
 # the pack patches).
 ZIMAGE_TINY = {
-    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": 64, "n_layers": 2,
-    "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
-    "qk_norm": True, "ffn_dim_multiplier": 8.0 / 3.0, "rope_theta": 256.0, "z_image_modulation": True,
-    "time_scale": 1000.0, "pad_tokens_multiple": 32,
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 256,
+    "cap_feat_dim": 64,
+    "n_layers": 2,
+    "n_refiner_layers": 1,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+    "axes_dims": [32, 48, 48],
+    "axes_lens": [1536, 512, 512],
+    "qk_norm": True,
+    "ffn_dim_multiplier": 8.0 / 3.0,
+    "rope_theta": 256.0,
+    "z_image_modulation": True,
+    "time_scale": 1000.0,
+    "pad_tokens_multiple": 32,
 }
 
 # AuraFlow: not supported by the merging nodes, used to test the pass-through path. Its diffusion model class is
 # also named MMDiT, like SD3's base class, which must not make it pass for SD3.
 AURAFLOW_TINY = {
-    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2, "n_double_layers": 1,
-    "n_heads": 2, "global_conddim": 64, "cond_seq_dim": 64, "max_seq": 256,
+    "in_channels": 4,
+    "out_channels": 4,
+    "patch_size": 2,
+    "dim": 64,
+    "n_layers": 2,
+    "n_double_layers": 1,
+    "n_heads": 2,
+    "global_conddim": 64,
+    "cond_seq_dim": 64,
+    "max_seq": 256,
 }
 
 
@@ -203,23 +343,45 @@ FAMILIES: dict[str, TinyFamily] = {
         TinyFamily("sd15", "SD15", SD15_TINY, latent_channels=4, context_dim=64),
         TinyFamily("sdxl", "SDXL", SDXL_TINY, latent_channels=4, context_dim=64, pooled_dim=1280),
         TinyFamily("sd3", "SD3", SD3_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
-        TinyFamily("flux", "Flux", FLUX_TINY, latent_channels=16, context_dim=64, pooled_dim=64,
-                   cond_extras={"guidance": 3.5}),
+        TinyFamily(
+            "flux", "Flux", FLUX_TINY, latent_channels=16, context_dim=64, pooled_dim=64, cond_extras={"guidance": 3.5}
+        ),
         # Chroma ignores the pooled output, but model_base.Flux's conditioning asks for one.
         TinyFamily("chroma", "Chroma", CHROMA_TINY, latent_channels=16, context_dim=64, pooled_dim=64),
         # Flux 2's text comes padded to 512 tokens (model_base.Flux2); 0.3.75's model_base.Flux asks for a pooled
         # output that the model (vec_in_dim None) never reads.
-        TinyFamily("flux2", "Flux2", FLUX2_TINY, latent_channels=128, context_dim=64, pooled_dim=64,
-                   cond_extras={"guidance": 4.0}, downscale=16),
-        TinyFamily("qwen_image", "QwenImage", QWEN_IMAGE_TINY, latent_channels=16, context_dim=64, video=True,
-                   single_frame=True),
+        TinyFamily(
+            "flux2",
+            "Flux2",
+            FLUX2_TINY,
+            latent_channels=128,
+            context_dim=64,
+            pooled_dim=64,
+            cond_extras={"guidance": 4.0},
+            downscale=16,
+        ),
+        TinyFamily(
+            "qwen_image",
+            "QwenImage",
+            QWEN_IMAGE_TINY,
+            latent_channels=16,
+            context_dim=64,
+            video=True,
+            single_frame=True,
+        ),
         TinyFamily("lumina2", "Lumina2", LUMINA2_TINY, latent_channels=16, context_dim=64),
         TinyFamily("zimage", "ZImage", ZIMAGE_TINY, latent_channels=16, context_dim=64),
-        TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64,
-                   min_side=256),
+        TinyFamily("pixart_alpha", "PixArtAlpha", PIXART_ALPHA_TINY, latent_channels=4, context_dim=64, min_side=256),
         TinyFamily("wan21", "WAN21_T2V", WAN21_TINY, latent_channels=16, context_dim=64, video=True),
-        TinyFamily("hunyuan_video", "HunyuanVideo", HUNYUAN_VIDEO_TINY, latent_channels=16, context_dim=64,
-                   pooled_dim=64, video=True),
+        TinyFamily(
+            "hunyuan_video",
+            "HunyuanVideo",
+            HUNYUAN_VIDEO_TINY,
+            latent_channels=16,
+            context_dim=64,
+            pooled_dim=64,
+            video=True,
+        ),
     )
 }
 
@@ -267,17 +429,26 @@ def build_patcher(family: str | TinyFamily, seed: int = 0, scale: float = 1.0, d
 # Detected as SD15 by comfy.model_detection: model_channels=320, context_dim=768, conv proj_in, no ADM.
 # Only one resolution level, so ~26M params instead of 860M.
 SD15_LOADABLE = {
-    **UNET_COMMON, "model_channels": 320, "channel_mult": [1], "num_res_blocks": [1],
-    "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
-    "context_dim": 768, "use_linear_in_transformer": False, "adm_in_channels": None,
-    "num_heads": 8, "num_head_channels": -1,
+    **UNET_COMMON,
+    "model_channels": 320,
+    "channel_mult": [1],
+    "num_res_blocks": [1],
+    "transformer_depth": [1],
+    "transformer_depth_output": [1, 1],
+    "transformer_depth_middle": 1,
+    "context_dim": 768,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "num_heads": 8,
+    "num_head_channels": -1,
 }
 
 
 # Detected as SD3 from shapes; context and pooled widths of CLIP-L (768), so the stock CLIPLoader and
 # CLIPTextEncode can condition it in server tests.
 SD3_LOADABLE = {
-    **SD3_TINY, "adm_in_channels": 768,
+    **SD3_TINY,
+    "adm_in_channels": 768,
     "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 768, "out_features": 128}},
 }
 
@@ -303,8 +474,9 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
         random_init_(module, seed)
     elif kind in LOADABLE_DITS:
         model_config_name, unet_config = LOADABLE_DITS[kind]
-        module = build_patcher(TinyFamily(kind, model_config_name, unet_config, latent_channels=0,
-                                          context_dim=0), seed).model.diffusion_model
+        module = build_patcher(
+            TinyFamily(kind, model_config_name, unet_config, latent_channels=0, context_dim=0), seed
+        ).model.diffusion_model
     elif kind == "clip_l":
         # CLIP-L's size is fixed by comfy/sd1_clip_config.json (123.7M params); random weights still
         # let the stock CLIPLoader + CLIPTextEncode produce [1, 77, 768] conditioning for SD1.x.
@@ -315,8 +487,19 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
         # The Wan 2.1 video VAE, its width read from decoder.head.0.gamma: 8 instead of 96.
         from comfy.ldm.wan.vae import WanVAE
 
-        module = random_init_(WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                     temperal_downsample=[False, True, True], dropout=0.0), seed, scale=0.5)
+        module = random_init_(
+            WanVAE(
+                dim=8,
+                z_dim=16,
+                dim_mult=[1, 2, 4, 4],
+                num_res_blocks=2,
+                attn_scales=[],
+                temperal_downsample=[False, True, True],
+                dropout=0.0,
+            ),
+            seed,
+            scale=0.5,
+        )
         dtype = torch.float32
     elif kind in ("taesd4", "taesd16"):
         from comfy.taesd.taesd import TAESD
@@ -332,9 +515,19 @@ def loader_state_dict(kind: str, seed: int = 0, dtype: torch.dtype = torch.float
 # (4096: T5-XXL; CLIP-L through CLIPLoader type "sd3" is padded to it): one block keeps it at ~40M params.
 # Wan 2.1's heads are dim // 128 and its text width 4096 (UMT5-XXL), padded CLIP-L again.
 LOADABLE_DITS: dict[str, tuple[str, dict[str, Any]]] = {
-    "pixart_sigma": ("PixArtSigma", {"image_model": "pixart_sigma", "in_channels": 4, "patch_size": 2,
-                                     "hidden_size": 1152, "num_heads": 16, "depth": 1, "micro_condition": False,
-                                     "model_max_length": 300}),
+    "pixart_sigma": (
+        "PixArtSigma",
+        {
+            "image_model": "pixart_sigma",
+            "in_channels": 4,
+            "patch_size": 2,
+            "hidden_size": 1152,
+            "num_heads": 16,
+            "depth": 1,
+            "micro_condition": False,
+            "model_max_length": 300,
+        },
+    ),
     "wan21": ("WAN21_T2V", {**WAN21_TINY, "text_dim": 4096}),
 }
 
@@ -367,4 +560,3 @@ def write_standin_models(models_dir: str, files: dict[str, str] | None = None) -
         os.replace(path + ".tmp", path)
         written.append(path)
     return written
-

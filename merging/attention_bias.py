@@ -41,7 +41,8 @@ def multiplicity(plan: MergePlan) -> torch.Tensor:
     K = plan.dst_idx.shape[1]
     device = plan.dst_idx.device
     sources = torch.zeros(rows, K, device=device).scatter_add_(
-        1, plan.src_to_dst, torch.ones(plan.src_to_dst.shape, device=device))  # [B, R] -> [B, K] counts
+        1, plan.src_to_dst, torch.ones(plan.src_to_dst.shape, device=device)
+    )  # [B, R] -> [B, K] counts
     return torch.cat([torch.ones(rows, U, device=device), 1.0 + sources], dim=1)
 
 

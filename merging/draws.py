@@ -34,14 +34,16 @@ def random_bits(stream: torch.Tensor | int, count: int, device: torch.device | N
     return x ^ (x >> 16)
 
 
-def random_integers(stream: torch.Tensor | int, high: int, shape: tuple[int, ...],
-                    device: torch.device | None = None) -> torch.Tensor:
+def random_integers(
+    stream: torch.Tensor | int, high: int, shape: tuple[int, ...], device: torch.device | None = None
+) -> torch.Tensor:
     """Integers in [0, ``high``) of ``shape``, drawn from ``stream`` (the modulo bias is below high / 2**31)."""
     return (random_bits(stream, math.prod(shape), device) % high).view(shape)
 
 
-def random_permutation_keys(stream: torch.Tensor | int, shape: tuple[int, ...],
-                            device: torch.device | None = None) -> torch.Tensor:
+def random_permutation_keys(
+    stream: torch.Tensor | int, shape: tuple[int, ...], device: torch.device | None = None
+) -> torch.Tensor:
     """Sort keys of ``shape``: ``keys.argsort(dim=-1, stable=True)`` is a random permutation of each last-dim row."""
     return random_bits(stream, math.prod(shape), device).view(shape)
 

@@ -20,18 +20,20 @@ import torch.nn.functional as F
 
 # 10 evenly spaced samples of each colormap (0 = low importance); values in between are interpolated.
 COLORMAPS: dict[str, tuple[int, ...]] = {
-    "inferno": (0x000004, 0x1B0C41, 0x4A0C6B, 0x781C6D, 0xA52C60, 0xCF4446, 0xED6925, 0xFB9B06, 0xF7D13D,
-                0xFCFFA4),
-    "viridis": (0x440154, 0x482878, 0x3E4989, 0x31688E, 0x26828E, 0x1F9E89, 0x35B779, 0x6ECE58, 0xB5DE2B,
-                0xFDE725),
+    "inferno": (0x000004, 0x1B0C41, 0x4A0C6B, 0x781C6D, 0xA52C60, 0xCF4446, 0xED6925, 0xFB9B06, 0xF7D13D, 0xFCFFA4),
+    "viridis": (0x440154, 0x482878, 0x3E4989, 0x31688E, 0x26828E, 0x1F9E89, 0x35B779, 0x6ECE58, 0xB5DE2B, 0xFDE725),
     "gray": (0x000000, 0xFFFFFF),
 }
 
 # Colours of a merge assignment, indexed by the categories below.
 INDEPENDENT, MERGED, DESTINATION = 0, 1, 2
-ASSIGNMENT_COLORS = torch.tensor([[0.55, 0.55, 0.55],   # independent: kept, untouched
-                                  [0.12, 0.25, 0.65],   # merged away into a destination
-                                  [1.00, 0.72, 0.10]])  # destination: absorbs merged tokens
+ASSIGNMENT_COLORS = torch.tensor(
+    [
+        [0.55, 0.55, 0.55],  # independent: kept, untouched
+        [0.12, 0.25, 0.65],  # merged away into a destination
+        [1.00, 0.72, 0.10],
+    ]
+)  # destination: absorbs merged tokens
 LEGEND_WORDS = ("kept", "merged", "destination")  # the legend's word for each row of ASSIGNMENT_COLORS
 COLORBAR_WORDS = ("low", "high")  # the ends of the importance view's colour bar
 
@@ -45,15 +47,40 @@ MIN_LABEL_SCALE, MAX_LABEL_SCALE = 2, 4  # font scales of the labels and the leg
 
 # 3x5 glyphs, one string of 15 bits (rows top to bottom) per character the labels and legends use.
 _GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "/": "001001010100100",
-    "-": "000000111000000", "=": "000111000111000", " ": "000000000000000", ":": "000010000010000",
-    "a": "000011101101011", "b": "100110101101110", "c": "000011100100011", "d": "001011101101011",
-    "e": "000111111100011", "g": "011101101011110", "h": "100110101101101", "i": "010000010010010",
-    "k": "100101110101101", "l": "100100100100011", "m": "000111111101101", "n": "000110101101101",
-    "o": "000010101101010", "p": "000110101110100", "r": "000011100100100", "s": "000011110001110",
-    "t": "010111010010001", "w": "000101101111111",
+    "0": "111101101101111",
+    "1": "010110010010111",
+    "2": "111001111100111",
+    "3": "111001111001111",
+    "4": "101101111001001",
+    "5": "111100111001111",
+    "6": "111100111101111",
+    "7": "111001010010010",
+    "8": "111101111101111",
+    "9": "111101111001111",
+    ".": "000000000000010",
+    "/": "001001010100100",
+    "-": "000000111000000",
+    "=": "000111000111000",
+    " ": "000000000000000",
+    ":": "000010000010000",
+    "a": "000011101101011",
+    "b": "100110101101110",
+    "c": "000011100100011",
+    "d": "001011101101011",
+    "e": "000111111100011",
+    "g": "011101101011110",
+    "h": "100110101101101",
+    "i": "010000010010010",
+    "k": "100101110101101",
+    "l": "100100100100011",
+    "m": "000111111101101",
+    "n": "000110101101101",
+    "o": "000010101101010",
+    "p": "000110101110100",
+    "r": "000011100100100",
+    "s": "000011110001110",
+    "t": "010111010010001",
+    "w": "000101101111111",
 }
 GLYPH_W, GLYPH_H = 3, 5
 
@@ -70,8 +97,10 @@ def colorize(values: torch.Tensor, colormap: str = "inferno") -> torch.Tensor:
     """Values in 0..1 of any shape ``[...]`` -> RGB ``[..., 3]`` through the named colormap."""
     if colormap not in COLORMAPS:
         raise ValueError(f"colormap={colormap!r} is unknown: allowed {', '.join(COLORMAPS)}")
-    stops = torch.tensor([[(c >> 16) & 255, (c >> 8) & 255, c & 255] for c in COLORMAPS[colormap]],
-                         dtype=torch.float32) / 255  # [K, 3]
+    stops = (
+        torch.tensor([[(c >> 16) & 255, (c >> 8) & 255, c & 255] for c in COLORMAPS[colormap]], dtype=torch.float32)
+        / 255
+    )  # [K, 3]
     position = values.float().clamp(0, 1) * (len(stops) - 1)
     low = position.floor().long().clamp(max=len(stops) - 2)
     frac = (position - low).unsqueeze(-1)  # [..., 1]
@@ -104,8 +133,9 @@ def text_width(text: str, scale: int) -> int:
     return len(text) * (GLYPH_W + 1) * scale - scale
 
 
-def draw_text(canvas: torch.Tensor, text: str, x: int, y: int, scale: int = 1,
-              color: tuple[float, float, float] = LABEL_COLOR) -> None:
+def draw_text(
+    canvas: torch.Tensor, text: str, x: int, y: int, scale: int = 1, color: tuple[float, float, float] = LABEL_COLOR
+) -> None:
     """Draw ``text`` (lower case, digits and ``. / - = :``) into ``canvas`` [H, W, 3] in place, top-left at (x, y).
 
     Unknown characters draw as blanks; glyphs that fall outside the canvas are clipped.
@@ -118,7 +148,7 @@ def draw_text(canvas: torch.Tensor, text: str, x: int, y: int, scale: int = 1,
         h = max(0, min(mask.shape[0], canvas.shape[0] - y))
         w = max(0, min(mask.shape[1], canvas.shape[1] - left))
         if h and w and left >= 0 and y >= 0:
-            region = canvas[y:y + h, left:left + w]
+            region = canvas[y : y + h, left : left + w]
             region[mask[:h, :w]] = rgb
 
 
@@ -179,7 +209,7 @@ def tile_grid(tiles: torch.Tensor, labels: list[str], scale: int) -> torch.Tenso
         row, column = cell_of(index, count)
         top, left = row * cell_h, column * (cell_w + GAP)
         inset = (cell_w - width) // 2
-        canvas[top:top + height, left + inset:left + inset + width] = tiles[index]
+        canvas[top : top + height, left + inset : left + inset + width] = tiles[index]
         draw_text(canvas, labels[index], left + scale + 1, top + height + scale + 1, scale)
     return canvas
 
@@ -200,7 +230,7 @@ def assignment_legend(width: int, scale: int) -> torch.Tensor:
         x += size + 3 * (GLYPH_W + 1) * scale  # three characters' room between items
     strip = torch.full((y + label_strip(scale), width, 3), BACKGROUND)
     for color, word, (left, top) in zip(ASSIGNMENT_COLORS, LEGEND_WORDS, places, strict=True):
-        strip[top:top + swatch, left:left + swatch] = color
+        strip[top : top + swatch, left : left + swatch] = color
         draw_text(strip, word, left + swatch + 2 * scale, top, scale)
     return strip
 
@@ -216,7 +246,9 @@ def colour_bar(colormap: str, width: int, scale: int) -> torch.Tensor:
     strip = torch.full((label_strip(scale), max(width, words + bar), 3), BACKGROUND)
     draw_text(strip, low, margin, margin, scale)
     left = margin + text_width(low, scale) + space
-    strip[margin:margin + GLYPH_H * scale, left:left + bar] = colorize(torch.linspace(0, 1, bar), colormap)  # [bar, 3]
+    strip[margin : margin + GLYPH_H * scale, left : left + bar] = colorize(
+        torch.linspace(0, 1, bar), colormap
+    )  # [bar, 3]
     draw_text(strip, high, left + bar + space, margin, scale)
     return strip
 
@@ -226,14 +258,15 @@ def stack_rows(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
     the background, a rule of ``RULE`` grey across the middle of the ``GAP`` between them."""
     width = max(top.shape[1], bottom.shape[1])
     canvas = torch.full((top.shape[0] + GAP + bottom.shape[0], width, 3), BACKGROUND, dtype=top.dtype)
-    canvas[:top.shape[0], :top.shape[1]] = top
+    canvas[: top.shape[0], : top.shape[1]] = top
     canvas[top.shape[0] + GAP // 2] = RULE
-    canvas[top.shape[0] + GAP:, :bottom.shape[1]] = bottom
+    canvas[top.shape[0] + GAP :, : bottom.shape[1]] = bottom
     return canvas
 
 
-def tile_size(map_hw: tuple[int, int], image_hw: tuple[int, int] | None, count: int,
-              max_tile: int = 256) -> tuple[int, int]:
+def tile_size(
+    map_hw: tuple[int, int], image_hw: tuple[int, int] | None, count: int, max_tile: int = 256
+) -> tuple[int, int]:
     """(height, width) of one of ``count`` tiles, in the image's aspect ratio (the map's without an image).
 
     The long side is the image's (``max_tile`` without an image), then, when several steps share the grid, at most
@@ -261,8 +294,15 @@ def image_of_sample(images: torch.Tensor, sample: int, samples: int) -> torch.Te
     return images[min(sample, count - 1)]
 
 
-def render_steps(maps: list[torch.Tensor], labels: list[str], *, images: torch.Tensor | None = None,
-                 alpha: float = 0.6, colormap: str | None = "inferno", max_tile: int = 256) -> torch.Tensor:
+def render_steps(
+    maps: list[torch.Tensor],
+    labels: list[str],
+    *,
+    images: torch.Tensor | None = None,
+    alpha: float = 0.6,
+    colormap: str | None = "inferno",
+    max_tile: int = 256,
+) -> torch.Tensor:
     """One image per sample: the grid of :func:`tile_grid`, a labelled tile per step (sizes: :func:`tile_size`,
     :func:`label_scale`), above the legend of its colours (:func:`colour_bar` or :func:`assignment_legend`), a
     ``GAP`` apart. Returns ``[B, H', W', 3]``.
@@ -273,8 +313,9 @@ def render_steps(maps: list[torch.Tensor], labels: list[str], *, images: torch.T
     (the heat's weight).
     """
     samples = maps[0].shape[0]
-    height, width = tile_size(tuple(maps[0].shape[-2:]), None if images is None else tuple(images.shape[1:3]),
-                              len(maps), max_tile)
+    height, width = tile_size(
+        tuple(maps[0].shape[-2:]), None if images is None else tuple(images.shape[1:3]), len(maps), max_tile
+    )
     scale = label_scale(width, max((len(label) for label in labels), default=1))
     base = None
     if images is not None:
@@ -285,10 +326,10 @@ def render_steps(maps: list[torch.Tensor], labels: list[str], *, images: torch.T
         tiles = []
         for step_map in maps:
             if colormap is None:
-                rgb = resize_rgb(assignment_rgb(step_map[b:b + 1]), height, width, smooth=False)
+                rgb = resize_rgb(assignment_rgb(step_map[b : b + 1]), height, width, smooth=False)
             else:
-                rgb = resize_rgb(colorize(normalize(step_map[b:b + 1]), colormap), height, width)
-            tiles.append(overlay(rgb, None if base is None else base[b:b + 1], alpha)[0])
+                rgb = resize_rgb(colorize(normalize(step_map[b : b + 1]), colormap), height, width)
+            tiles.append(overlay(rgb, None if base is None else base[b : b + 1], alpha)[0])
         grid = tile_grid(torch.stack(tiles), labels, scale)
         key = assignment_legend if colormap is None else partial(colour_bar, colormap)
         grids.append(stack_rows(grid, key(grid.shape[1], scale)))

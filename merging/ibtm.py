@@ -43,10 +43,17 @@ def importance_order(importance: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_fraction: float = 0.25,
-                    pool_factor: float = 1.4, dst_mode: DstMode = DstMode.RANDOM,
-                    seed: torch.Tensor | int | None = None, positions: torch.Tensor | None = None,
-                    by_importance: torch.Tensor | None = None) -> MergePlan:
+def importance_plan(
+    metric: torch.Tensor,
+    importance: torch.Tensor,
+    r: int,
+    dst_fraction: float = 0.25,
+    pool_factor: float = 1.4,
+    dst_mode: DstMode = DstMode.RANDOM,
+    seed: torch.Tensor | int | None = None,
+    positions: torch.Tensor | None = None,
+    by_importance: torch.Tensor | None = None,
+) -> MergePlan:
     """IBTM plan for ``metric`` [S, N, C] and ``importance`` [S, N] (higher = more important); with ``positions``
     [N, 2] (the tokens' grid coordinates) sources match their nearest destination instead of the most similar.
     ``by_importance`` [S, N] is :func:`importance_order` of ``importance`` where the caller has it already."""
@@ -69,8 +76,10 @@ def importance_plan(metric: torch.Tensor, importance: torch.Tensor, r: int, dst_
     dst_idx, src_idx = split_destinations(is_dst, K)
     always = outside_pool.gather(1, src_idx)  # [S, N - K]
     if positions is None:
-        score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
-                                       metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
+        score, best = best_destination(
+            metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
+            metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)),
+        )
     else:
         score, best = nearest_destination(positions[src_idx], positions[dst_idx])  # [S, n] -> [S, n, 2]
     return select_merges(dst_idx, src_idx, best, score, r, N, always_merge=always)

@@ -57,8 +57,10 @@ class MergePlan:
         """The plan for a model call holding ``chunks`` row blocks of all samples ([uncond x S, cond x S, ...])."""
         if chunks == 1:
             return self
-        return MergePlan(*(t.repeat(chunks, 1) for t in (self.keep_idx, self.dst_idx, self.src_idx,
-                                                         self.src_to_dst)), num_tokens=self.num_tokens)
+        return MergePlan(
+            *(t.repeat(chunks, 1) for t in (self.keep_idx, self.dst_idx, self.src_idx, self.src_to_dst)),
+            num_tokens=self.num_tokens,
+        )
 
 
 def _expand(idx: torch.Tensor, channels: int) -> torch.Tensor:
@@ -96,12 +98,19 @@ def split_destinations(is_dst: torch.Tensor, K: int) -> tuple[torch.Tensor, torc
     """Boolean ``is_dst`` [S, N] with K destinations per row -> (dst_idx [S, K], src_idx [S, N - K]),
     both in ascending token order."""
     order = torch.argsort(is_dst.to(torch.int8), dim=1, stable=True)  # non-dst first, then dst; index order kept
-    return order[:, order.shape[1] - K:], order[:, : order.shape[1] - K]
+    return order[:, order.shape[1] - K :], order[:, : order.shape[1] - K]
 
 
 @torch.no_grad()
-def select_merges(dst_idx: torch.Tensor, src_idx: torch.Tensor, best_dst: torch.Tensor, priority: torch.Tensor,
-                  r: int, num_tokens: int, always_merge: torch.Tensor | None = None) -> MergePlan:
+def select_merges(
+    dst_idx: torch.Tensor,
+    src_idx: torch.Tensor,
+    best_dst: torch.Tensor,
+    priority: torch.Tensor,
+    r: int,
+    num_tokens: int,
+    always_merge: torch.Tensor | None = None,
+) -> MergePlan:
     """Merge the ``r`` candidate sources of highest ``priority`` [S, Ns] into their ``best_dst`` [S, Ns];
     sources flagged in ``always_merge`` [S, Ns] come first whatever their priority. The rest are kept."""
     order = torch.argsort(priority, dim=1, descending=True, stable=True)  # [S, Ns]
@@ -132,8 +141,13 @@ def stack_frames(plan: MergePlan, frames: int) -> MergePlan:
     def join(idx: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         return (idx.view(samples, frames, idx.shape[1]) + offset).flatten(1)  # [S*T, m] -> [S, T*m]
 
-    return MergePlan(join(plan.keep_idx, token_offset), join(plan.dst_idx, token_offset),
-                     join(plan.src_idx, token_offset), join(plan.src_to_dst, dst_offset), num_tokens=frames * n)
+    return MergePlan(
+        join(plan.keep_idx, token_offset),
+        join(plan.dst_idx, token_offset),
+        join(plan.src_idx, token_offset),
+        join(plan.src_to_dst, dst_offset),
+        num_tokens=frames * n,
+    )
 
 
 def kept_order(plan: MergePlan) -> torch.Tensor:

@@ -52,9 +52,16 @@ def frequency_priority(last_independent: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def structure_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[int, int] = (2, 2),
-                   last_independent: torch.Tensor | None = None, similarity_weight: float = 0.05,
-                   seed: torch.Tensor | int | None = None) -> MergePlan | None:
+def structure_plan(
+    metric: torch.Tensor,
+    h: int,
+    w: int,
+    r: int,
+    window: tuple[int, int] = (2, 2),
+    last_independent: torch.Tensor | None = None,
+    similarity_weight: float = 0.05,
+    seed: torch.Tensor | int | None = None,
+) -> MergePlan | None:
     """Structure-stage plan for ``metric`` [S, h * w, C]: about ``r`` tokens merged by collapsing whole windows."""
     S, N, _ = metric.shape
     sy, sx = window
@@ -84,13 +91,21 @@ def structure_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[i
     in_window = torch.zeros(S, N, dtype=torch.bool, device=metric.device)
     in_window.scatter_(1, chosen_members.flatten(1), value=True)
     keep_idx = torch.argsort(in_window.to(torch.int8), dim=1, stable=True)[:, : N - n_windows * m]
-    return MergePlan(keep_idx=keep_idx, dst_idx=dst_idx, src_idx=src_idx, src_to_dst=src_to_dst.contiguous(),
-                     num_tokens=N)
+    return MergePlan(
+        keep_idx=keep_idx, dst_idx=dst_idx, src_idx=src_idx, src_to_dst=src_to_dst.contiguous(), num_tokens=N
+    )
 
 
 @torch.no_grad()
-def detail_plan(metric: torch.Tensor, h: int, w: int, r: int, window: tuple[int, int] = (2, 2),
-                priority: torch.Tensor | None = None, seed: torch.Tensor | int | None = None) -> MergePlan | None:
+def detail_plan(
+    metric: torch.Tensor,
+    h: int,
+    w: int,
+    r: int,
+    window: tuple[int, int] = (2, 2),
+    priority: torch.Tensor | None = None,
+    seed: torch.Tensor | int | None = None,
+) -> MergePlan | None:
     """Detail-stage plan: per window the highest-``priority`` [S, N] token is the destination (random without
     a priority; drawn from ``seed``), then global bipartite matching merges the ``r`` most similar other tokens."""
     S, N, _ = metric.shape

@@ -18,8 +18,9 @@ DEFAULT_MAX_ELEMENTS = 1 << 22  # 4M scores (16 MB in fp32) per chunk
 
 
 @torch.no_grad()
-def best_destination(src: torch.Tensor, dst: torch.Tensor,
-                     max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+def best_destination(
+    src: torch.Tensor, dst: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For ``src`` [B, S, C] and ``dst`` [B, K, C]: (best cosine score [B, S], index of that dst [B, S])."""
     src = torch.nn.functional.normalize(src.float(), dim=-1)
     dst_t = torch.nn.functional.normalize(dst.float(), dim=-1).transpose(1, 2)  # [B, C, K]
@@ -33,8 +34,9 @@ def best_destination(src: torch.Tensor, dst: torch.Tensor,
 
 
 @torch.no_grad()
-def nearest_destination(src_pos: torch.Tensor, dst_pos: torch.Tensor,
-                        max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_destination(
+    src_pos: torch.Tensor, dst_pos: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For grid positions ``src_pos`` [B, S, 2] and ``dst_pos`` [B, K, 2]: (minus the distance to the nearest
     destination [B, S], index of that dst [B, S]); the score is higher for nearer, as for cosine."""
     rows = max(1, max_elements // max(1, dst_pos.shape[1]))

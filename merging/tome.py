@@ -18,9 +18,15 @@ from .similarity import best_destination
 
 
 @torch.no_grad()
-def window_destinations(samples: int, h: int, w: int, sy: int = 2, sx: int = 2,
-                        seed: torch.Tensor | int | None = None,
-                        device: torch.device | None = None) -> torch.Tensor | None:
+def window_destinations(
+    samples: int,
+    h: int,
+    w: int,
+    sy: int = 2,
+    sx: int = 2,
+    seed: torch.Tensor | int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
     """Boolean ``is_dst`` [samples, h * w] on ``device``: one destination per sy x sx window, or ``None`` if no
     window fits. ``seed`` (a stream of ``draws.py``) draws each window's destination; without it the top-left
     token is used."""
@@ -44,14 +50,17 @@ def bipartite_plan(metric: torch.Tensor, is_dst: torch.Tensor, K: int, r: int) -
     the ``r`` most similar sources are merged (bipartite soft matching)."""
     N, C = metric.shape[1:]
     dst_idx, src_idx = split_destinations(is_dst, K)
-    score, best = best_destination(metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
-                                   metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)))
+    score, best = best_destination(
+        metric.gather(1, src_idx.unsqueeze(-1).expand(-1, -1, C)),
+        metric.gather(1, dst_idx.unsqueeze(-1).expand(-1, -1, C)),
+    )
     return select_merges(dst_idx, src_idx, best, score, min(r, src_idx.shape[1]), N)
 
 
 @torch.no_grad()
-def tome_plan(metric: torch.Tensor, h: int, w: int, r: int, sy: int = 2, sx: int = 2,
-              seed: torch.Tensor | int | None = None) -> MergePlan | None:
+def tome_plan(
+    metric: torch.Tensor, h: int, w: int, r: int, sy: int = 2, sx: int = 2, seed: torch.Tensor | int | None = None
+) -> MergePlan | None:
     """ToMeSD plan for ``metric`` [S, h * w, C] merging up to ``r`` tokens; ``None`` when the grid is too small."""
     is_dst = window_destinations(metric.shape[0], h, w, sy, sx, seed, metric.device)
     if is_dst is None:

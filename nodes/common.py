@@ -21,23 +21,43 @@ CATEGORY = "tokenmerge"
 # patched clone recording for other previews.
 HIDDEN = [io.Hidden.prompt, io.Hidden.unique_id]
 
-SEED_TOOLTIP = ("Seed of the merge's own draws (which tokens become destinations); not the sampler's seed, whose "
-                "RNG is untouched. Fixed after each run unless you set its control to randomize.")
+SEED_TOOLTIP = (
+    "Seed of the merge's own draws (which tokens become destinations); not the sampler's seed, whose "
+    "RNG is untouched. Fixed after each run unless you set its control to randomize."
+)
 
 
-def float_input(name: str, tooltip: str, *, setting: Setting | None = None, optional: bool = False,
-                advanced: bool = True) -> io.Float.Input:
+def float_input(
+    name: str, tooltip: str, *, setting: Setting | None = None, optional: bool = False, advanced: bool = True
+) -> io.Float.Input:
     """A FLOAT slider with the range and default of ``SETTINGS[name]`` (or of ``setting``, a node's variant)."""
     spec = setting or SETTINGS[name]
-    return io.Float.Input(name, default=spec.default, min=spec.low, max=spec.high, step=spec.step,
-                          optional=optional, tooltip=tooltip, **(ADVANCED if advanced else {}))
+    return io.Float.Input(
+        name,
+        default=spec.default,
+        min=spec.low,
+        max=spec.high,
+        step=spec.step,
+        optional=optional,
+        tooltip=tooltip,
+        **(ADVANCED if advanced else {}),
+    )
 
 
-def int_input(name: str, tooltip: str, *, optional: bool = False, advanced: bool = True,
-              **extra: object) -> io.Int.Input:
+def int_input(
+    name: str, tooltip: str, *, optional: bool = False, advanced: bool = True, **extra: object
+) -> io.Int.Input:
     spec = SETTINGS[name]
-    return io.Int.Input(name, default=spec.default, min=spec.low, max=spec.high, optional=optional,
-                        tooltip=tooltip, **extra, **(ADVANCED if advanced else {}))
+    return io.Int.Input(
+        name,
+        default=spec.default,
+        min=spec.low,
+        max=spec.high,
+        optional=optional,
+        tooltip=tooltip,
+        **extra,
+        **(ADVANCED if advanced else {}),
+    )
 
 
 def seed_input() -> io.Int.Input:
@@ -49,18 +69,27 @@ def seed_input() -> io.Int.Input:
 def block_range_inputs(start: float | None = None, end: float | None = None) -> list[io.Float.Input]:
     # Inputs added after a node's first release are optional, so saved API prompts without them still validate.
     return [
-        float_input("block_start", "DiTs: merge the blocks from this fraction of the depth on (IBTM on PixArt: the "
-                                   "middle half). Must be below block_end. UNets ignore it.",
-                    setting=SETTINGS["block_start"].with_(default=start) if start is not None else None,
-                    optional=True),
-        float_input("block_end", "DiTs: merge the blocks before this fraction of the depth.",
-                    setting=SETTINGS["block_end"].with_(default=end) if end is not None else None, optional=True),
+        float_input(
+            "block_start",
+            "DiTs: merge the blocks from this fraction of the depth on (IBTM on PixArt: the "
+            "middle half). Must be below block_end. UNets ignore it.",
+            setting=SETTINGS["block_start"].with_(default=start) if start is not None else None,
+            optional=True,
+        ),
+        float_input(
+            "block_end",
+            "DiTs: merge the blocks before this fraction of the depth.",
+            setting=SETTINGS["block_end"].with_(default=end) if end is not None else None,
+            optional=True,
+        ),
     ]
 
 
 def run_window_inputs() -> list[io.Float.Input]:
-    return [float_input("start_percent", "Merging starts at this fraction of the sampling run (below end_percent)."),
-            float_input("end_percent", "Merging stops after this fraction of the sampling run.")]
+    return [
+        float_input("start_percent", "Merging starts at this fraction of the sampling run (below end_percent)."),
+        float_input("end_percent", "Merging stops after this fraction of the sampling run."),
+    ]
 
 
 def window_inputs(tooltip_y: str) -> list[io.Int.Input]:
@@ -69,14 +98,19 @@ def window_inputs(tooltip_y: str) -> list[io.Int.Input]:
 
 def proportional_attention_input() -> io.Boolean.Input:
     return io.Boolean.Input(
-        "proportional_attention", default=False, optional=True, **ADVANCED,
+        "proportional_attention",
+        default=False,
+        optional=True,
+        **ADVANCED,
         tooltip="DiTs: add log(number of tokens a merged token stands for) to its attention logit (ToMe's "
-                "proportional attention), so merged regions keep their share of the attention. Off until the "
-                "quality benchmark settles it. PixArt and UNets ignore it (one warning).")
+        "proportional attention), so merged regions keep their share of the attention. Off until the "
+        "quality benchmark settles it. PixArt and UNets ignore it (one warning).",
+    )
 
 
-def model_schema(node_id: str, display_name: str, description: str, ratio: Setting, ratio_tooltip: str,
-                 options: list) -> io.Schema:
+def model_schema(
+    node_id: str, display_name: str, description: str, ratio: Setting, ratio_tooltip: str, options: list
+) -> io.Schema:
     """Every merging node: a MODEL and a ratio in, the patched clone out, then its own options."""
     return io.Schema(
         node_id=node_id,
@@ -89,7 +123,8 @@ def model_schema(node_id: str, display_name: str, description: str, ratio: Setti
             *options,
         ],
         outputs=[io.Model.Output(tooltip="The patched clone (or the input model when ratio is 0).")],
-        hidden=HIDDEN, not_idempotent=True,
+        hidden=HIDDEN,
+        not_idempotent=True,
     )
 
 

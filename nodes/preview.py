@@ -72,29 +72,62 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
             display_name="Token Merge Heatmap Preview",
             category=CATEGORY,
             description="Shows the CFG importance maps that drive token merging (where the prompt-relevant content "
-                        "is), or which tokens a block kept, merged or used as destinations, step by step. Live "
-                        "during sampling; recording costs nothing when no preview is connected.",
+            "is), or which tokens a block kept, merged or used as destinations, step by step. Live "
+            "during sampling; recording costs nothing when no preview is connected.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL output of a Token Merge node (or a model patched from "
-                                                "it); its recorder holds the maps."),
-                io.Image.Input("images", tooltip="The decoded images: the heatmap is laid over them, and this "
-                                                 "input makes the preview run after sampling."),
-                io.String.Input("steps", default="last",
-                                tooltip=f"Which steps to show: {STEPS_HELP}. Long runs keep at most 32 steps "
-                                        "spread over the run; a step not kept shows its nearest kept one."),
-                io.Combo.Input("colormap", options=list(COLORMAPS), default=DEFAULT_COLORMAP,
-                               tooltip="Colours from low to high importance."),
-                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05,
-                               tooltip="Weight of the heatmap over the image: 0 shows the image, 1 only the map."),
-                io.Combo.Input("view", options=[IMPORTANCE_VIEW, ASSIGNMENT_VIEW], default=IMPORTANCE_VIEW,
-                               tooltip="importance: |cond - uncond| of each step. merge assignment: the tokens "
-                                       "of one block, kept (grey), merged away (blue) or destination (orange)."),
-                io.Int.Input("block", default=0, min=0, max=255, **ADVANCED,
-                             tooltip="Merge assignment view: which merged block to show, in the order the "
-                                     "blocks first merged (0 = the first)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The MODEL output of a Token Merge node (or a model patched from "
+                    "it); its recorder holds the maps.",
+                ),
+                io.Image.Input(
+                    "images",
+                    tooltip="The decoded images: the heatmap is laid over them, and this "
+                    "input makes the preview run after sampling.",
+                ),
+                io.String.Input(
+                    "steps",
+                    default="last",
+                    tooltip=f"Which steps to show: {STEPS_HELP}. Long runs keep at most 32 steps "
+                    "spread over the run; a step not kept shows its nearest kept one.",
+                ),
+                io.Combo.Input(
+                    "colormap",
+                    options=list(COLORMAPS),
+                    default=DEFAULT_COLORMAP,
+                    tooltip="Colours from low to high importance.",
+                ),
+                io.Float.Input(
+                    "overlay_alpha",
+                    default=0.6,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Weight of the heatmap over the image: 0 shows the image, 1 only the map.",
+                ),
+                io.Combo.Input(
+                    "view",
+                    options=[IMPORTANCE_VIEW, ASSIGNMENT_VIEW],
+                    default=IMPORTANCE_VIEW,
+                    tooltip="importance: |cond - uncond| of each step. merge assignment: the tokens "
+                    "of one block, kept (grey), merged away (blue) or destination (orange).",
+                ),
+                io.Int.Input(
+                    "block",
+                    default=0,
+                    min=0,
+                    max=255,
+                    **ADVANCED,
+                    tooltip="Merge assignment view: which merged block to show, in the order the "
+                    "blocks first merged (0 = the first).",
+                ),
             ],
-            outputs=[io.Image.Output(tooltip="The heatmap grid, one image per sample: a labelled tile per step, "
-                                             "and a legend of the colours.")],
+            outputs=[
+                io.Image.Output(
+                    tooltip="The heatmap grid, one image per sample: a labelled tile per step, "
+                    "and a legend of the colours."
+                )
+            ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
@@ -105,12 +138,15 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
         return True if steps is None else (check_steps(steps) or True)
 
     @classmethod
-    def execute(cls, model, images, steps: str, colormap: str, overlay_alpha: float, view: str,
-                block: int = 0) -> io.NodeOutput:
+    def execute(
+        cls, model, images, steps: str, colormap: str, overlay_alpha: float, view: str, block: int = 0
+    ) -> io.NodeOutput:
         state = model.get_attachment(STATE_ATTACHMENT)
         if state is None:
-            logger.warning("tokenmerge: the preview's model is not patched by a Token Merge node (or its ratio "
-                           "is 0): nothing to show, the images pass through")
+            logger.warning(
+                "tokenmerge: the preview's model is not patched by a Token Merge node (or its ratio "
+                "is 0): nothing to show, the images pass through"
+            )
             return _shown(cls, images)
         recorder = state.recorder
         node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
@@ -121,8 +157,10 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
         else:
             records = {s: r for s, r in records.items() if r.assignments}
         if not records:
-            logger.warning("tokenmerge: nothing was recorded for this preview: the sampler's result came from the "
-                           "cache (queue again with another seed) or no step merged; the images pass through")
+            logger.warning(
+                "tokenmerge: nothing was recorded for this preview: the sampler's result came from the "
+                "cache (queue again with another seed) or no step merged; the images pass through"
+            )
             return _shown(cls, images)
         problem = check_steps(steps)
         if problem:
@@ -132,16 +170,20 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
             maps = [r.importance for r in chosen]
         else:
             if block >= len(recorder.block_order):
-                raise ValueError(f"block={block} is out of range: allowed 0 to {len(recorder.block_order) - 1} "
-                                 f"(this run merged {len(recorder.block_order)} blocks)")
+                raise ValueError(
+                    f"block={block} is out of range: allowed 0 to {len(recorder.block_order) - 1} "
+                    f"(this run merged {len(recorder.block_order)} blocks)"
+                )
             key = recorder.block_order[block]
             shape = next(r.assignments[key].shape for r in records.values() if key in r.assignments)
             # A step where this block did not merge shows all its tokens kept (category 0).
-            maps = [r.assignments[key] if key in r.assignments else torch.zeros(shape, dtype=torch.uint8)
-                    for r in chosen]
+            maps = [
+                r.assignments[key] if key in r.assignments else torch.zeros(shape, dtype=torch.uint8) for r in chosen
+            ]
         labels = [step_label(r.step, r.steps, r.sigma) for r in chosen]
-        grid = render_steps(maps, labels, images=images, alpha=overlay_alpha,
-                            colormap=colormap if view == IMPORTANCE_VIEW else None)
+        grid = render_steps(
+            maps, labels, images=images, alpha=overlay_alpha, colormap=colormap if view == IMPORTANCE_VIEW else None
+        )
         return _shown(cls, grid)
 
 

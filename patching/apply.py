@@ -58,13 +58,23 @@ def _run_wrapper(state: MergeState):
             c = state.counters
             if c["merged_calls"]:
                 kept = c["tokens_out"] / c["tokens_in"]
-                logger.info("tokenmerge: merged %d block calls (%d by importance, %d spatial ToMe, %d SDTM structure, "
-                            "%d SDTM detail, %d pruning); those blocks ran on %.0f%% of their tokens",
-                            c["merged_calls"], c["importance_calls"], c["tome_calls"], c["structure_calls"],
-                            c["detail_calls"], c["prune_calls"], 100 * kept)
+                logger.info(
+                    "tokenmerge: merged %d block calls (%d by importance, %d spatial ToMe, %d SDTM structure, "
+                    "%d SDTM detail, %d pruning); those blocks ran on %.0f%% of their tokens",
+                    c["merged_calls"],
+                    c["importance_calls"],
+                    c["tome_calls"],
+                    c["structure_calls"],
+                    c["detail_calls"],
+                    c["prune_calls"],
+                    100 * kept,
+                )
             if c["protected_calls"]:
-                logger.info("tokenmerge: SDTM ran %d protected block calls in full; cache peak %.1f MB",
-                            c["protected_calls"], c["cache_peak_bytes"] / 2**20)
+                logger.info(
+                    "tokenmerge: SDTM ran %d protected block calls in full; cache peak %.1f MB",
+                    c["protected_calls"],
+                    c["cache_peak_bytes"] / 2**20,
+                )
 
     return outer_sample
 
@@ -77,9 +87,16 @@ def _call_wrapper(state: MergeState, config: MergeConfig, merger: UNetMerger | D
         # BaseModel.apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **extra conds)
         options = kwargs.get("transformer_options", args[4] if len(args) > 4 else {})
         context = kwargs.get("c_crossattn", args[2] if len(args) > 2 else None)
-        state.call = model_call(config, state, x, options, merger.token_grids(tuple(x.shape)), merger.switch_sigma,
-                                text_tokens=context.shape[1] if isinstance(context, torch.Tensor) else None,
-                                reference_method=reference_method(getattr(executor, "class_obj", None), kwargs))
+        state.call = model_call(
+            config,
+            state,
+            x,
+            options,
+            merger.token_grids(tuple(x.shape)),
+            merger.switch_sigma,
+            text_tokens=context.shape[1] if isinstance(context, torch.Tensor) else None,
+            reference_method=reference_method(getattr(executor, "class_obj", None), kwargs),
+        )
         try:
             return executor(x, *args, **kwargs)
         finally:
@@ -105,8 +122,12 @@ def reference_method(base_model: object, conds: dict) -> str | None:
 
 
 def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
-    merger = UNetMerger(config, state, transformer_blocks(model.model.diffusion_model).values(),
-                        attention_downsamples(model.model.diffusion_model))
+    merger = UNetMerger(
+        config,
+        state,
+        transformer_blocks(model.model.diffusion_model).values(),
+        attention_downsamples(model.model.diffusion_model),
+    )
     patched.set_model_attn1_patch(merger.attn1_patch)
     patched.set_model_attn1_output_patch(merger.attn1_output_patch)
     if config.merge_attn2:
@@ -117,8 +138,9 @@ def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
             name = f"diffusion_model.{path}.ff.forward"
             previous = patched.get_model_object(name)
             patched.add_object_patch(name, _chained(merger.feed_forward(previous, key), previous))
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 _call_wrapper(state, config, merger))
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state, config, merger)
+    )
 
 
 def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeState) -> None:
@@ -127,8 +149,16 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
     if config.method is Method.SDTM:  # the stage switch, converted to a sigma once
         switch_sigma = float(model.get_model_object("model_sampling").percent_to_sigma(config.switch_percent))
     blocks = selected_blocks(block_keys(diffusion_model, family), config.block_range)
-    merger = DiTMerger(config, state, family, spatial_patch(diffusion_model), blocks, switch_sigma,
-                       getattr(diffusion_model, "pad_tokens_multiple", None), image_first=image_first(diffusion_model))
+    merger = DiTMerger(
+        config,
+        state,
+        family,
+        spatial_patch(diffusion_model),
+        blocks,
+        switch_sigma,
+        getattr(diffusion_model, "pad_tokens_multiple", None),
+        image_first=image_first(diffusion_model),
+    )
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for key in blocks:
         if family in BLOCK_MODULES:  # no replace point: an object patch on the block's forward
@@ -144,8 +174,9 @@ def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeSta
                 name = f"diffusion_model.{path}.forward"
                 previous = patched.get_model_object(name)
                 patched.add_object_patch(name, _chained(merger.sublayer_forward(previous, key, sublayer), previous))
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 _call_wrapper(state, config, merger))
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state, config, merger)
+    )
 
 
 def _chained(patch, previous):
@@ -182,10 +213,13 @@ def _remove_token_merge(patched) -> None:
             else:
                 slots[key] = previous
     if "sampler_post_cfg_function" in options:
-        options["sampler_post_cfg_function"] = [fn for fn in options["sampler_post_cfg_function"]
-                                                if not isinstance(fn, ImportanceCapture)]
-    for wrapper_type in (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
-                         comfy.patcher_extension.WrappersMP.APPLY_MODEL):
+        options["sampler_post_cfg_function"] = [
+            fn for fn in options["sampler_post_cfg_function"] if not isinstance(fn, ImportanceCapture)
+        ]
+    for wrapper_type in (
+        comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+    ):
         patched.remove_wrappers_with_key(wrapper_type, WRAPPER_KEY)
     patched.remove_attachments(STATE_ATTACHMENT)
 
@@ -202,12 +236,15 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
         return model
     family = model_family(model)
     if config.method is Method.SDTM and family == "unet":
-        logger.warning("tokenmerge: SDTM is for diffusion transformers; this UNet passes through unpatched "
-                       "(use Token Merge (Importance) for UNets)")
+        logger.warning(
+            "tokenmerge: SDTM is for diffusion transformers; this UNet passes through unpatched "
+            "(use Token Merge (Importance) for UNets)"
+        )
         return model
     if family != "unet" and family not in DIT_CLASSES.values():
-        logger.warning("tokenmerge: %s models are not supported by this node yet; the model passes through "
-                       "unpatched", family)
+        logger.warning(
+            "tokenmerge: %s models are not supported by this node yet; the model passes through unpatched", family
+        )
         return model
     ignored = ignored_attention_options(config, family)
     if ignored:
@@ -215,8 +252,10 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
     patched = model.clone()
     if earlier:
         _remove_token_merge(patched)
-        logger.info("tokenmerge: the model already carries token merging from an earlier tokenmerge node; this "
-                    "node's settings replace it (the last tokenmerge node wins)")
+        logger.info(
+            "tokenmerge: the model already carries token merging from an earlier tokenmerge node; this "
+            "node's settings replace it (the last tokenmerge node wins)"
+        )
         if config.ratio == 0:
             return patched
     state = MergeState()
@@ -224,10 +263,12 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
         _patch_unet(patched, model, config, state)
     else:
         _patch_dit(patched, model, family, config, state)
-    merges_by_importance = config.method is Method.IMPORTANCE or \
-        config.detail_destination is DetailDestination.IMPORTANCE
-    patched.set_model_sampler_post_cfg_function(ImportanceCapture(state, config.fallback,
-                                                                  merges_by_importance=merges_by_importance))
+    merges_by_importance = (
+        config.method is Method.IMPORTANCE or config.detail_destination is DetailDestination.IMPORTANCE
+    )
+    patched.set_model_sampler_post_cfg_function(
+        ImportanceCapture(state, config.fallback, merges_by_importance=merges_by_importance)
+    )
     if previews:
         state.recorder.request(previews)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_wrapper(state))

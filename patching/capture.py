@@ -37,11 +37,13 @@ class ImportanceCapture:
         with torch.profiler.record_function("tokenmerge.capture"):
             self._capture(args, denoised)
         if state.recorder.enabled and state.importance is not None:
-            options = {"sigmas": args["sigma"],
-                       "sample_sigmas": args.get("model_options", {}).get("transformer_options", {})
-                       .get("sample_sigmas")}
-            state.recorder.add_importance(step_position(options)[0], run_steps(options),
-                                          current_sigma(options) or 0.0, state.importance)
+            options = {
+                "sigmas": args["sigma"],
+                "sample_sigmas": args.get("model_options", {}).get("transformer_options", {}).get("sample_sigmas"),
+            }
+            state.recorder.add_importance(
+                step_position(options)[0], run_steps(options), current_sigma(options) or 0.0, state.importance
+            )
         return denoised
 
     def _capture(self, args: dict, denoised: object) -> None:
@@ -52,16 +54,24 @@ class ImportanceCapture:
             return
         state.no_uncond = True  # the uncond pass was skipped: no CFG importance this step
         if self.fallback is Fallback.X0_CHANGE:
-            state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
-                            "importance = change of the x0 prediction since the previous step", logging.INFO)
+            state.warn_once(
+                "no_uncond",
+                "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
+                "importance = change of the x0 prediction since the previous step",
+                logging.INFO,
+            )
             previous = state.previous_x0
             if previous is not None and previous.shape == denoised.shape:
                 state.importance = cfg_importance(denoised, previous, args["sigma"])
                 state.count("fallback_maps")
             state.previous_x0 = denoised.detach().clone()
         elif self.merges_by_importance:
-            state.warn_once("no_uncond", "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
-                            "importance merging falls back to spatial ToMe at the same ratio", logging.INFO)
+            state.warn_once(
+                "no_uncond",
+                "tokenmerge: no uncond pass (cfg 1 or a guider without negative): "
+                "importance merging falls back to spatial ToMe at the same ratio",
+                logging.INFO,
+            )
 
     def __deepcopy__(self, memo: dict) -> ImportanceCapture:
         return self

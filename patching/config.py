@@ -85,8 +85,12 @@ class MergeConfig:
     def input_values(self) -> dict[str, float]:
         """The config as the nodes' inputs name it (windows and block range split in two)."""
         values = {name: getattr(self, name) for name in SETTINGS if hasattr(self, name)}
-        values.update(window_y=self.window[0], window_x=self.window[1], block_start=self.block_range[0],
-                      block_end=self.block_range[1])
+        values.update(
+            window_y=self.window[0],
+            window_x=self.window[1],
+            block_start=self.block_range[0],
+            block_end=self.block_range[1],
+        )
         return values
 
     def __post_init__(self) -> None:
@@ -116,21 +120,39 @@ def cross_field_problems(method: Method, values: Mapping[str, float]) -> list[tu
     v = values
     problems = []
     if method is Method.SDTM and v["deviation"] > v["ratio"]:
-        problems.append((frozenset({"deviation", "ratio"}),
-                         f"deviation={v['deviation']} is out of range: allowed 0.0 to ratio={v['ratio']}"))
+        problems.append(
+            (
+                frozenset({"deviation", "ratio"}),
+                f"deviation={v['deviation']} is out of range: allowed 0.0 to ratio={v['ratio']}",
+            )
+        )
     windows = f"1 - 1/(window_y*window_x) with window_y={v['window_y']}, window_x={v['window_x']}"
-    bound = {Method.IMPORTANCE: ({"dst_fraction"}, f"1 - dst_fraction with dst_fraction={v['dst_fraction']}"),
-             Method.TOME: ({"window_y", "window_x"}, windows),
-             Method.SDTM: ({"window_y", "window_x", "deviation"}, f"{windows}, minus deviation={v['deviation']}")}
+    bound = {
+        Method.IMPORTANCE: ({"dst_fraction"}, f"1 - dst_fraction with dst_fraction={v['dst_fraction']}"),
+        Method.TOME: ({"window_y", "window_x"}, windows),
+        Method.SDTM: ({"window_y", "window_x", "deviation"}, f"{windows}, minus deviation={v['deviation']}"),
+    }
     depends, why = bound[method]
     highest = max_ratio(method, v)
     if v["ratio"] > highest:
-        problems.append((frozenset({"ratio", *depends}),
-                         f"ratio={v['ratio']} is out of range: allowed 0.0 to {highest} (at most {why})"))
+        problems.append(
+            (
+                frozenset({"ratio", *depends}),
+                f"ratio={v['ratio']} is out of range: allowed 0.0 to {highest} (at most {why})",
+            )
+        )
     if v["start_percent"] >= v["end_percent"]:
-        problems.append((frozenset({"start_percent", "end_percent"}),
-                         f"start_percent={v['start_percent']} must be below end_percent={v['end_percent']}"))
+        problems.append(
+            (
+                frozenset({"start_percent", "end_percent"}),
+                f"start_percent={v['start_percent']} must be below end_percent={v['end_percent']}",
+            )
+        )
     if v["block_start"] >= v["block_end"]:
-        problems.append((frozenset({"block_start", "block_end"}),
-                         f"block_start={v['block_start']} must be below block_end={v['block_end']}"))
+        problems.append(
+            (
+                frozenset({"block_start", "block_end"}),
+                f"block_start={v['block_start']} must be below block_end={v['block_end']}",
+            )
+        )
     return problems

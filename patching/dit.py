@@ -88,8 +88,11 @@ def ignored_attention_options(config: MergeConfig, family: str) -> list[str]:
     names = []
     if config.proportional_attention and family in ("unet", "pixart"):
         names.append("proportional_attention")
-    names += [name for name in ("prompt_scale_structure", "prompt_scale_detail")
-              if getattr(config, name) != 1.0 and family not in JOINT_FAMILIES]
+    names += [
+        name
+        for name in ("prompt_scale_structure", "prompt_scale_detail")
+        if getattr(config, name) != 1.0 and family not in JOINT_FAMILIES
+    ]
     return names
 
 
@@ -102,8 +105,9 @@ def dit_family(diffusion_model: torch.nn.Module) -> str | None:
 def block_keys(diffusion_model: torch.nn.Module, family: str) -> list[tuple[str, int]]:
     """Every block of the model in forward order, as ``patches_replace`` keys (PixArt: ("block", i))."""
     if family in ("flux", "hunyuan"):
-        return ([("double_block", i) for i in range(len(diffusion_model.double_blocks))]
-                + [("single_block", i) for i in range(len(diffusion_model.single_blocks))])
+        return [("double_block", i) for i in range(len(diffusion_model.double_blocks))] + [
+            ("single_block", i) for i in range(len(diffusion_model.single_blocks))
+        ]
     if family == "sd3":
         return [("double_block", i) for i in range(len(diffusion_model.joint_blocks))]
     if family == "wan":
@@ -130,9 +134,18 @@ def selected_blocks(keys: list[tuple[str, int]], block_range: tuple[float, float
 class DiTMerger(StateHolder):
     """Block patches of one patched DiT; shares its :class:`MergeState` with the capture and the wrapper."""
 
-    def __init__(self, config: MergeConfig, state: MergeState, family: str, patch: tuple[int, int, int],
-                 blocks: list[tuple[str, int]] = (), switch_sigma: float | None = None,
-                 pad_multiple: int | None = None, *, image_first: bool = False) -> None:
+    def __init__(
+        self,
+        config: MergeConfig,
+        state: MergeState,
+        family: str,
+        patch: tuple[int, int, int],
+        blocks: list[tuple[str, int]] = (),
+        switch_sigma: float | None = None,
+        pad_multiple: int | None = None,
+        *,
+        image_first: bool = False,
+    ) -> None:
         super().__init__(state)
         self.config = config
         self.family = family
@@ -182,8 +195,9 @@ class DiTMerger(StateHolder):
         mlp_only = self.config.detail_mlp_only
         patched = self.sublayers.get(key, frozenset())
         if self.family == "pixart":  # every merged computation is a sub-layer
-            stored = (patched if structure else frozenset()) | \
-                ((patched & {"mlp"} if mlp_only else patched) if detail else frozenset())
+            stored = (patched if structure else frozenset()) | (
+                (patched & {"mlp"} if mlp_only else patched) if detail else frozenset()
+            )
             block = False
         else:
             stored = patched & {"mlp"} if detail and mlp_only else frozenset()
@@ -214,16 +228,19 @@ class DiTMerger(StateHolder):
             return frozenset({"mlp"})
         return merged_sublayer_names(self.family, self.config) if self.family == "pixart" else frozenset()
 
-    def _with_sublayers(self, key: tuple[str, int], call: SublayerCall, run: Callable[..., Any], *args: Any,
-                        **kwargs: Any) -> Any:
+    def _with_sublayers(
+        self, key: tuple[str, int], call: SublayerCall, run: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
         """``run(*args, **kwargs)`` with ``call`` handed to the sub-layer patches of block ``key``."""
         patched = self.sublayers.get(key)
         if not (call.merged or call.stored) or not patched:
             return run(*args, **kwargs)
         # counted here, not in the sub-layer patches: a block may run them under torch.utils.checkpoint (SD3),
         # whose compiled form refuses side effects
-        if call.fuse and any(update_cache.lookup(self.state, name, key, call.planned.plan.dst_idx.shape[0]) is not None
-                             for name in call.merged & patched):
+        if call.fuse and any(
+            update_cache.lookup(self.state, name, key, call.planned.plan.dst_idx.shape[0]) is not None
+            for name in call.merged & patched
+        ):
             self.state.count("fused_calls")
         self.state.sublayer_calls[key] = call
         try:
@@ -232,8 +249,11 @@ class DiTMerger(StateHolder):
             self.state.sublayer_calls.pop(key, None)
 
     # --------------------------------------------------------------------- patches_replace["dit"]
-    def block_replace(self, key: tuple[str, int], previous: Callable[[dict, dict], dict] | None = None,
-                      ) -> Callable[[dict, dict], dict]:
+    def block_replace(
+        self,
+        key: tuple[str, int],
+        previous: Callable[[dict, dict], dict] | None = None,
+    ) -> Callable[[dict, dict], dict]:
         """Replace for block ``key``; it calls ``previous`` (a replace set earlier by another node) if any."""
         kind = key[0]
 
@@ -246,12 +266,12 @@ class DiTMerger(StateHolder):
                 return original(args)
             start, trailing = span  # the generated image tokens are img[:, start:start + n]
             n = self._image_tokens()
-            img = args["img"][:, start:start + n]
+            img = args["img"][:, start : start + n]
             if self._protected():
                 call, block = self._refresh(key, img.shape[0])
                 before = self._kept_input(img) if block else None
                 out = self._with_sublayers(key, dataclasses.replace(call, tokens=n), original, args)
-                self._store_block(key, before, out["img"][:, start:start + n])
+                self._store_block(key, before, out["img"][:, start : start + n])
                 return out
             planned = self._plan(img, key)
             if planned is None:
@@ -289,7 +309,7 @@ class DiTMerger(StateHolder):
             if order is not None:
                 out["img"] = out["img"][:, torch.argsort(order)]
             M = plan.num_out
-            update = self._blended("block", key, unmerge(out["img"][:, start:start + M] - merged, plan), plan)
+            update = self._blended("block", key, unmerge(out["img"][:, start : start + M] - merged, plan), plan)
             out["img"] = splice(out["img"], start, start + M, img + update)
             return out
 
@@ -303,15 +323,25 @@ class DiTMerger(StateHolder):
         length = text_len + plan.num_tokens + trailing
         rows = plan.dst_idx.shape[0]
         device = plan.dst_idx.device
-        index = torch.cat([torch.arange(text_len, device=device).expand(rows, -1), text_len + kept_order(plan),
-                           torch.arange(text_len + plan.num_tokens, length, device=device).expand(rows, -1)], dim=1)
+        index = torch.cat(
+            [
+                torch.arange(text_len, device=device).expand(rows, -1),
+                text_len + kept_order(plan),
+                torch.arange(text_len + plan.num_tokens, length, device=device).expand(rows, -1),
+            ],
+            dim=1,
+        )
         if mask.ndim == 2:  # [Lq, Lk], as ComfyUI's attention reads a 2-D mask
             mask = mask.unsqueeze(0)
         axes = (mask.ndim - 1, mask.ndim - 2)  # [B, (H,) Lq, Lk]: keys, queries
-        if mask.shape[0] not in (1, rows) or mask.shape[axes[0]] != length \
-                or any(mask.shape[axis] not in (1, length) for axis in axes):
-            self.planner.skip("attn_mask", f"an attention mask of shape {list(mask.shape)} over {length} tokens is "
-                                           "not merged")
+        if (
+            mask.shape[0] not in (1, rows)
+            or mask.shape[axes[0]] != length
+            or any(mask.shape[axis] not in (1, length) for axis in axes)
+        ):
+            self.planner.skip(
+                "attn_mask", f"an attention mask of shape {list(mask.shape)} over {length} tokens is not merged"
+            )
             return None
         for axis in axes:
             if mask.shape[axis] == length:
@@ -330,8 +360,13 @@ class DiTMerger(StateHolder):
         frames = vec.shape[1]  # checked against the grid in _unsupported
         kept, dst = plan.keep_idx.shape[1] // frames, plan.dst_idx.shape[1] // frames  # per frame: within frames
         frame = torch.arange(frames, device=plan.dst_idx.device).view(frames, 1)
-        positions = torch.cat([frame * kept + torch.arange(kept, device=frame.device),  # [F, U/F]
-                               plan.keep_idx.shape[1] + frame * dst + torch.arange(dst, device=frame.device)], dim=1)
+        positions = torch.cat(
+            [
+                frame * kept + torch.arange(kept, device=frame.device),  # [F, U/F]
+                plan.keep_idx.shape[1] + frame * dst + torch.arange(dst, device=frame.device),
+            ],
+            dim=1,
+        )
         return positions.flatten()  # [F, (U + K)/F] -> [M]
 
     def _kept_input(self, img: torch.Tensor) -> torch.Tensor:
@@ -350,8 +385,10 @@ class DiTMerger(StateHolder):
         if call is None:
             return None
         if call.leading_references:
-            self.planner.skip("leading_references", "reference latents placed before the image (HunyuanVideo / "
-                              "HunyuanImage ref_latent) are not merged yet")
+            self.planner.skip(
+                "leading_references",
+                "reference latents placed before the image (HunyuanVideo / HunyuanImage ref_latent) are not merged yet",
+            )
             return None
         start = 0
         options = args.get("transformer_options") or {}
@@ -364,14 +401,23 @@ class DiTMerger(StateHolder):
                 return None
         trailing = args["img"].shape[1] - start - self._image_tokens()
         references = options.get("reference_image_num_tokens")
-        if trailing < 0 or (references is not None and trailing != sum(references)) \
-                or (references is None and trailing and self.family not in REFERENCE_FAMILIES and not text_trails):
-            self.planner.skip("span", f"a {kind} holds {args['img'].shape[1]} tokens where the latent gives "
-                                      f"{self._image_tokens()} image tokens after {start} text tokens")
+        if (
+            trailing < 0
+            or (references is not None and trailing != sum(references))
+            or (references is None and trailing and self.family not in REFERENCE_FAMILIES and not text_trails)
+        ):
+            self.planner.skip(
+                "span",
+                f"a {kind} holds {args['img'].shape[1]} tokens where the latent gives "
+                f"{self._image_tokens()} image tokens after {start} text tokens",
+            )
             return None
         if trailing and call.reference_timestep_zero:
-            self.planner.skip("reference_timestep_zero", "reference images with their own timestep "
-                              "(index_timestep_zero) are not merged yet: their modulation ranges would move")
+            self.planner.skip(
+                "reference_timestep_zero",
+                "reference images with their own timestep "
+                "(index_timestep_zero) are not merged yet: their modulation ranges would move",
+            )
             return None
         return start, trailing
 
@@ -379,8 +425,15 @@ class DiTMerger(StateHolder):
         """Text tokens among the keys of a block's joint attention (0 where text comes in by cross-attention)."""
         return args["txt"].shape[1] if self.family in JOINT_FAMILIES and args.get("txt") is not None else 0
 
-    def _key_biases(self, planned: Planned, image: torch.Tensor, text_len: int, image_len: int,
-                    trailing: int = 0, order: torch.Tensor | None = None) -> dict[int, torch.Tensor] | None:
+    def _key_biases(
+        self,
+        planned: Planned,
+        image: torch.Tensor,
+        text_len: int,
+        image_len: int,
+        trailing: int = 0,
+        order: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor] | None:
         """Key biases by key length (``attention_override.py``) for a block's attention over ``text_len`` text,
         ``image_len`` image and ``trailing`` pad or reference tokens (image first: the text); ``None`` when no bias
         applies (the defaults:
@@ -391,13 +444,15 @@ class DiTMerger(StateHolder):
         text_scale = planned.text_scale if text_keys else 1.0
         if not proportional and text_scale == 1.0:
             return None
-        counts = multiplicity(planned.plan) if proportional \
-            else torch.ones(image.shape[0], image_len, device=image.device)
+        counts = (
+            multiplicity(planned.plan) if proportional else torch.ones(image.shape[0], image_len, device=image.device)
+        )
         if order is not None:
             counts = counts[:, order]
         if self.image_first:  # [image, text]: the trailing tokens are the text
-            joint = torch.cat([key_bias(counts), counts.new_full((counts.shape[0], trailing), math.log(text_scale))],
-                              dim=1)
+            joint = torch.cat(
+                [key_bias(counts), counts.new_full((counts.shape[0], trailing), math.log(text_scale))], dim=1
+            )
         else:
             joint = torch.nn.functional.pad(key_bias(counts, text_len, text_scale), (0, trailing))  # pads: bias 0
         biases = {joint.shape[1]: joint}
@@ -406,8 +461,15 @@ class DiTMerger(StateHolder):
         self.state.count("biased_calls")
         return biases
 
-    def _with_key_bias(self, args: dict, planned: Planned, text_len: int, image_len: int, trailing: int = 0,
-                       order: torch.Tensor | None = None) -> dict:
+    def _with_key_bias(
+        self,
+        args: dict,
+        planned: Planned,
+        text_len: int,
+        image_len: int,
+        trailing: int = 0,
+        order: torch.Tensor | None = None,
+    ) -> dict:
         """``args`` whose attention adds the key biases (none on the ``trailing`` reference tokens), or ``args``
         itself when none applies."""
         biases = self._key_biases(planned, args["img"], text_len, image_len, trailing, order)
@@ -417,16 +479,25 @@ class DiTMerger(StateHolder):
 
     def _unsupported(self, args: dict) -> bool:
         if self.family == "hunyuan" and (args.get("modulation_dims_img") or args.get("modulation_dims")):
-            self.planner.skip("modulation_ranges", "HunyuanVideo's per-token modulation ranges (image to video with "
-                              "a guiding frame) are not merged yet")
+            self.planner.skip(
+                "modulation_ranges",
+                "HunyuanVideo's per-token modulation ranges (image to video with a guiding frame) are not merged yet",
+            )
             return True
         vec = args.get("vec")
         # e0 is [B, T_e, 6, C]; T_e > 1 is one timestep per frame (Wan 2.2 TI2V), merged frame by frame
         # (_frame_order); any other count would spread over tokens in a layout merging cannot keep
-        if self.family == "wan" and isinstance(vec, torch.Tensor) and vec.ndim == 4 and vec.shape[1] > 1 \
-                and (self.state.call is None or vec.shape[1] != self.token_grid(self.state.call.latent_shape)[0]):
-            self.planner.skip("wan_modulation", f"Wan modulation with {vec.shape[1]} timesteps per sample does not "
-                              "match the latent's frames")
+        if (
+            self.family == "wan"
+            and isinstance(vec, torch.Tensor)
+            and vec.ndim == 4
+            and vec.shape[1] > 1
+            and (self.state.call is None or vec.shape[1] != self.token_grid(self.state.call.latent_shape)[0])
+        ):
+            self.planner.skip(
+                "wan_modulation",
+                f"Wan modulation with {vec.shape[1]} timesteps per sample does not match the latent's frames",
+            )
             return True
         return False
 
@@ -435,10 +506,10 @@ class DiTMerger(StateHolder):
         stay as they are."""
         order = kept_order(plan)
         if self.family == "wan":  # freqs [1, L, 1, D/2, 2, 2]: image tokens only
-            return splice(pe, 0, plan.num_tokens, take_tokens(pe[:, :plan.num_tokens], 1, order))
+            return splice(pe, 0, plan.num_tokens, take_tokens(pe[:, : plan.num_tokens], 1, order))
         # Flux / QwenImage pe [B, 1, L_txt + L_img + L_ref, D/2, 2, 2], text first: tokens on dim 2
         start = pe.shape[2] - plan.num_tokens - trailing
-        image = take_tokens(pe[:, :, start:start + plan.num_tokens], 2, order)
+        image = take_tokens(pe[:, :, start : start + plan.num_tokens], 2, order)
         return splice(pe.transpose(1, 2), start, start + plan.num_tokens, image.transpose(1, 2)).transpose(1, 2)
 
     # ---------------------------------------------------------------- PixArt / Lumina 2 object patches
@@ -470,17 +541,23 @@ class DiTMerger(StateHolder):
         (``timestep_zero_index``, passed through): the image and its pads stay the tail, whose range still covers
         exactly them. Its MLP runs on the whole sequence, so the SDTM detail stage (MLP only) leaves it unmerged."""
 
-        def forward(x: torch.Tensor, x_mask: torch.Tensor | None, freqs_cis: torch.Tensor, *args: Any,
-                    **kwargs: Any) -> torch.Tensor:
+        def forward(
+            x: torch.Tensor, x_mask: torch.Tensor | None, freqs_cis: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> torch.Tensor:
             def run(tokens: torch.Tensor, freqs: torch.Tensor, planned: Planned | None = None) -> torch.Tensor:
                 """The layer on ``tokens`` (image span of ``len(tokens) - start - pads`` tokens), with the key biases
                 of ``planned`` if any."""
                 options = kwargs
-                biases = None if planned is None else self._key_biases(
-                    planned, img, start, tokens.shape[1] - start - pads, trailing=pads)
+                biases = (
+                    None
+                    if planned is None
+                    else self._key_biases(planned, img, start, tokens.shape[1] - start - pads, trailing=pads)
+                )
                 if biases is not None:
-                    options = {**kwargs, "transformer_options": with_key_bias(kwargs.get("transformer_options") or {},
-                                                                              biases)}
+                    options = {
+                        **kwargs,
+                        "transformer_options": with_key_bias(kwargs.get("transformer_options") or {}, biases),
+                    }
                 return previous(tokens, x_mask, freqs, *args, **options)
 
             if self.state.call is None or x_mask is not None:
@@ -490,11 +567,11 @@ class DiTMerger(StateHolder):
             n = self._image_tokens()
             pads = (-n) % self.pad_multiple if self.pad_multiple else 0
             start = x.shape[1] - n - pads
-            img = x[:, start:start + n]
+            img = x[:, start : start + n]
             if self._protected():
                 before = self._kept_input(img) if self._refresh(key, img.shape[0])[1] else None
                 out = run(x, freqs_cis)
-                self._store_block(key, before, out[:, start:start + n])
+                self._store_block(key, before, out[:, start : start + n])
                 return out
             planned = self._plan(img, key)
             if planned is None or planned.mlp_only:  # MLP only: attention in full, with the stage's prompt scale
@@ -502,15 +579,21 @@ class DiTMerger(StateHolder):
             plan, M = planned.plan, planned.plan.num_out
             merged_img = merge(img, plan, planned.mode)
             merged = splice(x, start, start + n, merged_img)
-            freqs = splice(freqs_cis, start, start + n, take_tokens(freqs_cis[:, start:start + n], 1, kept_order(plan)))
+            freqs = splice(
+                freqs_cis, start, start + n, take_tokens(freqs_cis[:, start : start + n], 1, kept_order(plan))
+            )
             out = run(merged, freqs, planned)
-            update = self._blended("block", key, unmerge(out[:, start:start + M] - merged_img, plan), plan)
+            update = self._blended("block", key, unmerge(out[:, start : start + M] - merged_img, plan), plan)
             return splice(out, start, start + M, img + update)
 
         return forward
 
-    def sublayer_forward(self, previous: Callable[..., torch.Tensor], key: tuple[str, int], name: str,
-                         ) -> Callable[..., torch.Tensor]:
+    def sublayer_forward(
+        self,
+        previous: Callable[..., torch.Tensor],
+        key: tuple[str, int],
+        name: str,
+    ) -> Callable[..., torch.Tensor]:
         """``forward`` replacement of sub-layer ``name`` of block ``key`` (``sublayers.py``), chained to
         ``previous``; the block patch hands it the call's plan."""
         self.sublayers[key] = self.sublayers.get(key, frozenset()) | {name}
@@ -527,6 +610,7 @@ def splice(t: torch.Tensor, start: int, end: int, middle: torch.Tensor) -> torch
 def merged_sublayer_names(family: str, config: MergeConfig) -> frozenset[str]:
     """The sub-layers a patch on ``family`` can merge on their own (the rest of its blocks merge as a whole)."""
     if family == "pixart":
-        return PIXART_SUBLAYERS if config.method is Method.SDTM or config.merge_ff else frozenset({"attn",
-                                                                                                   "cross_attn"})
+        return (
+            PIXART_SUBLAYERS if config.method is Method.SDTM or config.merge_ff else frozenset({"attn", "cross_attn"})
+        )
     return frozenset({"mlp"}) if config.method is Method.SDTM and config.detail_mlp_only else frozenset()

@@ -50,6 +50,11 @@ def publish(targets: dict[str, str], record: StepRecord) -> None:
         return
     frames = {colormap: live_frame(record, colormap) for colormap in set(targets.values())}  # one PNG each
     for node, colormap in targets.items():
-        payload = {"node": node, "step": record.step + 1, "steps": record.steps, "sigma": record.sigma,
-                   "image": frames[colormap]}
+        payload = {
+            "node": node,
+            "step": record.step + 1,
+            "steps": record.steps,
+            "sigma": record.sigma,
+            "image": frames[colormap],
+        }
         server.send_sync(EVENT, payload, server.client_id)

@@ -80,9 +80,17 @@ def grid_importance(maps: torch.Tensor, h: int, w: int, ordered: bool = True) ->
     return GridImportance(grid, importance_order(grid) if ordered else None)
 
 
-def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options: dict,
-               grids: list[tuple[int, int, int]], switch_sigma: float | None = None, *,
-               text_tokens: int | None = None, reference_method: str | None = None) -> ModelCall:
+def model_call(
+    config: MergeConfig,
+    state: MergeState,
+    x: torch.Tensor,
+    options: dict,
+    grids: list[tuple[int, int, int]],
+    switch_sigma: float | None = None,
+    *,
+    text_tokens: int | None = None,
+    reference_method: str | None = None,
+) -> ModelCall:
     """The :class:`ModelCall` of ``x`` [B, C, (T,) H, W] with ``options`` (its ``transformer_options``), whose
     blocks see the (frames, h, w) token ``grids``; ``switch_sigma`` is SDTM's stage switch. ``text_tokens`` is the
     length of the call's text context and ``reference_method`` how its reference images are placed (``None``:
@@ -108,7 +116,8 @@ def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options:
         merge_counts={(h, w): int(h * w * ratio) for _, h, w in grids},
         structure=structure,
         protected=protect,
-        stages_ahead=_stages_ahead(step, schedule, config.protect_every, switch_sigma, structure) if protect
+        stages_ahead=_stages_ahead(step, schedule, config.protect_every, switch_sigma, structure)
+        if protect
         else (structure, not structure),
         seed=torch.tensor(stream_of(config.seed, step), dtype=torch.int64, device=x.device),
         importance=_pooled_importance(config, state, x, len(cond_or_uncond), grids),
@@ -118,18 +127,20 @@ def model_call(config: MergeConfig, state: MergeState, x: torch.Tensor, options:
     )
 
 
-def _stages_ahead(step: int, schedule: object, protect_every: int, switch_sigma: float | None,
-                  structure: bool) -> tuple[bool, bool]:
+def _stages_ahead(
+    step: int, schedule: object, protect_every: int, switch_sigma: float | None, structure: bool
+) -> tuple[bool, bool]:
     """(structure-stage steps ahead, detail-stage steps ahead) among the merged steps after protected ``step``."""
     if schedule is None or switch_sigma is None:
         return structure, not structure
     sigmas = torch.as_tensor(schedule).flatten().tolist()
-    ahead = sigmas[step + 1:min(step + protect_every, len(sigmas) - 1)]
+    ahead = sigmas[step + 1 : min(step + protect_every, len(sigmas) - 1)]
     return any(sigma > switch_sigma for sigma in ahead), any(sigma <= switch_sigma for sigma in ahead)
 
 
-def _pooled_importance(config: MergeConfig, state: MergeState, x: torch.Tensor, chunks: int,
-                       grids: list[tuple[int, int, int]]) -> dict[tuple[int, int], GridImportance]:
+def _pooled_importance(
+    config: MergeConfig, state: MergeState, x: torch.Tensor, chunks: int, grids: list[tuple[int, int, int]]
+) -> dict[tuple[int, int], GridImportance]:
     """The latest importance map on each grid, for the methods that merge by it; empty before the first map."""
     importance = state.importance
     by_importance = config.method is Method.IMPORTANCE
@@ -141,9 +152,13 @@ def _pooled_importance(config: MergeConfig, state: MergeState, x: torch.Tensor, 
     # video-shaped latents ([B, C, T, H, W]: Wan, QwenImage) give [S, T, H, W] maps, even with one frame
     expected = (samples, *((frames,) if importance.ndim == 4 else ()), *latent_hw)
     if tuple(importance.shape) != expected or importance.device != x.device:
-        state.warn_once("importance_shape", f"tokenmerge: importance map {tuple(importance.shape)} does not match "
-                        f"the call's latent {list(expected)} (area conditioning?); spatial ToMe is used for such "
-                        "calls", logging.INFO)
+        state.warn_once(
+            "importance_shape",
+            f"tokenmerge: importance map {tuple(importance.shape)} does not match "
+            f"the call's latent {list(expected)} (area conditioning?); spatial ToMe is used for such "
+            "calls",
+            logging.INFO,
+        )
         return {}
     # calls split by memory (cond, then uncond) share the step's map: pool it once per map and layout
     key = (expected, tuple(grids))

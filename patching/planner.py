@@ -43,8 +43,9 @@ class Planned(NamedTuple):
     text_scale: float = 1.0  # SDTM prompt reweighting of the call's stage (text keys get log(text_scale))
 
 
-def merged_forward(state: MergeState, key: object, previous: Callable[[torch.Tensor], torch.Tensor],
-                   counter: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def merged_forward(
+    state: MergeState, key: object, previous: Callable[[torch.Tensor], torch.Tensor], counter: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``forward`` of a block's feed-forward/MLP submodule, chained to ``previous``: it runs on the tokens merged
     by the plan its block handed over in ``state.ff_plans[key]`` (taken once, so never reused stale)."""
 
@@ -93,13 +94,18 @@ class TokenPlanner(StateHolder):
         rows, N, C = x.shape
         chunks = call.chunks
         if rows % chunks or frames * h * w != N:
-            self.skip("layout", f"unexpected block input {tuple(x.shape)} for {chunks} chunks and a "
-                      f"{frames}x{h}x{w} grid (a foreign patch changed the tokens?)")
+            self.skip(
+                "layout",
+                f"unexpected block input {tuple(x.shape)} for {chunks} chunks and a "
+                f"{frames}x{h}x{w} grid (a foreign patch changed the tokens?)",
+            )
             return None
         sy, sx = cfg.window
         if h < 2 * sy or w < 2 * sx:  # a latent this small gains nothing from merging, only distortion
-            self.skip("small_grid", f"the {h}x{w} token grid is too small to merge (it needs at least 2x2 "
-                      f"windows of {sy}x{sx} tokens)")
+            self.skip(
+                "small_grid",
+                f"the {h}x{w} token grid is too small to merge (it needs at least 2x2 windows of {sy}x{sx} tokens)",
+            )
             return None
         if not call.active:
             return None
@@ -124,8 +130,17 @@ class TokenPlanner(StateHolder):
             plan, mlp_only, text_scale = planned
         elif importance is not None:
             positions = grid_positions(h, w, metric.device) if cfg.match is Match.POSITION else None
-            plan = importance_plan(metric, importance.grid, r, cfg.dst_fraction, cfg.pool_factor, cfg.dst_mode,
-                                   seed, positions, importance.order)
+            plan = importance_plan(
+                metric,
+                importance.grid,
+                r,
+                cfg.dst_fraction,
+                cfg.pool_factor,
+                cfg.dst_mode,
+                seed,
+                positions,
+                importance.order,
+            )
             state.count("importance_calls")
         else:  # spatial ToMe, and IBTM before the first importance map
             plan = tome_plan(metric, h, w, r, *cfg.window, seed=seed)
@@ -133,8 +148,9 @@ class TokenPlanner(StateHolder):
                 return None
             state.count("tome_calls")
         if state.recorder.enabled:
-            state.recorder.add_assignment(call.step, call.steps, call.sigma or 0.0, key,
-                                          plan_categories(plan, samples, frames, h, w))
+            state.recorder.add_assignment(
+                call.step, call.steps, call.sigma or 0.0, key, plan_categories(plan, samples, frames, h, w)
+            )
         plan = stack_frames(plan, frames)
         state.count("merged_calls")
         if call.mode is MergeMode.PRUNE:
@@ -153,8 +169,9 @@ class TokenPlanner(StateHolder):
             return None
         return pooled
 
-    def _sdtm(self, call: ModelCall, metric: torch.Tensor, h: int, w: int, r: int, seed: torch.Tensor | None,
-              rows: int) -> tuple[MergePlan, bool, float] | None:
+    def _sdtm(
+        self, call: ModelCall, metric: torch.Tensor, h: int, w: int, r: int, seed: torch.Tensor | None, rows: int
+    ) -> tuple[MergePlan, bool, float] | None:
         cfg, state = self.config, self.state
         last = state.last_independent
         if last is None or last.shape != metric.shape[:2] or last.device != metric.device:

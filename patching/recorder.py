@@ -53,8 +53,9 @@ def shrink(maps: torch.Tensor) -> torch.Tensor:
 
 def plan_categories(plan: MergePlan, samples: int, frames: int, h: int, w: int) -> torch.Tensor:
     """A merge plan of ``samples * frames`` grids -> [samples, h, w] uint8 categories of each sample's first frame."""
-    categories = torch.zeros(plan.keep_idx.shape[0], plan.num_tokens, dtype=torch.uint8,
-                             device=plan.keep_idx.device)  # [S * T, n], all independent
+    categories = torch.zeros(
+        plan.keep_idx.shape[0], plan.num_tokens, dtype=torch.uint8, device=plan.keep_idx.device
+    )  # [S * T, n], all independent
     categories.scatter_(1, plan.src_idx, MERGED)
     categories.scatter_(1, plan.dst_idx, DESTINATION)
     return categories.view(samples, frames, h, w)[:, 0].cpu()  # [S * T, n] -> [S, h, w] of frame 0

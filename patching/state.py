@@ -22,9 +22,25 @@ logger = logging.getLogger(__name__)
 
 # What a run counts (the end-of-run log and the tests read them).
 COUNTER_NAMES = (
-    "merged_calls", "importance_calls", "tome_calls", "structure_calls", "detail_calls", "prune_calls",
-    "tokens_in", "tokens_out", "skipped", "maps_captured", "fallback_maps", "protected_calls", "fused_calls",
-    "biased_calls", "ff_calls", "attn_calls", "cross_attn_calls", "mlp_calls", "cache_peak_bytes",
+    "merged_calls",
+    "importance_calls",
+    "tome_calls",
+    "structure_calls",
+    "detail_calls",
+    "prune_calls",
+    "tokens_in",
+    "tokens_out",
+    "skipped",
+    "maps_captured",
+    "fallback_maps",
+    "protected_calls",
+    "fused_calls",
+    "biased_calls",
+    "ff_calls",
+    "attn_calls",
+    "cross_attn_calls",
+    "mlp_calls",
+    "cache_peak_bytes",
 )
 COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
 
@@ -99,8 +115,18 @@ class MergeState:
     The call in progress (``call``, ``ff_plans``, ``sublayer_calls``) is per thread.
     """
 
-    __slots__ = ("block_cache", "importance", "last_independent", "local", "no_uncond", "pooled_importance",
-                 "previous_x0", "recorder", "run_counters", "warned")
+    __slots__ = (
+        "block_cache",
+        "importance",
+        "last_independent",
+        "local",
+        "no_uncond",
+        "pooled_importance",
+        "previous_x0",
+        "recorder",
+        "run_counters",
+        "warned",
+    )
 
     def __init__(self) -> None:
         self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
@@ -125,8 +151,9 @@ class MergeState:
     @call.setter
     def call(self, value: ModelCall | None) -> None:
         self.local.call = value
-        self.local.counts = None if value is None or value.seed is None \
-            else self.run_counters.device_counts(value.seed.device)
+        self.local.counts = (
+            None if value is None or value.seed is None else self.run_counters.device_counts(value.seed.device)
+        )
         _CURRENT.state = None if value is None else self
 
     @property

@@ -56,8 +56,9 @@ class SublayerCall:
     tokens: int | None = None
 
 
-def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int], name: str,
-                     previous: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def sublayer_forward(
+    state: MergeState, config: MergeConfig, key: tuple[str, int], name: str, previous: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor]:
     """``forward`` of sub-layer ``name`` of block ``key``, chained to ``previous``. Its first argument is the
     sub-layer's token input [rows, N, C] (queries, for a cross-attention); the others pass through."""
 
@@ -72,17 +73,21 @@ def sublayer_forward(state: MergeState, config: MergeConfig, key: tuple[str, int
             update_cache.store(state, config, name, key, out[:, :n].clone() if trailing else out)
             return out
         planned = call.planned
-        if planned is None or name not in call.merged or trailing < 0 \
-                or (x.shape[0], n) != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens):
+        if (
+            planned is None
+            or name not in call.merged
+            or trailing < 0
+            or (x.shape[0], n) != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens)
+        ):
             return previous(x, *args, **kwargs)
         state.count(f"{name}_calls")
         merged = merge(x[:, :n] if trailing else x, planned.plan, planned.mode)
         out = previous(torch.cat([merged, x[:, n:]], dim=1) if trailing else merged, *args, **kwargs)
-        image = unmerge(out[:, :merged.shape[1]] if trailing else out, planned.plan)
+        image = unmerge(out[:, : merged.shape[1]] if trailing else out, planned.plan)
         if call.fuse:
             fused = update_cache.blend(state, config, name, key, image, planned.plan)
             if fused is not None:
                 image = fused
-        return torch.cat([image, out[:, merged.shape[1]:]], dim=1) if trailing else image
+        return torch.cat([image, out[:, merged.shape[1] :]], dim=1) if trailing else image
 
     return forward

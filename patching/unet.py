@@ -33,8 +33,11 @@ PLAN_KEY = "tokenmerge_plan"  # in a block call's extra_options: (rows plan, mod
 ATTN2_KEY = "tokenmerge_attn2"
 
 
-def token_grid(original_shape: list[int], num_tokens: int, activations_shape: list[int] | None = None,
-               ) -> tuple[int, int, int] | None:
+def token_grid(
+    original_shape: list[int],
+    num_tokens: int,
+    activations_shape: list[int] | None = None,
+) -> tuple[int, int, int] | None:
     """(h, w, downsample) of a block's token grid, or ``None`` if ``num_tokens`` fits no grid of the latent."""
     H, W = original_shape[-2:]
     downsample = math.ceil(math.sqrt(H * W / num_tokens))
@@ -55,8 +58,9 @@ class UNetMerger(StateHolder):
 
     switch_sigma = None  # SDTM's stage switch: UNets do not run SDTM
 
-    def __init__(self, config: MergeConfig, state: MergeState, blocks: Iterable[tuple] = (),
-                 levels: Iterable[int] = (1,)) -> None:
+    def __init__(
+        self, config: MergeConfig, state: MergeState, blocks: Iterable[tuple] = (), levels: Iterable[int] = (1,)
+    ) -> None:
         super().__init__(state)
         self.config = config
         self.planner = TokenPlanner(config, state, blocks)
@@ -77,8 +81,11 @@ class UNetMerger(StateHolder):
             return None
         grid = token_grid(original_shape, n.shape[1], extra.get("activations_shape"))
         if grid is None:
-            self.planner.skip("grid", f"{n.shape[1]} tokens fit no grid of the {original_shape[-2:]} latent "
-                              "(a foreign patch changed the token count?)")
+            self.planner.skip(
+                "grid",
+                f"{n.shape[1]} tokens fit no grid of the {original_shape[-2:]} latent "
+                "(a foreign patch changed the token count?)",
+            )
             return None
         h, w, downsample = grid
         if downsample > self.config.max_downsample:

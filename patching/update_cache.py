@@ -34,8 +34,11 @@ def store(state: MergeState, config: MergeConfig, computation: str, key: object,
     update = update.detach()
     limit = config.cache_limit_mb * 2**20
     if state.cache_bytes + update.numel() * update.element_size() > limit:
-        state.warn_once("cache_limit", f"tokenmerge: the SDTM cache reached cache_limit_mb={config.cache_limit_mb}; "
-                        "further blocks run without cache fusion")
+        state.warn_once(
+            "cache_limit",
+            f"tokenmerge: the SDTM cache reached cache_limit_mb={config.cache_limit_mb}; "
+            "further blocks run without cache fusion",
+        )
         return
     state.block_cache[entry] = update
     state.count_peak("cache_peak_bytes", state.cache_bytes)
@@ -50,8 +53,9 @@ def lookup(state: MergeState, computation: str, key: object, rows: int) -> torch
     return state.block_cache.get(cache_key(state, computation, key, rows))
 
 
-def blend(state: MergeState, config: MergeConfig, computation: str, key: object, update: torch.Tensor,
-          plan: MergePlan) -> torch.Tensor | None:
+def blend(
+    state: MergeState, config: MergeConfig, computation: str, key: object, update: torch.Tensor, plan: MergePlan
+) -> torch.Tensor | None:
     """``update`` [rows, N, C] (unmerged) with its merged tokens blended with the cached update, or ``None``
     when nothing is cached for this computation."""
     cached = lookup(state, computation, key, update.shape[0])

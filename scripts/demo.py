@@ -57,8 +57,11 @@ def side_by_side(rows: dict[str, list[bytes]]) -> bytes:
 
 def sampler_of(prompt: dict, method: str) -> str:
     """The id of the KSampler whose images the method's SaveImage saves (SaveImage <- VAEDecode <- KSampler)."""
-    save = next(node for node in prompt.values() if node["class_type"] == "SaveImage"
-                and node["inputs"]["filename_prefix"] == f"tokenmerge_demo_{method}")
+    save = next(
+        node
+        for node in prompt.values()
+        if node["class_type"] == "SaveImage" and node["inputs"]["filename_prefix"] == f"tokenmerge_demo_{method}"
+    )
     decode = prompt[save["inputs"]["images"][0]]
     return decode["inputs"]["samples"][0]
 
@@ -93,8 +96,12 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
     model = next(node for node in prompt.values() if node["class_type"] == "UNETLoader")["inputs"]["unet_name"]
-    lines = [(f"tokenmerge demo: {model}, 128x128, batch 4, {settings['steps']} steps "
-             f"{settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler (server events):")]
+    lines = [
+        (
+            f"tokenmerge demo: {model}, 128x128, batch 4, {settings['steps']} steps "
+            f"{settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler (server events):"
+        )
+    ]
     base = None
     for method in METHODS:
         took = seconds.get(sampler_of(prompt, method))
@@ -103,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"  {LABELS[method]}: {took:.2f} s{ratio}" if took else f"  {LABELS[method]}: not measured")
     (out / "timing.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(f"[demo] {line}" for line in lines))
-    print(f"[demo] files in {out}: side_by_side.png, unmerged.png, spatial_tome.png, ibtm.png, heatmap.png, "
-          "timing.txt, workflow_api.json, server/server.log")
+    print(
+        f"[demo] files in {out}: side_by_side.png, unmerged.png, spatial_tome.png, ibtm.png, heatmap.png, "
+        "timing.txt, workflow_api.json, server/server.log"
+    )
     return 0
 
 

@@ -28,8 +28,12 @@ from dataclasses import dataclass
 import torch
 
 COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.90, 0.12, 0.10), "green": (0.15, 0.75, 0.20), "blue": (0.12, 0.25, 0.95),
-    "yellow": (0.95, 0.85, 0.10), "magenta": (0.85, 0.15, 0.85), "cyan": (0.10, 0.85, 0.90),
+    "red": (0.90, 0.12, 0.10),
+    "green": (0.15, 0.75, 0.20),
+    "blue": (0.12, 0.25, 0.95),
+    "yellow": (0.95, 0.85, 0.10),
+    "magenta": (0.85, 0.15, 0.85),
+    "cyan": (0.10, 0.85, 0.90),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = ("small", "large")
@@ -73,12 +77,13 @@ class ScenePrompt:
 
 
 def vocabulary_help() -> str:
-    return (f"sizes {', '.join(SIZES)}; colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; "
-            f"positions {', '.join(POSITIONS)}; backgrounds {', '.join(BACKGROUNDS)}")
+    return (
+        f"sizes {', '.join(SIZES)}; colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; "
+        f"positions {', '.join(POSITIONS)}; backgrounds {', '.join(BACKGROUNDS)}"
+    )
 
 
-_OBJECT = re.compile(
-    rf"an? (?:(?P<size>{'|'.join(SIZES)}) )?(?P<colour>\w+) (?P<shape>\w+) at (?P<position>[a-z ]+?)$")
+_OBJECT = re.compile(rf"an? (?:(?P<size>{'|'.join(SIZES)}) )?(?P<colour>\w+) (?P<shape>\w+) at (?P<position>[a-z ]+?)$")
 
 
 def parse(text: str) -> ScenePrompt:
@@ -96,8 +101,7 @@ def parse(text: str) -> ScenePrompt:
     for part in (p for p in clean.split(" and ") if p):
         found = _OBJECT.match(part)
         if not found:
-            raise ValueError(f"cannot read {part!r}; write e.g. 'a large red circle at top left' "
-                             f"({vocabulary_help()})")
+            raise ValueError(f"cannot read {part!r}; write e.g. 'a large red circle at top left' ({vocabulary_help()})")
         obj = ObjectPhrase(found["colour"], found["shape"], found["position"], found["size"])
         for word, allowed in ((obj.colour, COLOURS), (obj.shape, SHAPES), (obj.position, POSITIONS)):
             if word not in allowed:

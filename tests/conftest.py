@@ -44,20 +44,34 @@ def family(request) -> tiny_models.TinyFamily:
     return tiny_models.FAMILIES[request.param]
 
 
-def enter_call(merger, latent_shape: list[int], sigma: float | None = None,
-               sample_sigmas: list[float] | None = None, cond_or_uncond: list[int] | None = None,
-               **call_info) -> None:
+def enter_call(
+    merger,
+    latent_shape: list[int],
+    sigma: float | None = None,
+    sample_sigmas: list[float] | None = None,
+    cond_or_uncond: list[int] | None = None,
+    **call_info,
+) -> None:
     """Set the model call in progress of ``merger``'s state as the pack's call wrapper would, for a latent of
     ``latent_shape`` at ``sigma`` of the run ``sample_sigmas``; ``call_info`` is what the wrapper reads from the
     call's conditioning (``text_tokens``, ``reference_method``)."""
     import torch
     from tokenmerge.patching.model_call import model_call
 
-    options = {"cond_or_uncond": cond_or_uncond or [0],
-               "sigmas": None if sigma is None else torch.tensor([sigma]),
-               "sample_sigmas": None if sample_sigmas is None else torch.tensor(sample_sigmas)}
-    merger.state.call = model_call(merger.config, merger.state, torch.zeros(latent_shape), options,
-                                   merger.token_grids(tuple(latent_shape)), merger.switch_sigma, **call_info)
+    options = {
+        "cond_or_uncond": cond_or_uncond or [0],
+        "sigmas": None if sigma is None else torch.tensor([sigma]),
+        "sample_sigmas": None if sample_sigmas is None else torch.tensor(sample_sigmas),
+    }
+    merger.state.call = model_call(
+        merger.config,
+        merger.state,
+        torch.zeros(latent_shape),
+        options,
+        merger.token_grids(tuple(latent_shape)),
+        merger.switch_sigma,
+        **call_info,
+    )
 
 
 def merge_with(model, method: str, ratio: float = 0.5, **advanced):
@@ -68,20 +82,45 @@ def merge_with(model, method: str, ratio: float = 0.5, **advanced):
     if method == "sdtm":
         return sdtm.TokenMergeSDTM.execute(model, ratio)[0]
     if method == "tome":
-        return importance.TokenMergeSpatialToMe.execute(model, ratio, "auto", 2, 2, merge_cross_attention=False,
-                                                        merge_feed_forward=False, seed=0)[0]
+        return importance.TokenMergeSpatialToMe.execute(
+            model, ratio, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+        )[0]
     if not advanced:
         return importance.TokenMergeImportance.execute(model, ratio)[0]
-    settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
-                "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.1,
-                "start_percent": 0.0, "end_percent": 1.0, "seed": 0, **advanced}
+    settings = {
+        "max_downsample": "auto",
+        "dst_fraction": 0.25,
+        "pool_factor": 1.4,
+        "dst_mode": "random",
+        "merge_cross_attention": False,
+        "merge_feed_forward": False,
+        "prune_until": 0.1,
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+        "seed": 0,
+        **advanced,
+    }
     return importance.TokenMergeImportanceAdvanced.execute(model, ratio, **settings)[0]
 
 
-def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: int = 3, cfg: float = 4.0,
-           sampler: str = "euler", scheduler: str = "normal", height: int | None = None,
-           width: int | None = None, batch: int = 1, frames: int = 5, latent: torch.Tensor | None = None,
-           positive: list | None = None, negative: list | None = None, **sample_kwargs) -> torch.Tensor:
+def sample(
+    patcher,
+    family: tiny_models.TinyFamily,
+    *,
+    seed: int = 42,
+    steps: int = 3,
+    cfg: float = 4.0,
+    sampler: str = "euler",
+    scheduler: str = "normal",
+    height: int | None = None,
+    width: int | None = None,
+    batch: int = 1,
+    frames: int = 5,
+    latent: torch.Tensor | None = None,
+    positive: list | None = None,
+    negative: list | None = None,
+    **sample_kwargs,
+) -> torch.Tensor:
     """Sample through ``comfy.sample.sample`` (the KSampler path) with random conditioning of the family's
     shapes; ``sample_kwargs`` go to it (``denoise``, ``start_step``, ``last_step``, ...)."""
     import comfy.sample
@@ -91,26 +130,51 @@ def sample(patcher, family: tiny_models.TinyFamily, *, seed: int = 42, steps: in
         latent = family.empty_latent(height or side, width or side, batch=batch, frames=frames)
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(
-        patcher, noise, steps, cfg, sampler, scheduler, positive or family.conditioning(1),
-        negative or family.conditioning(2), latent, disable_pbar=True, seed=seed, **sample_kwargs,
+        patcher,
+        noise,
+        steps,
+        cfg,
+        sampler,
+        scheduler,
+        positive or family.conditioning(1),
+        negative or family.conditioning(2),
+        latent,
+        disable_pbar=True,
+        seed=seed,
+        **sample_kwargs,
     )
 
 
 def sd3_prompt(node: str, inputs: dict, *, cfg: float, steps: int, width: int, height: int, batch: int) -> dict:
     """Stock nodes only: the SD3 stand-in through ``node``, conditioned by the random CLIP-L, decoded and previewed."""
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors",
-                                                     "weight_dtype": "default"}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "tokenmerge_tiny_sd3_clip_l.safetensors", "weight_dtype": "default"},
+        },
         "2": {"class_type": node, "inputs": {"model": ["1", 0], **inputs}},
-        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors",
-                                                     "type": "stable_diffusion"}},
+        "3": {
+            "class_type": "CLIPLoader",
+            "inputs": {"clip_name": "tokenmerge_random_clip_l.safetensors", "type": "stable_diffusion"},
+        },
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a blue square"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
         "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
-        "7": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": steps, "cfg": cfg,
-                                                   "sampler_name": "euler", "scheduler": "normal",
-                                                   "positive": ["4", 0], "negative": ["5", 0],
-                                                   "latent_image": ["6", 0], "denoise": 1.0}},
+        "7": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "seed": 1,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["4", 0],
+                "negative": ["5", 0],
+                "latent_image": ["6", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAELoader", "inputs": {"vae_name": "tokenmerge_tiny_taesd_16ch.safetensors"}},
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["8", 0]}},
         "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},

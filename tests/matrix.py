@@ -28,13 +28,21 @@ FACTORS: dict[str, tuple[Any, ...]] = {
     "batch": (1, 2, 3),
     "cfg": ("cfg1", "cfg", "cfg1_no_optimization"),
     "sampler": ("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc", "lcm"),
-    "entry": ("ksampler", "ksampler_advanced_two_pass", "cfg_guider", "basic_guider", "dual_cfg_guider",
-              "perpneg_guider", "img2img", "area_two_conds"),
+    "entry": (
+        "ksampler",
+        "ksampler_advanced_two_pass",
+        "cfg_guider",
+        "basic_guider",
+        "dual_cfg_guider",
+        "perpneg_guider",
+        "img2img",
+        "area_two_conds",
+    ),
 }
 # Pairs no cell may hold, with the reason: they fail in ComfyUI itself, patched or not.
 FORBIDDEN_PAIRS = {
     (("family", "pixart_alpha"), ("resolution", "tiny")): "PixArt's sin-cos position embedding divides by "
-                                                          "round(latent side / 64), which is 0 below ~264 px",
+    "round(latent side / 64), which is 0 below ~264 px",
 }
 # Every triple of factor values is in some cell on the release the pack pins; on the newer release the suite also
 # runs on, every pair (the pairs hold each family with each entry point, sampler and method; the triples are what
@@ -147,8 +155,9 @@ def _custom_advanced(model, guider, sampler: str, latent: dict) -> torch.Tensor:
 
     sigmas = custom.BasicScheduler.execute(model, "normal", STEPS, 1.0)[0]
     noise = custom.RandomNoise.execute(0)[0]
-    return custom.SamplerCustomAdvanced.execute(noise, guider, custom.KSamplerSelect.execute(sampler)[0], sigmas,
-                                                latent)[0]["samples"]
+    return custom.SamplerCustomAdvanced.execute(
+        noise, guider, custom.KSamplerSelect.execute(sampler)[0], sigmas, latent
+    )[0]["samples"]
 
 
 def run_entry(model, cell: dict[str, Any], inputs: Inputs, after_pass: Callable[[], None]) -> torch.Tensor:
@@ -173,11 +182,13 @@ def run_entry(model, cell: dict[str, Any], inputs: Inputs, after_pass: Callable[
         after_pass()
         return out["samples"]
     if entry == "ksampler_advanced_two_pass":
-        first = nodes.KSamplerAdvanced().sample(model, "enable", 0, STEPS, cfg, sampler, "normal", pos, neg, latent,
-                                                0, STEPS // 2, "enable")[0]
+        first = nodes.KSamplerAdvanced().sample(
+            model, "enable", 0, STEPS, cfg, sampler, "normal", pos, neg, latent, 0, STEPS // 2, "enable"
+        )[0]
         after_pass()
-        second = nodes.KSamplerAdvanced().sample(model, "disable", 0, STEPS, cfg, sampler, "normal", pos, neg, first,
-                                                 STEPS // 2, 10000, "disable")[0]
+        second = nodes.KSamplerAdvanced().sample(
+            model, "disable", 0, STEPS, cfg, sampler, "normal", pos, neg, first, STEPS // 2, 10000, "disable"
+        )[0]
         after_pass()
         return second["samples"]
     guiders = {

@@ -23,8 +23,13 @@ def test_multiplicity_and_key_bias_by_hand(pack):
     from tokenmerge.merging.plan import MergePlan
 
     # one row, 6 tokens: keep {5}, dst {0, 3}; sources 2 -> 0, 4 -> 0, 1 -> 3
-    plan = MergePlan(keep_idx=torch.tensor([[5]]), dst_idx=torch.tensor([[0, 3]]), src_idx=torch.tensor([[2, 4, 1]]),
-                     src_to_dst=torch.tensor([[0, 0, 1]]), num_tokens=6)
+    plan = MergePlan(
+        keep_idx=torch.tensor([[5]]),
+        dst_idx=torch.tensor([[0, 3]]),
+        src_idx=torch.tensor([[2, 4, 1]]),
+        src_to_dst=torch.tensor([[0, 0, 1]]),
+        num_tokens=6,
+    )
     counts = multiplicity(plan)
     assert counts.tolist() == [[1.0, 3.0, 2.0]]  # keep, then dst 0 (itself + 2 sources), dst 3 (itself + 1)
     bias = key_bias(counts, text_tokens=2, text_scale=2.0)
@@ -95,8 +100,14 @@ def flux_twins(patcher):
     pe = model.pe_embedder(torch.cat([txt_ids, img_ids.view(1, h * w, axes)], dim=1))  # [1, 1, txt + img, D/2, 2, 2]
     vec = torch.randn(1, dim, generator=g) * 0.5
     if model.params.global_modulation:
-        return model, img, txt, (model.double_stream_modulation_img(vec), model.double_stream_modulation_txt(vec)), \
-            model.single_stream_modulation(vec)[0], pe
+        return (
+            model,
+            img,
+            txt,
+            (model.double_stream_modulation_img(vec), model.double_stream_modulation_txt(vec)),
+            model.single_stream_modulation(vec)[0],
+            pe,
+        )
     return model, img, txt, vec, vec, pe
 
 
@@ -107,8 +118,9 @@ def twin_merger(proportional, patch_size, family="flux", frames=(), **merger_opt
     from tokenmerge.patching.state import MergeState
 
     state = MergeState()
-    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
-                         proportional_attention=proportional)
+    config = MergeConfig(
+        Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0, proportional_attention=proportional
+    )
     merger = DiTMerger(config, state, family, (1, patch_size, patch_size), **merger_options)
     enter_call(merger, [1, 16, *frames, 2 * patch_size, 4 * patch_size])  # a 2 x 4 token grid
     return merger, state
@@ -123,9 +135,11 @@ def assert_twins_merge_exactly(merger, state, proportional, double_args, run_dou
     assert state.counters["merged_calls"] == 2
     assert state.counters["tokens_out"] == 2 * 4  # every twin pair became one token
     assert state.counters["biased_calls"] == (2 if proportional else 0)
-    same = [torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
-            torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
-            torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5)]
+    same = [
+        torch.allclose(merged_double["img"], plain_double["img"], atol=1e-5),
+        torch.allclose(merged_double["txt"], plain_double["txt"], atol=1e-5),
+        torch.allclose(merged_single["img"], plain_single["img"], atol=1e-5),
+    ]
     assert same == ([True] * 3 if proportional else [False] * 3)
 
 
@@ -134,15 +148,16 @@ def regional_mask(txt_len: int, img_len: int) -> torch.Tensor:
     see the last text token, text queries do not see the first image row (twins share their row)."""
     mask = torch.zeros(txt_len + img_len, txt_len + img_len)
     mask[txt_len:, txt_len - 1] = float("-inf")
-    mask[:txt_len, txt_len:txt_len + img_len // 2] = float("-inf")
+    mask[:txt_len, txt_len : txt_len + img_len // 2] = float("-inf")
     return mask
 
 
 @pytest.mark.parametrize("name", ["flux", "flux2"])
 @pytest.mark.parametrize("proportional", [True, False])
 @pytest.mark.parametrize("masked", [False, True])
-def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, name, proportional,
-                                                                                         masked):
+def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(
+    pack, name, proportional, masked
+):
     """Merging exact twins (features and RoPE rows) is exact with proportional attention, for the double block
     (text and image streams) and the single block, also under an attention mask (sliced for the kept tokens on both
     axes); without proportional attention the text side gets too much attention mass."""
@@ -152,18 +167,36 @@ def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmer
     double, single = model.double_blocks[0], model.single_blocks[0]
 
     def run_double(args):
-        out_img, out_txt = double(img=args["img"].clone(), txt=args["txt"].clone(), vec=args["vec"], pe=args["pe"],
-                                  attn_mask=args.get("attn_mask"), transformer_options=args["transformer_options"])
+        out_img, out_txt = double(
+            img=args["img"].clone(),
+            txt=args["txt"].clone(),
+            vec=args["vec"],
+            pe=args["pe"],
+            attn_mask=args.get("attn_mask"),
+            transformer_options=args["transformer_options"],
+        )
         return {"img": out_img, "txt": out_txt}
 
     def run_single(args):
-        return {"img": single(args["img"].clone(), vec=args["vec"], pe=args["pe"], attn_mask=args.get("attn_mask"),
-                              transformer_options=args["transformer_options"])}
+        return {
+            "img": single(
+                args["img"].clone(),
+                vec=args["vec"],
+                pe=args["pe"],
+                attn_mask=args.get("attn_mask"),
+                transformer_options=args["transformer_options"],
+            )
+        }
 
     double_args = {"img": img, "txt": txt, "vec": double_vec, "pe": pe, "attn_mask": mask, "transformer_options": {}}
     # the single block's text length, as ComfyUI's Flux forward tells it (``img_slice``)
-    single_args = {"img": torch.cat([txt, img], dim=1), "vec": single_vec, "pe": pe, "attn_mask": mask,
-                   "transformer_options": {"img_slice": [txt.shape[1], txt.shape[1] + img.shape[1]]}}
+    single_args = {
+        "img": torch.cat([txt, img], dim=1),
+        "vec": single_vec,
+        "pe": pe,
+        "attn_mask": mask,
+        "transformer_options": {"img_slice": [txt.shape[1], txt.shape[1] + img.shape[1]]},
+    }
     merger, state = twin_merger(proportional, model.patch_size)
     assert_twins_merge_exactly(merger, state, proportional, double_args, run_double, single_args, run_single)
 
@@ -171,11 +204,25 @@ def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmer
 def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides):
     from tokenmerge.nodes.sdtm import TokenMergeSDTMAdvanced
 
-    settings = {"deviation": 0.2, "switch_percent": 0.4, "window_y": 2, "window_x": 2, "similarity_weight": 0.05,
-                "detail_destination": "dependent", "detail_mlp_only": True, "protect_every": 3, "cache_weight": 0.2,
-                "cache_limit_mb": 2048, "start_percent": 0.0, "end_percent": 1.0, "seed": 0, **overrides}
-    return TokenMergeSDTMAdvanced.execute(model, 0.4, prompt_scale_structure=prompt_scale_structure,
-                                          prompt_scale_detail=prompt_scale_detail, **settings)[0]
+    settings = {
+        "deviation": 0.2,
+        "switch_percent": 0.4,
+        "window_y": 2,
+        "window_x": 2,
+        "similarity_weight": 0.05,
+        "detail_destination": "dependent",
+        "detail_mlp_only": True,
+        "protect_every": 3,
+        "cache_weight": 0.2,
+        "cache_limit_mb": 2048,
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+        "seed": 0,
+        **overrides,
+    }
+    return TokenMergeSDTMAdvanced.execute(
+        model, 0.4, prompt_scale_structure=prompt_scale_structure, prompt_scale_detail=prompt_scale_detail, **settings
+    )[0]
 
 
 @pytest.mark.parametrize("name", ["flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "sd3", "hunyuan_video"])
@@ -200,9 +247,20 @@ def test_proportional_attention_on_each_family_keeps_sampling_deterministic(pack
     for name in ("sd3", "flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "wan21", "hunyuan_video"):
         family = tiny_models.FAMILIES[name]
         base = tiny_models.build_patcher(name, seed=0)
-        settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
-                    "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.0,
-                    "start_percent": 0.0, "end_percent": 1.0, "seed": 0, "block_start": 0.0, "block_end": 1.0}
+        settings = {
+            "max_downsample": "auto",
+            "dst_fraction": 0.25,
+            "pool_factor": 1.4,
+            "dst_mode": "random",
+            "merge_cross_attention": False,
+            "merge_feed_forward": False,
+            "prune_until": 0.0,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+            "seed": 0,
+            "block_start": 0.0,
+            "block_end": 1.0,
+        }
         off = TokenMergeImportanceAdvanced.execute(base, 0.5, **settings)[0]
         on = TokenMergeImportanceAdvanced.execute(base, 0.5, proportional_attention=True, **settings)[0]
         first = sample(on, family, steps=3, frames=5)
@@ -229,11 +287,14 @@ def test_a_foreign_attention_override_is_chained(pack, flux):
     assert any(mask is None for mask in masks)  # and the plain attention of the protected step
 
 
-@pytest.mark.parametrize(("name", "settings", "ignored"), [
-    ("pixart_alpha", {"proportional_attention": True}, "proportional_attention"),
-    ("wan21", {"prompt_scale_structure": 2.0}, "prompt_scale_structure"),
-    ("sd15", {"proportional_attention": True}, "proportional_attention"),
-])
+@pytest.mark.parametrize(
+    ("name", "settings", "ignored"),
+    [
+        ("pixart_alpha", {"proportional_attention": True}, "proportional_attention"),
+        ("wan21", {"prompt_scale_structure": 2.0}, "prompt_scale_structure"),
+        ("sd15", {"proportional_attention": True}, "proportional_attention"),
+    ],
+)
 def test_options_a_family_cannot_take_are_ignored_with_one_warning(pack, caplog, name, settings, ignored):
     from tokenmerge.patching.apply import apply_token_merge
     from tokenmerge.patching.config import MergeConfig, Method
@@ -258,8 +319,9 @@ def test_out_of_range_prompt_scales_are_refused(pack, name, value):
 
 @pytest.mark.parametrize("proportional", [True, False])
 @pytest.mark.parametrize("masked", [False, True])
-def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(pack, proportional,
-                                                                                                  masked):
+def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_the_unmerged_output(
+    pack, proportional, masked
+):
     """HunyuanVideo's blocks in the layout this ComfyUI gives them: text first (newer releases; the single block told
     the text length by ``img_slice``) or image first (0.3.x, whose blocks are ``flipped_img_txt``: attention, RoPE
     table and mask over [image, text], single blocks over cat(image, text)). Exact twins (features and RoPE rows)
@@ -287,18 +349,45 @@ def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_
     double, single = model.double_blocks[0], model.single_blocks[0]
 
     def run_double(args):
-        out_img, out_txt = double(img=args["img"].clone(), txt=args["txt"].clone(), vec=args["vec"], pe=args["pe"],
-                                  attn_mask=args["attention_mask"], transformer_options=args["transformer_options"])
+        out_img, out_txt = double(
+            img=args["img"].clone(),
+            txt=args["txt"].clone(),
+            vec=args["vec"],
+            pe=args["pe"],
+            attn_mask=args["attention_mask"],
+            transformer_options=args["transformer_options"],
+        )
         return {"img": out_img, "txt": out_txt}
 
     def run_single(args):
-        return {"img": single(args["img"].clone(), vec=args["vec"], pe=args["pe"], attn_mask=args["attention_mask"],
-                              transformer_options=args["transformer_options"])}
+        return {
+            "img": single(
+                args["img"].clone(),
+                vec=args["vec"],
+                pe=args["pe"],
+                attn_mask=args["attention_mask"],
+                transformer_options=args["transformer_options"],
+            )
+        }
 
-    double_args = {"img": img, "txt": txt, "vec": vec, "pe": pe, "attention_mask": mask, "modulation_dims_img": None,
-                   "modulation_dims_txt": None, "transformer_options": {}}
+    double_args = {
+        "img": img,
+        "txt": txt,
+        "vec": vec,
+        "pe": pe,
+        "attention_mask": mask,
+        "modulation_dims_img": None,
+        "modulation_dims_txt": None,
+        "transformer_options": {},
+    }
     joint = torch.cat([img, txt] if flipped else [txt, img], dim=1)
-    single_args = {"img": joint, "vec": vec, "pe": pe, "attention_mask": mask, "modulation_dims": None,
-                   "transformer_options": {} if flipped else {"img_slice": [txt_len, txt_len + h * w]}}
+    single_args = {
+        "img": joint,
+        "vec": vec,
+        "pe": pe,
+        "attention_mask": mask,
+        "modulation_dims": None,
+        "transformer_options": {} if flipped else {"img_slice": [txt_len, txt_len + h * w]},
+    }
     merger, state = twin_merger(proportional, 2, "hunyuan", frames=(1,), image_first=flipped)
     assert_twins_merge_exactly(merger, state, proportional, double_args, run_double, single_args, run_single)

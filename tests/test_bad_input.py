@@ -25,9 +25,12 @@ def node_classes():
 
 def ranged_inputs(pack) -> list[tuple[str, str, float, float, float]]:
     """(node id, input, min, max, step) of every numeric input of every node."""
-    return [(node.GET_SCHEMA().node_id, inp.id, inp.min, inp.max, inp.step or 1)
-            for node in node_classes() for inp in node.GET_SCHEMA().inputs
-            if getattr(inp, "min", None) is not None and getattr(inp, "max", None) is not None]
+    return [
+        (node.GET_SCHEMA().node_id, inp.id, inp.min, inp.max, inp.step or 1)
+        for node in node_classes()
+        for inp in node.GET_SCHEMA().inputs
+        if getattr(inp, "min", None) is not None and getattr(inp, "max", None) is not None
+    ]
 
 
 def defaults(node) -> dict:
@@ -99,8 +102,9 @@ def test_a_foreign_patch_that_adds_tokens_skips_merging_with_one_warning_on_a_un
 def test_a_foreign_replace_that_adds_tokens_skips_merging_with_one_warning_on_a_dit(pack, models, caplog):
     from tokenmerge.nodes import importance
 
-    patched = importance.TokenMergeSpatialToMe.execute(models["sd3"], 0.5, "auto", 2, 2, merge_cross_attention=False,
-                                                       merge_feed_forward=False, seed=0)[0].clone()
+    patched = importance.TokenMergeSpatialToMe.execute(
+        models["sd3"], 0.5, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0].clone()
     key = ("double_block", 1)
     ours = patched.model_options["transformer_options"]["patches_replace"]["dit"][key]
 

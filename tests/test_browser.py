@@ -74,8 +74,12 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 
 def _inside(inner: list[float], outer: list[float], top: float = 0) -> bool:
     """Whether box ``inner`` lies within ``outer``, below its first ``top`` units (a group's title bar)."""
-    return (outer[0] <= inner[0] and inner[0] + inner[2] <= outer[0] + outer[2]
-            and outer[1] + top <= inner[1] and inner[1] + inner[3] <= outer[1] + outer[3])
+    return (
+        outer[0] <= inner[0]
+        and inner[0] + inner[2] <= outer[0] + outer[2]
+        and outer[1] + top <= inner[1]
+        and inner[1] + inner[3] <= outer[1] + outer[3]
+    )
 
 
 def assert_readable(name: str, layout: dict, workflow: dict) -> None:
@@ -90,24 +94,26 @@ def assert_readable(name: str, layout: dict, workflow: dict) -> None:
         # a node that will show images computes the room for them once they arrive (and the frontend grows it to that)
         room = IMAGE_AREA if node["type"] in SHOWS_IMAGES and not node["images"] else 0
         assert size[0] >= node["computed"][0], f"{label} is saved narrower than the frontend computes"
-        assert size[1] >= node["computed"][1] + room, \
+        assert size[1] >= node["computed"][1] + room, (
             f"{label} is saved {size[1]} high, less than the {node['computed'][1]} + {room} the frontend computes"
+        )
         assert node["titleWidth"] <= node["titleRoom"], f"{label}: the title bar cuts its title short"
         assert not node["overflowing"], f"{label}: its text does not fit its text box"
         for other in nodes:
-            assert other is node or not _overlap(node["box"], other["box"]), \
-                f"{label} overlaps {other['title']!r}"
+            assert other is node or not _overlap(node["box"], other["box"]), f"{label} overlaps {other['title']!r}"
         holders = [group for group in groups if _overlap(node["box"], group["box"])]
         assert len(holders) <= 1, f"{label} overlaps groups {[g['title'] for g in holders]}"
         for group in holders:
-            assert _inside(node["box"], group["box"], group["titleHeight"]), \
+            assert _inside(node["box"], group["box"], group["titleHeight"]), (
                 f"{label} sticks out of group {group['title']!r} or covers its title"
+            )
     for group in groups:
         assert group["titleWidth"] <= group["box"][2], f"{name}: group {group['title']!r} is narrower than its title"
         assert any(_inside(node["box"], group["box"]) for node in nodes), f"{name}: group {group['title']!r} is empty"
         for other in groups:
-            assert other is group or not _overlap(group["box"], other["box"]), \
+            assert other is group or not _overlap(group["box"], other["box"]), (
                 f"{name}: groups {group['title']!r} and {other['title']!r} overlap"
+            )
 
 
 @pytest.fixture(scope="module", params=["pinned", "latest"])
@@ -116,8 +122,9 @@ def frontend_server(request, tmp_path_factory, standin_models):
     extra = () if request.param == "pinned" else ("--front-end-root", str(LATEST_FRONTEND))
     if request.param == "latest" and not LATEST_FRONTEND.is_dir():
         pytest.fail(f"{LATEST_FRONTEND} is missing: rerun scripts/setup_env.sh")
-    server = ComfyServer(tmp_path_factory.mktemp(f"browser_{request.param}"), models_dir=standin_models,
-                         extra_args=extra)
+    server = ComfyServer(
+        tmp_path_factory.mktemp(f"browser_{request.param}"), models_dir=standin_models, extra_args=extra
+    )
     server.start()
     server.frontend = request.param
     try:
@@ -161,9 +168,11 @@ def test_the_template_browser_shows_every_example_with_its_thumbnail(frontend_se
     with open_frontend(frontend_server.url, viewport=LAYOUT_VIEWPORT) as page:
         page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
         page.get_by_text(PACK_DIR_NAME, exact=True).first.click()
-        page.wait_for_function("([side, count]) => [...document.images].filter((i) => i.complete"
-                               " && i.naturalWidth === side && i.naturalHeight === side).length >= count",
-                               arg=[THUMBNAIL_SIDE, len(names)])
+        page.wait_for_function(
+            "([side, count]) => [...document.images].filter((i) => i.complete"
+            " && i.naturalWidth === side && i.naturalHeight === side).length >= count",
+            arg=[THUMBNAIL_SIDE, len(names)],
+        )
         page.screenshot(path=str(ARTIFACTS / f"{frontend_server.frontend}_template_browser.png"))
         for name in names:
             assert page.get_by_text(name, exact=True).count(), f"no card titled {name!r}"
@@ -202,8 +211,9 @@ def test_the_demo_runs_from_the_editor_and_its_images_move_nothing(frontend_serv
         before = {node["id"]: node["size"] for node in page.evaluate(LAYOUT)["nodes"]}
         shown = [node["id"] for node in workflow["nodes"] if node["type"] in SHOWS_IMAGES]
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        page.wait_for_function("(ids) => ids.every((id) => (window.app.graph.getNodeById(id).imgs?.length ?? 0) > 0)",
-                               arg=shown)
+        page.wait_for_function(
+            "(ids) => ids.every((id) => (window.app.graph.getNodeById(id).imgs?.length ?? 0) > 0)", arg=shown
+        )
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / f"{frontend_server.frontend}_demo_after_run.png"))
         layout = page.evaluate(LAYOUT)
@@ -223,11 +233,15 @@ def test_live_heatmap_then_final_preview_on_the_node(frontend_server):
         load_api_prompt(page, prompt, SD15_PREVIEW)
         focus_node(page, preview)
         page.evaluate("() => window.app.queuePrompt(0, 1)")
-        page.wait_for_function("(id) => (window.app.graph.getNodeById(id).tokenmergeLive?.frames ?? 0) >= 1",
-                               arg=preview)
+        page.wait_for_function(
+            "(id) => (window.app.graph.getNodeById(id).tokenmergeLive?.frames ?? 0) >= 1", arg=preview
+        )
         page.screenshot(path=str(ARTIFACTS / f"{frontend_server.frontend}_live_heatmap.png"))
-        page.wait_for_function("(id) => { const n = window.app.graph.getNodeById(id);"
-                               " return n.tokenmergeLive?.done && (n.imgs?.length ?? 0) > 0; }", arg=preview)
+        page.wait_for_function(
+            "(id) => { const n = window.app.graph.getNodeById(id);"
+            " return n.tokenmergeLive?.done && (n.imgs?.length ?? 0) > 0; }",
+            arg=preview,
+        )
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / f"{frontend_server.frontend}_final_preview.png"))
         state = node_state(page, preview)
@@ -241,13 +255,16 @@ def test_heatmap_events_for_unknown_nodes_or_bad_payloads_are_ignored(frontend_s
     with open_frontend(frontend_server.url) as page:
         load_workflow(page, load_example(SD15_PREVIEW))
         preview = page.evaluate("() => window.app.graph._nodes.find((n) => n.type === 'TokenMergeHeatmapPreview').id")
-        page.evaluate("""(id) => {
+        page.evaluate(
+            """(id) => {
             const api = window.comfyAPI?.api?.api ?? window.app.api;
             for (const detail of [{node: "999", image: "data:image/png;base64,AAAA"},
                                   {node: String(id), image: "javascript:alert(1)"}, {node: String(id)}, null]) {
                 api.dispatchEvent(new CustomEvent("tokenmerge.heatmap", {detail}));
             }
-        }""", preview)
+        }""",
+            preview,
+        )
         page.wait_for_timeout(300)
         assert node_state(page, preview)["liveFrames"] == 0
         assert not page.errors, page.errors

@@ -22,11 +22,14 @@ def seed_state(page, node_id: int) -> dict:
 
 def test_a_new_merging_node_has_its_seed_control_fixed(frontend_server):  # noqa: F811
     with open_frontend(frontend_server.url) as page:
-        created = page.evaluate(f"""(types) => types.map((type) => {{
+        created = page.evaluate(
+            f"""(types) => types.map((type) => {{
             const node = LiteGraph.createNode(type);
             window.app.graph.add(node);
             return ({CONTROL_OF})(node);
-        }})""", [*SEEDED_NODES, "KSampler"])
+        }})""",
+            [*SEEDED_NODES, "KSampler"],
+        )
         *merging, ksampler = created
         assert ksampler["control"] == "randomize"  # the frontend's default for a seed, which the pack changes
         assert [state["control"] for state in merging] == ["fixed"] * len(SEEDED_NODES)
@@ -34,8 +37,9 @@ def test_a_new_merging_node_has_its_seed_control_fixed(frontend_server):  # noqa
 
 
 def test_a_saved_control_value_is_kept_when_a_workflow_loads(frontend_server):  # noqa: F811
-    names = [name for name in {**DEMOS, **EXAMPLES} if any(n["type"] in SEEDED_NODES
-                                                            for n in load_example(name)["nodes"])]
+    names = [
+        name for name in {**DEMOS, **EXAMPLES} if any(n["type"] in SEEDED_NODES for n in load_example(name)["nodes"])
+    ]
     workflow = load_example(names[0])
     node = next(n for n in workflow["nodes"] if n["type"] in SEEDED_NODES)
     values = node["widgets_values"]
@@ -46,10 +50,23 @@ def test_a_saved_control_value_is_kept_when_a_workflow_loads(frontend_server):  
 
 
 def test_a_run_keeps_the_merge_seed_and_randomizes_the_sampler_seed(frontend_server):  # noqa: F811
-    prompt = sd3_prompt("TokenMergeSpatialToMe", {"ratio": 0.5, "max_downsample": "auto", "window_y": 2,
-                                                  "window_x": 2, "merge_cross_attention": False,
-                                                  "merge_feed_forward": False, "seed": 5},
-                        cfg=4.0, steps=2, width=64, height=64, batch=1)
+    prompt = sd3_prompt(
+        "TokenMergeSpatialToMe",
+        {
+            "ratio": 0.5,
+            "max_downsample": "auto",
+            "window_y": 2,
+            "window_x": 2,
+            "merge_cross_attention": False,
+            "merge_feed_forward": False,
+            "seed": 5,
+        },
+        cfg=4.0,
+        steps=2,
+        width=64,
+        height=64,
+        batch=1,
+    )
     with open_frontend(frontend_server.url) as page:
         load_api_prompt(page, prompt, "seed check")
         before = {node_id: seed_state(page, node_id) for node_id in (2, 7)}
@@ -66,4 +83,3 @@ def test_a_run_keeps_the_merge_seed_and_randomizes_the_sampler_seed(frontend_ser
         assert seed_state(page, 2) == {"seed": 5, "control": "fixed"}
         assert seed_state(page, 7)["seed"] != before[7]["seed"]  # the control ran: it would have changed ours
         assert not page.errors, page.errors
-

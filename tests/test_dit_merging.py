@@ -12,8 +12,18 @@ from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21",
-                "hunyuan_video"]
+DIT_FAMILIES = [
+    "sd3",
+    "flux",
+    "chroma",
+    "flux2",
+    "qwen_image",
+    "pixart_alpha",
+    "lumina2",
+    "zimage",
+    "wan21",
+    "hunyuan_video",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +66,9 @@ def test_importance_merging_runs_on_each_dit(nodes, dits, name, batch):
 def test_spatial_tome_runs_on_each_dit(nodes, dits, name):
     family = tiny_models.FAMILIES[name]
     height, width = sizes(family)
-    patched = nodes.TokenMergeSpatialToMe.execute(dits[name], 0.5, "auto", 2, 2, merge_cross_attention=False,
-                                                  merge_feed_forward=False, seed=0)[0]
+    patched = nodes.TokenMergeSpatialToMe.execute(
+        dits[name], 0.5, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
     out = sample(patched, family, steps=3, height=height, width=width)
     counters = state_of(patched).counters
     assert torch.isfinite(out).all()
@@ -100,13 +111,22 @@ def test_wan_merges_within_frames_with_rope_gathered(pack, dits, per_frame, rati
     context = torch.randn(1, 8, dim, generator=g)
 
     def run(args):
-        return {"img": block(args["img"], context=args["txt"], e=args["vec"], freqs=args["pe"], context_img_len=0,
-                             transformer_options=args["transformer_options"])}
+        return {
+            "img": block(
+                args["img"],
+                context=args["txt"],
+                e=args["vec"],
+                freqs=args["pe"],
+                context_img_len=0,
+                transformer_options=args["transformer_options"],
+            )
+        }
 
     args = {"img": x, "txt": context, "vec": e0, "pe": freqs, "transformer_options": {}}
     state = MergeState()
-    config = MergeConfig(Method.TOME, ratio=ratio, max_downsample=1, window=(1, 2), prune_until=0.0,
-                         proportional_attention=ratio < 0.5)
+    config = MergeConfig(
+        Method.TOME, ratio=ratio, max_downsample=1, window=(1, 2), prune_until=0.0, proportional_attention=ratio < 0.5
+    )
     merger = DiTMerger(config, state, "wan", (1, 2, 2))
     enter_call(merger, [1, 16, frames, h * 2, w * 2])
     merged = merger.block_replace(("double_block", 0))(args, {"original_block": run})["img"]
@@ -127,13 +147,23 @@ def test_flux_positions_of_kept_tokens_are_gathered_after_the_text(pack, referen
     txt, img = 3, 6
     total = txt + img + references
     pe = torch.arange(2 * total, dtype=torch.float32).view(2, 1, total, 1, 1, 1)
-    plan = MergePlan(keep_idx=torch.tensor([[5, 1], [0, 2]]), dst_idx=torch.tensor([[0, 3], [4, 5]]),
-                     src_idx=torch.tensor([[2, 4], [1, 3]]), src_to_dst=torch.tensor([[0, 1], [0, 0]]), num_tokens=img)
+    plan = MergePlan(
+        keep_idx=torch.tensor([[5, 1], [0, 2]]),
+        dst_idx=torch.tensor([[0, 3], [4, 5]]),
+        src_idx=torch.tensor([[2, 4], [1, 3]]),
+        src_to_dst=torch.tensor([[0, 1], [0, 0]]),
+        num_tokens=img,
+    )
     merger = DiTMerger(MergeConfig(Method.TOME, ratio=0.5, max_downsample=1), MergeState(), "flux", (1, 2, 2))
     gathered = merger._gather_positions(pe, plan, references).flatten(1)
-    expected = torch.cat([pe[:, 0, :txt, 0, 0, 0], torch.stack([pe[b, 0, txt + kept_order(plan)[b], 0, 0, 0]
-                                                                for b in range(2)]),
-                          pe[:, 0, txt + img:, 0, 0, 0]], dim=1)
+    expected = torch.cat(
+        [
+            pe[:, 0, :txt, 0, 0, 0],
+            torch.stack([pe[b, 0, txt + kept_order(plan)[b], 0, 0, 0] for b in range(2)]),
+            pe[:, 0, txt + img :, 0, 0, 0],
+        ],
+        dim=1,
+    )
     assert torch.equal(gathered, expected)
 
 
@@ -162,15 +192,19 @@ def text_and_image_inputs(name: str, model) -> list[tuple[torch.nn.Module, Calla
         return [(block, lambda args, _kwargs: (args[0], args[1].shape[1])) for block in model.joint_blocks]
     if name == "flux2":
         text = 512  # model_base.Flux2 pads the prompt to 512 tokens
-        double = [(block, lambda _args, kwargs: (kwargs["txt"], kwargs["img"].shape[1]))
-                  for block in model.double_blocks]
-        single = [(block, lambda args, _kwargs: (args[0][:, :text], args[0].shape[1] - text))
-                  for block in model.single_blocks]
+        double = [
+            (block, lambda _args, kwargs: (kwargs["txt"], kwargs["img"].shape[1])) for block in model.double_blocks
+        ]
+        single = [
+            (block, lambda args, _kwargs: (args[0][:, :text], args[0].shape[1] - text)) for block in model.single_blocks
+        ]
         return double + single
     caption = 16 + (-16) % model.pad_tokens_multiple  # the prompt's 16 tokens and their pads
     pads = (-16) % model.pad_tokens_multiple  # 4 x 4 image tokens padded, as unmerged
-    return [(layer.attention_norm1, lambda args, _kwargs: (args[0][:, :caption], args[0].shape[1] - caption - pads))
-            for layer in model.layers]
+    return [
+        (layer.attention_norm1, lambda args, _kwargs: (args[0][:, :caption], args[0].shape[1] - caption - pads))
+        for layer in model.layers
+    ]
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux2", "zimage"])
@@ -188,13 +222,24 @@ def test_text_tokens_are_never_merged(nodes, dits, name):
 
         return record
 
-    handles = [module.register_forward_pre_hook(hook(read), with_kwargs=True)
-               for module, read in text_and_image_inputs(name, dits[name].model.diffusion_model)]
+    handles = [
+        module.register_forward_pre_hook(hook(read), with_kwargs=True)
+        for module, read in text_and_image_inputs(name, dits[name].model.diffusion_model)
+    ]
     try:
         sample(dits[name], family, steps=1, height=64, width=64)
         run = "merged"
-        patched = nodes.TokenMergeSpatialToMe.execute(dits[name], 0.5, "auto", 2, 2, merge_cross_attention=False,
-                                                      merge_feed_forward=False, seed=0, block_start=0.0)[0]
+        patched = nodes.TokenMergeSpatialToMe.execute(
+            dits[name],
+            0.5,
+            "auto",
+            2,
+            2,
+            merge_cross_attention=False,
+            merge_feed_forward=False,
+            seed=0,
+            block_start=0.0,
+        )[0]
         sample(patched, family, steps=1, height=64, width=64)
     finally:
         for handle in handles:
@@ -235,15 +280,16 @@ def test_lumina_twin_tokens_between_caption_and_pads_give_the_unmerged_layer_out
     x = torch.cat([torch.randn(1, caption, dim, generator=g), img, torch.randn(1, pads, dim, generator=g)], dim=1)
     ids = torch.zeros(1, caption + h * w + pads, 3)
     ids[0, :caption, 0] = torch.arange(caption) + 1.0
-    image_ids = ids[0, caption:caption + h * w].view(h, w, 3)  # pads keep ids 0, as Lumina's padding does
+    image_ids = ids[0, caption : caption + h * w].view(h, w, 3)  # pads keep ids 0, as Lumina's padding does
     image_ids[..., 0] = caption + 1.0
     image_ids[..., 1] = torch.arange(h).view(h, 1)
     image_ids[..., 2] = (torch.arange(w) // 2).view(1, w)  # twins share their column id
     freqs = model.rope_embedder(ids).movedim(1, 2)  # [1, L, 1, D/2, 2, 2]
     adaln = torch.randn(1, layer.adaLN_modulation[-1].in_features, generator=g)  # Z-Image: 256 wide
     state = MergeState()
-    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
-                         proportional_attention=True)
+    config = MergeConfig(
+        Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0, proportional_attention=True
+    )
     merger = DiTMerger(config, state, "lumina", (1, 2, 2), pad_multiple=multiple)
     enter_call(merger, [1, 16, h * 2, w * 2])
     forward = merger.block_forward(layer.forward, ("block", 0))
@@ -263,8 +309,9 @@ def test_wan22_two_experts_each_patched_in_a_two_sampler_run(nodes, caplog):
     low = nodes.TokenMergeImportance.execute(tiny_models.build_patcher("wan21", seed=2), 0.5)[0]
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
         first = sample(high, family, steps=4, start_step=0, last_step=2, force_full_denoise=False, frames=9)
-        second = sample(low, family, steps=4, start_step=2, last_step=4, latent=first, disable_noise=True,
-                        force_full_denoise=True)
+        second = sample(
+            low, family, steps=4, start_step=2, last_step=4, latent=first, disable_noise=True, force_full_denoise=True
+        )
     assert torch.isfinite(second).all()
     assert not [r for r in caplog.records if r.name.startswith("tokenmerge")]
     for expert in (high, low):
@@ -300,7 +347,7 @@ def test_zimage_twin_tokens_after_a_reference_image_keep_their_modulation(pack, 
     ids[0, caption:start, 0] = caption + 1.0
     ids[0, caption:start, 1] = torch.arange(reference) // 3
     ids[0, caption:start, 2] = torch.arange(reference) % 3
-    image_ids = ids[0, start:start + h * w].view(h, w, 3)  # pads keep ids 0
+    image_ids = ids[0, start : start + h * w].view(h, w, 3)  # pads keep ids 0
     image_ids[..., 0] = caption + 2.0
     image_ids[..., 1] = torch.arange(h).view(h, 1)
     image_ids[..., 2] = (torch.arange(w) // 2).view(1, w)  # twins share their column id
@@ -308,8 +355,9 @@ def test_zimage_twin_tokens_after_a_reference_image_keep_their_modulation(pack, 
     adaln = torch.randn(2, layer.adaLN_modulation[-1].in_features, generator=g)  # [zero timestep, real timestep]
     ranges = [(start, x.shape[1]), (0, caption)]  # what patchify_and_embed hands the layers
     state = MergeState()
-    config = MergeConfig(Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0,
-                         proportional_attention=True)
+    config = MergeConfig(
+        Method.TOME, ratio=0.5, max_downsample=1, window=(1, 2), prune_until=0.0, proportional_attention=True
+    )
     merger = DiTMerger(config, state, "lumina", (1, 2, 2), pad_multiple=model.pad_tokens_multiple)
     enter_call(merger, [1, 16, h * 2, w * 2])
     forward = merger.block_forward(layer.forward, ("block", 0))
@@ -330,8 +378,10 @@ def with_reference(conditioning: list, reference: torch.Tensor, method: str | No
     return [[conditioning[0][0], extras]]
 
 
-@pytest.mark.parametrize(("name", "method"), [("flux", "importance"), ("flux", "sdtm"), ("flux2", "sdtm"),
-                                            ("qwen_image", "importance"), ("qwen_image", "sdtm")])
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [("flux", "importance"), ("flux", "sdtm"), ("flux2", "sdtm"), ("qwen_image", "importance"), ("qwen_image", "sdtm")],
+)
 def test_reference_latents_merge_the_image_and_pass_the_references_through(nodes, dits, name, method, caplog):
     """Image editing with a reference latent (another size than the generated image): every selected block of
     every call merges the generated image tokens or, on SDTM's protected steps, runs in full (none is skipped),
@@ -343,8 +393,12 @@ def test_reference_latents_merge_the_image_and_pass_the_references_through(nodes
     family = tiny_models.FAMILIES[name]
     height, width = sizes(family)
     reference = torch.randn(family.empty_latent(64, 96).shape, generator=torch.Generator().manual_seed(5))
-    run = {"height": height, "width": width, "positive": with_reference(family.conditioning(1), reference),
-           "negative": with_reference(family.conditioning(2), reference)}
+    run = {
+        "height": height,
+        "width": width,
+        "positive": with_reference(family.conditioning(1), reference),
+        "negative": with_reference(family.conditioning(2), reference),
+    }
     base = dits[name]
     node, ratio, steps = (sdtm.TokenMergeSDTM, 0.4, 6) if method == "sdtm" else (nodes.TokenMergeImportance, 0.5, 3)
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
@@ -353,8 +407,9 @@ def test_reference_latents_merge_the_image_and_pass_the_references_through(nodes
         counters = state_of(patched).counters
         again = sample(node.execute(base, ratio)[0], family, steps=steps, **run)
     diffusion_model = base.model.diffusion_model
-    blocks = selected_blocks(block_keys(diffusion_model, dit_family(diffusion_model)),
-                             (0.0, 1.0) if method == "sdtm" else (0.25, 0.75))
+    blocks = selected_blocks(
+        block_keys(diffusion_model, dit_family(diffusion_model)), (0.0, 1.0) if method == "sdtm" else (0.25, 0.75)
+    )
     assert not [r for r in caplog.records if r.name.startswith("tokenmerge")], caplog.records
     assert counters["skipped"] == 0
     assert counters["merged_calls"] + counters["protected_calls"] == steps * len(blocks)
@@ -372,8 +427,10 @@ def test_references_with_their_own_timestep_run_unmerged_with_one_warning(nodes,
     it): the pack skips by the method's name, on 0.3.75 too, whose QwenImage predates the method."""
     family = tiny_models.FAMILIES["qwen_image"]
     reference = torch.randn(family.empty_latent(64, 64).shape, generator=torch.Generator().manual_seed(5))
-    run = {"positive": with_reference(family.conditioning(1), reference, "index_timestep_zero"),
-           "negative": with_reference(family.conditioning(2), reference, "index_timestep_zero")}
+    run = {
+        "positive": with_reference(family.conditioning(1), reference, "index_timestep_zero"),
+        "negative": with_reference(family.conditioning(2), reference, "index_timestep_zero"),
+    }
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
         patched = nodes.TokenMergeImportance.execute(dits["qwen_image"], 0.5)[0]
         merged = sample(patched, family, **run)
@@ -382,10 +439,14 @@ def test_references_with_their_own_timestep_run_unmerged_with_one_warning(nodes,
     assert len(warnings) == 1
 
 
-@pytest.mark.parametrize(("extras", "reason"), [
-    ({"ref_latent": torch.zeros(1, 16, 1, 8, 8)}, "reference latents placed before the image"),
-    ({"guiding_frame_index": 0}, "per-token modulation ranges"),
-], ids=["reference latent (custom)", "guiding frame (v2 replace)"])
+@pytest.mark.parametrize(
+    ("extras", "reason"),
+    [
+        ({"ref_latent": torch.zeros(1, 16, 1, 8, 8)}, "reference latents placed before the image"),
+        ({"guiding_frame_index": 0}, "per-token modulation ranges"),
+    ],
+    ids=["reference latent (custom)", "guiding frame (v2 replace)"],
+)
 def test_hunyuan_video_image_to_video_conditionings_run_unmerged_with_one_warning(nodes, dits, caplog, extras, reason):
     """HunyuanImageToVideo's "custom" guidance puts a reference latent before the image tokens, and its "v2
     (replace)" guidance modulates the first frame's tokens by range: neither is merged yet. The node sets it on the

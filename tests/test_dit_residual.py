@@ -12,8 +12,18 @@ from conftest import enter_call, sample, state_of
 
 from devkit import tiny_models
 
-DIT_FAMILIES = ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21",
-                "hunyuan_video"]
+DIT_FAMILIES = [
+    "sd3",
+    "flux",
+    "chroma",
+    "flux2",
+    "qwen_image",
+    "pixart_alpha",
+    "lumina2",
+    "zimage",
+    "wan21",
+    "hunyuan_video",
+]
 # patches_replace["dit"]; the rest: object patches
 REPLACE_FAMILIES = {"sd3", "flux", "chroma", "flux2", "qwen_image", "wan21", "hunyuan_video"}
 
@@ -34,16 +44,40 @@ def merging_node(name: str, model, settings: dict):
     from tokenmerge.nodes import importance, sdtm
 
     if name == "TokenMergeImportanceAdvanced":
-        values = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
-                  "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.1,
-                  "start_percent": 0.0, "end_percent": 1.0, "seed": 0, "block_start": 0.0, "block_end": 1.0}
+        values = {
+            "max_downsample": "auto",
+            "dst_fraction": 0.25,
+            "pool_factor": 1.4,
+            "dst_mode": "random",
+            "merge_cross_attention": False,
+            "merge_feed_forward": False,
+            "prune_until": 0.1,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+            "seed": 0,
+            "block_start": 0.0,
+            "block_end": 1.0,
+        }
         return importance.TokenMergeImportanceAdvanced.execute(model, 0.5, **{**values, **settings})[0]
     if name == "TokenMergeSpatialToMe":
-        return importance.TokenMergeSpatialToMe.execute(model, 0.5, "auto", 2, 2, merge_cross_attention=False,
-                                                        merge_feed_forward=False, seed=0, block_start=0.0)[0]
-    values = {"deviation": 0.2, "switch_percent": 0.4, "window_y": 2, "window_x": 2, "similarity_weight": 0.05,
-              "detail_destination": "dependent", "detail_mlp_only": True, "protect_every": 2, "cache_weight": 0.2,
-              "cache_limit_mb": 2048, "start_percent": 0.0, "end_percent": 1.0, "seed": 0}
+        return importance.TokenMergeSpatialToMe.execute(
+            model, 0.5, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0, block_start=0.0
+        )[0]
+    values = {
+        "deviation": 0.2,
+        "switch_percent": 0.4,
+        "window_y": 2,
+        "window_x": 2,
+        "similarity_weight": 0.05,
+        "detail_destination": "dependent",
+        "detail_mlp_only": True,
+        "protect_every": 2,
+        "cache_weight": 0.2,
+        "cache_limit_mb": 2048,
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+        "seed": 0,
+    }
     return sdtm.TokenMergeSDTMAdvanced.execute(model, 0.4, **{**values, **settings})[0]
 
 
@@ -63,8 +97,10 @@ def with_zero_updates(name: str, model):
             base.add_object_patch(f"diffusion_model.layers.{key[1]}.forward", lambda x, *_args, **_kwargs: x)
         else:
             for sublayer in ("attn", "cross_attn", "mlp"):
-                base.add_object_patch(f"diffusion_model.blocks.{key[1]}.{sublayer}.forward",
-                                      lambda x, *_args, **_kwargs: torch.zeros_like(x))
+                base.add_object_patch(
+                    f"diffusion_model.blocks.{key[1]}.{sublayer}.forward",
+                    lambda x, *_args, **_kwargs: torch.zeros_like(x),
+                )
     return base
 
 
@@ -130,16 +166,22 @@ def update(t: torch.Tensor) -> torch.Tensor:
     return torch.tanh(t)
 
 
-EXPECTED = torch.stack([X[0, 0] + update(X[0, 0]), X[0, 1] + update(MEAN), X[0, 2] + update(MEAN),
-                        X[0, 3] + update(MEAN)]).unsqueeze(0)
+EXPECTED = torch.stack(
+    [X[0, 0] + update(X[0, 0]), X[0, 1] + update(MEAN), X[0, 2] + update(MEAN), X[0, 3] + update(MEAN)]
+).unsqueeze(0)
 
 
 def hand_planned():
     from tokenmerge.merging.plan import MergeMode, MergePlan
     from tokenmerge.patching.planner import Planned
 
-    plan = MergePlan(keep_idx=torch.tensor([[0]]), dst_idx=torch.tensor([[1]]), src_idx=torch.tensor([[2, 3]]),
-                     src_to_dst=torch.tensor([[0, 0]]), num_tokens=4)
+    plan = MergePlan(
+        keep_idx=torch.tensor([[0]]),
+        dst_idx=torch.tensor([[1]]),
+        src_idx=torch.tensor([[2, 3]]),
+        src_to_dst=torch.tensor([[0, 0]]),
+        num_tokens=4,
+    )
     return Planned(plan, MergeMode.MEAN)
 
 
@@ -159,8 +201,10 @@ def test_merged_tokens_get_their_own_input_plus_the_group_update(pack):
     assert torch.allclose(EXPECTED[0, 2], torch.tensor([2.0 + math.tanh(0.5), 1.0 + math.tanh(1.0)]))
     merger = hand_merger("sd3")
     block = merger.block_replace(("double_block", 0))
-    out = block({"img": X.clone(), "txt": torch.zeros(1, 3, 2)},
-                {"original_block": lambda a: {"img": a["img"] + update(a["img"]), "txt": a["txt"]}})
+    out = block(
+        {"img": X.clone(), "txt": torch.zeros(1, 3, 2)},
+        {"original_block": lambda a: {"img": a["img"] + update(a["img"]), "txt": a["txt"]}},
+    )
     assert torch.allclose(out["img"], EXPECTED)
 
 
@@ -204,25 +248,34 @@ def test_reference_image_tokens_pass_through_flux_blocks_untouched(pack, caplog,
     image_and_references = torch.cat([X, REFERENCES], dim=1)
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
         double = hand_merger("flux", **call_info).block_replace(("double_block", 0))
-        out = double({"img": image_and_references.clone(), "txt": txt, "transformer_options": options},
-                     {"original_block": in_place})["img"]
+        out = double(
+            {"img": image_and_references.clone(), "txt": txt, "transformer_options": options},
+            {"original_block": in_place},
+        )["img"]
         assert torch.allclose(out, torch.cat([EXPECTED, REFERENCES + update(REFERENCES)], dim=1))
         single = hand_merger("flux", **call_info).block_replace(("single_block", 0))
-        out = single({"img": torch.cat([txt, image_and_references], dim=1), "transformer_options": options},
-                     {"original_block": in_place})["img"]
+        out = single(
+            {"img": torch.cat([txt, image_and_references], dim=1), "transformer_options": options},
+            {"original_block": in_place},
+        )["img"]
     assert torch.allclose(out, torch.cat([txt + update(txt), EXPECTED, REFERENCES + update(REFERENCES)], dim=1))
     assert seen == [2 + 2, 3 + 2 + 2]  # the blocks ran on the merged image: kept + destination tokens
     assert not caplog.records
 
 
-@pytest.mark.parametrize(("options", "call_info", "reason"), [
-    ({"reference_image_num_tokens": [3]}, {"text_tokens": 3}, "tokens where the latent gives"),
-    ({}, {}, "text length of a single block is unknown"),
-    ({"reference_image_num_tokens": [2]}, {"text_tokens": 3, "reference_method": "index_timestep_zero"},
-     "index_timestep_zero"),
-])
-def test_a_reference_span_that_cannot_be_known_runs_unmerged_with_one_warning(pack, caplog, options, call_info,
-                                                                              reason):
+@pytest.mark.parametrize(
+    ("options", "call_info", "reason"),
+    [
+        ({"reference_image_num_tokens": [3]}, {"text_tokens": 3}, "tokens where the latent gives"),
+        ({}, {}, "text length of a single block is unknown"),
+        (
+            {"reference_image_num_tokens": [2]},
+            {"text_tokens": 3, "reference_method": "index_timestep_zero"},
+            "index_timestep_zero",
+        ),
+    ],
+)
+def test_a_reference_span_that_cannot_be_known_runs_unmerged_with_one_warning(pack, caplog, options, call_info, reason):
     txt = torch.full((1, 3, 2), 7.0)
     tokens = torch.cat([txt, X, REFERENCES], dim=1)
 
@@ -267,8 +320,6 @@ def test_pixart_merges_attention_queries_per_sub_layer(pack):
     assert torch.allclose(out, step2 + update(step2))
 
 
-
-
 def test_pixart_merges_the_attention_queries_but_not_the_mlp(dits):
     """IBTM on PixArt as its authors run it: self-attention and cross-attention queries merged, the MLP sees every
     token (``merge_feed_forward`` adds it)."""
@@ -281,8 +332,9 @@ def test_pixart_merges_the_attention_queries_but_not_the_mlp(dits):
     counters = state_of(patched).counters
     assert counters["attn_calls"] == counters["cross_attn_calls"] == counters["merged_calls"] > 0
     assert counters["mlp_calls"] == 0
-    full = merging_node("TokenMergeImportanceAdvanced", dits["pixart_alpha"], {"merge_feed_forward": True,
-                                                                              "match": "position"})
+    full = merging_node(
+        "TokenMergeImportanceAdvanced", dits["pixart_alpha"], {"merge_feed_forward": True, "match": "position"}
+    )
     sample(full, family, steps=3, height=side, width=side + 48)
     counters = state_of(full).counters
     assert counters["mlp_calls"] == counters["attn_calls"] == counters["merged_calls"] > 0
@@ -298,8 +350,9 @@ def test_sdtm_blends_the_cached_update_into_the_merged_tokens_only(pack, switch_
     from tokenmerge.patching.state import MergeState
 
     state = MergeState()
-    config = MergeConfig(Method.SDTM, ratio=0.4, max_downsample=1, protect_every=2, cache_weight=0.25,
-                         detail_mlp_only=False)
+    config = MergeConfig(
+        Method.SDTM, ratio=0.4, max_downsample=1, protect_every=2, cache_weight=0.25, detail_mlp_only=False
+    )
     merger = DiTMerger(config, state, "sd3", (1, 2, 2), switch_sigma=switch_sigma)
     merger._plan = lambda _img, _key: hand_planned()
     block = merger.block_replace(("double_block", 0))

@@ -20,8 +20,11 @@ def test_torch_is_the_cpu_build_on_a_machine_without_gpu():
         return  # a GPU machine may carry a CUDA build; the check below is for CPU machines only
     assert torch.version.cuda is None
     assert torch.__version__.endswith("+cpu")
-    nvidia = sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
-                    if d.metadata["Name"].lower().startswith("nvidia-"))
+    nvidia = sorted(
+        d.metadata["Name"]
+        for d in importlib.metadata.distributions()
+        if d.metadata["Name"].lower().startswith("nvidia-")
+    )
     assert nvidia == []
 
 

@@ -30,8 +30,14 @@ EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP")
 THUMBNAIL_BUDGET = 40_000  # bytes: thumbnails are committed for good
 # The folder each loader reads its files from: where the graph editor puts a file it downloads for the loader.
-LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "UNETLoader": "diffusion_models", "VAELoader": "vae",
-                  "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders"}
+LOADER_FOLDERS = {
+    "CheckpointLoaderSimple": "checkpoints",
+    "UNETLoader": "diffusion_models",
+    "VAELoader": "vae",
+    "CLIPLoader": "text_encoders",
+    "DualCLIPLoader": "text_encoders",
+    "TripleCLIPLoader": "text_encoders",
+}
 # The hosts the graph editor downloads from (its missing-models list refuses others).
 DOWNLOAD_HOSTS = ("https://huggingface.co/",)
 
@@ -90,8 +96,10 @@ def test_committed_examples_match_their_generator(comfy_server):
     from devkit import EXPECTED_COMFYUI, PINNED_COMFYUI
 
     if EXPECTED_COMFYUI != PINNED_COMFYUI:
-        pytest.skip(f"the committed examples are generated on ComfyUI {PINNED_COMFYUI}; {EXPECTED_COMFYUI}'s "
-                    "object_info adds node outputs (SaveImage IMAGE), so only loading and running them is checked")
+        pytest.skip(
+            f"the committed examples are generated on ComfyUI {PINNED_COMFYUI}; {EXPECTED_COMFYUI}'s "
+            "object_info adds node outputs (SaveImage IMAGE), so only loading and running them is checked"
+        )
     object_info = comfy_server.object_info()
     for name, build in {**EXAMPLES, **DEMOS}.items():
         assert load_example(name) == json.loads(json.dumps(build().ui(object_info))), name
@@ -126,8 +134,11 @@ def test_every_model_file_an_example_names_has_a_standin(comfy_server):
     object_info = comfy_server.object_info()
     for name in EXAMPLES:
         prompt = ui_to_api(load_example(name), object_info)
-        files = {n["inputs"].get("ckpt_name") or n["inputs"].get("unet_name") for n in prompt.values()
-                 if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader")}
+        files = {
+            n["inputs"].get("ckpt_name") or n["inputs"].get("unet_name")
+            for n in prompt.values()
+            if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader")
+        }
         assert files <= set(STANDINS), name
 
 
@@ -146,7 +157,7 @@ def test_live_heatmap_frames_reach_the_preview_node(comfy_server, pack):
     assert all(f["steps"] == TEST_STEPS and f["sigma"] > 0 for f in frames)
     header = "data:image/png;base64,"
     assert frames[-1]["image"].startswith(header)
-    image = Image.open(io.BytesIO(base64.b64decode(frames[-1]["image"][len(header):])))
+    image = Image.open(io.BytesIO(base64.b64decode(frames[-1]["image"][len(header) :])))
     assert max(image.size) == 256
     executed = events.of_type("executed")
     assert any(e["node"] == preview_id and e["output"]["images"] for e in executed)

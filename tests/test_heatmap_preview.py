@@ -79,8 +79,12 @@ def test_draw_text_writes_the_glyph_bits(heatmap):
 
 def test_every_character_of_the_labels_and_legends_has_a_glyph(heatmap, nodes):
     preview = nodes[2]
-    labels = [preview.step_label(step, steps, sigma) for steps in (1, 20, 1000) for step in (0, steps - 1)
-              for sigma in (0.0, 0.029, 1.0, 14.6146, 80.0, 1234.5)]
+    labels = [
+        preview.step_label(step, steps, sigma)
+        for steps in (1, 20, 1000)
+        for step in (0, steps - 1)
+        for sigma in (0.0, 0.029, 1.0, 14.6146, 80.0, 1234.5)
+    ]
     assert labels[0] == "step 1/1 sigma 0.00"
     used = set("".join(labels + list(heatmap.LEGEND_WORDS) + list(heatmap.COLORBAR_WORDS)))
     assert used - set(heatmap._GLYPHS) == set()
@@ -91,9 +95,20 @@ def test_every_character_of_the_labels_and_legends_has_a_glyph(heatmap, nodes):
 
 
 # Golden grid shapes (rows, columns) and the number of tiles in each row.
-GOLDEN_GRIDS = {1: (1, 1, [1]), 2: (1, 2, [2]), 3: (1, 3, [3]), 4: (2, 2, [2, 2]), 5: (2, 3, [3, 2]),
-                6: (2, 3, [3, 3]), 7: (2, 4, [4, 3]), 9: (3, 3, [3, 3, 3]), 10: (3, 4, [4, 3, 3]),
-                20: (4, 5, [5] * 4), 26: (5, 6, [6, 5, 5, 5, 5]), 32: (5, 7, [7, 7, 6, 6, 6])}
+GOLDEN_GRIDS = {
+    1: (1, 1, [1]),
+    2: (1, 2, [2]),
+    3: (1, 3, [3]),
+    4: (2, 2, [2, 2]),
+    5: (2, 3, [3, 2]),
+    6: (2, 3, [3, 3]),
+    7: (2, 4, [4, 3]),
+    9: (3, 3, [3, 3, 3]),
+    10: (3, 4, [4, 3, 3]),
+    20: (4, 5, [5] * 4),
+    26: (5, 6, [6, 5, 5, 5, 5]),
+    32: (5, 7, [7, 7, 6, 6, 6]),
+}
 
 
 @pytest.mark.parametrize("count", range(1, 33))
@@ -152,10 +167,12 @@ def test_tile_grid_layout_labels_and_unused_cells(heatmap):
     assert grid.shape == (2 * 28 - 4, 3 * 44 - 4, 3) == (52, 128, 3)  # 2 rows of 3 and 2 tiles
     for index, (row, column) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]):
         top, left = row * cell_h, column * cell_w
-        assert torch.equal(grid[top:top + 8, left:left + 40], tiles[index])
-        assert torch.equal(grid[top + 8:top + 8 + strip, left:left + 40], glyph_block(heatmap, labels[index], 2, 40))
-    assert (grid[cell_h:, 2 * cell_w:] == heatmap.BACKGROUND).all()  # the unused sixth cell: background
-    gaps = torch.cat([grid[:, 40:44].flatten(), grid[cell_h - 4:cell_h].flatten()])
+        assert torch.equal(grid[top : top + 8, left : left + 40], tiles[index])
+        assert torch.equal(
+            grid[top + 8 : top + 8 + strip, left : left + 40], glyph_block(heatmap, labels[index], 2, 40)
+        )
+    assert (grid[cell_h:, 2 * cell_w :] == heatmap.BACKGROUND).all()  # the unused sixth cell: background
+    gaps = torch.cat([grid[:, 40:44].flatten(), grid[cell_h - 4 : cell_h].flatten()])
     assert (gaps == heatmap.BACKGROUND).all()
 
 
@@ -166,7 +183,7 @@ def test_a_tile_narrower_than_its_label_is_centred_in_a_wider_cell(heatmap):
     assert cell == (8 * 4 - 1) * 2 + 6 == 68
     assert grid.shape[1] == 2 * (cell + heatmap.GAP) - heatmap.GAP
     inset = (cell - 20) // 2
-    assert (grid[:30, inset:inset + 20] == 1).all()
+    assert (grid[:30, inset : inset + 20] == 1).all()
     assert (grid[:30, :inset] == heatmap.BACKGROUND).all()
     assert torch.equal(grid[30:46, :cell], glyph_block(heatmap, "step 1/2", 2, cell))
 
@@ -189,13 +206,16 @@ def test_golden_size_of_six_steps_on_the_shapes_demo_images(heatmap):
     assert (out[0, 420 + 2] == heatmap.RULE).all()  # the rule between the grid and the legend
 
 
-@pytest.mark.parametrize(("count", "side", "expected"), [
-    (1, 128, (192 + 16 + 4 + 16, 192)),  # one step: upscaled to 192
-    (1, 512, (512 + 30 + 4 + 30, 512)),  # one step: the image's size, labels at scale 4 (strip 30)
-    (4, 64, (2 * (192 + 16 + 4) - 4 + 4 + 16, 2 * 196 - 4)),  # 2 x 2
-    (20, 256, (4 * (256 + 16 + 4) - 4 + 4 + 16, 5 * 260 - 4)),  # 4 x 5 of 256
-    (32, 512, (5 * (216 + 16 + 4) - 4 + 4 + 16, 7 * 220 - 4)),  # 5 x 7 of 216: 1536 wide
-])
+@pytest.mark.parametrize(
+    ("count", "side", "expected"),
+    [
+        (1, 128, (192 + 16 + 4 + 16, 192)),  # one step: upscaled to 192
+        (1, 512, (512 + 30 + 4 + 30, 512)),  # one step: the image's size, labels at scale 4 (strip 30)
+        (4, 64, (2 * (192 + 16 + 4) - 4 + 4 + 16, 2 * 196 - 4)),  # 2 x 2
+        (20, 256, (4 * (256 + 16 + 4) - 4 + 4 + 16, 5 * 260 - 4)),  # 4 x 5 of 256
+        (32, 512, (5 * (216 + 16 + 4) - 4 + 4 + 16, 7 * 220 - 4)),  # 5 x 7 of 216: 1536 wide
+    ],
+)
 def test_golden_output_sizes(heatmap, count, side, expected):
     labels = [f"step {i + 1}/{count} sigma 14.61" for i in range(count)]
     out = heatmap.render_steps([torch.rand(1, 4, 4)] * count, labels, images=torch.rand(1, side, side, 3))
@@ -223,9 +243,9 @@ def test_assignment_view_has_a_legend_of_its_three_colours(heatmap):
         swatch = (key == color).all(-1)
         assert swatch.sum() == 10 * 10, word  # a square of the glyph height at scale 2
         rows, columns = swatch.nonzero().unbind(1)
-        words = glyph_block(heatmap, word, 2, 200)[:, 3:3 + heatmap.text_width(word, 2)]
+        words = glyph_block(heatmap, word, 2, 200)[:, 3 : 3 + heatmap.text_width(word, 2)]
         right = int(columns.max()) + 1 + 4  # the word starts 2 * scale after its swatch
-        assert torch.equal(key[:, right:right + words.shape[1]], words), word
+        assert torch.equal(key[:, right : right + words.shape[1]], words), word
         assert int(rows.min()) == 3
     assert not any((key == color).all(-1).any() for color in heatmap.colorize(torch.tensor([0.0, 1.0])))
 
@@ -266,7 +286,7 @@ def test_render_steps_overlays_each_sample_on_its_own_image(heatmap):
     heat_only = heatmap.render_steps(maps, ["a", "b"], images=images, alpha=1.0)
     expected = heatmap.resize_rgb(heatmap.colorize(heatmap.normalize(maps[1][:1]), "inferno"), 128, 192)[0]
     left = 192 + heatmap.GAP
-    assert torch.allclose(heat_only[0, :128, left:left + 192], expected)
+    assert torch.allclose(heat_only[0, :128, left : left + 192], expected)
 
 
 def test_render_steps_tiles_shrink_to_256_when_several_steps_share_the_grid(heatmap):
@@ -304,8 +324,9 @@ def test_recorder_keeps_nothing_when_no_preview_is_attached(nodes, sd15):
 
 def test_spatial_tome_computes_no_maps_unless_recording(nodes, sd15):
     importance, _, _ = nodes
-    patched = importance.TokenMergeSpatialToMe.execute(sd15, 0.5, "auto", 2, 2, merge_cross_attention=False,
-                                                       merge_feed_forward=False, seed=0)[0]
+    patched = importance.TokenMergeSpatialToMe.execute(
+        sd15, 0.5, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
     state = state_of(patched)
     sample(patched, tiny_models.FAMILIES["sd15"], steps=2)
     assert state.counters["maps_captured"] == 0
@@ -376,10 +397,14 @@ def test_preview_consumers_follow_the_model_chain(pack):
         "2": {"class_type": "TokenMergeImportance", "inputs": {"model": ["1", 0], "ratio": 0.5}},
         "3": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["2", 0], "strength_model": 1.0}},
         "4": {"class_type": "TokenMergeSpatialToMe", "inputs": {"model": ["1", 0], "ratio": 0.5}},
-        "5": {"class_type": "TokenMergeHeatmapPreview", "inputs": {"model": ["3", 0], "images": ["9", 0],
-                                                                   "colormap": "viridis"}},
-        "6": {"class_type": "TokenMergeHeatmapPreview", "inputs": {"model": ["2", 0], "images": ["9", 0],
-                                                                   "colormap": ["8", 0]}},
+        "5": {
+            "class_type": "TokenMergeHeatmapPreview",
+            "inputs": {"model": ["3", 0], "images": ["9", 0], "colormap": "viridis"},
+        },
+        "6": {
+            "class_type": "TokenMergeHeatmapPreview",
+            "inputs": {"model": ["2", 0], "images": ["9", 0], "colormap": ["8", 0]},
+        },
     }
     assert preview_consumers(prompt, "2") == {"5": "viridis", "6": "inferno"}
     assert preview_consumers(prompt, "4") == {}
@@ -415,20 +440,22 @@ def run_preview(preview, patched, images, steps="all", view="importance", block=
     return preview.TokenMergeHeatmapPreview.execute(patched, images, steps, "inferno", alpha, view, block)
 
 
-@pytest.mark.parametrize(("name", "node", "height", "width", "batch"), [
-    ("sd15", "importance", 64, 96, 2),
-    ("sdxl", "importance", 96, 64, 1),
-    ("sd3", "sdtm", 64, 96, 2),
-    ("flux", "importance", 64, 64, 1),
-    ("pixart_alpha", "importance", 256, 320, 1),
-    ("wan21", "importance", 64, 96, 1),
-])
+@pytest.mark.parametrize(
+    ("name", "node", "height", "width", "batch"),
+    [
+        ("sd15", "importance", 64, 96, 2),
+        ("sdxl", "importance", 96, 64, 1),
+        ("sd3", "sdtm", 64, 96, 2),
+        ("flux", "importance", 64, 64, 1),
+        ("pixart_alpha", "importance", 256, 320, 1),
+        ("wan21", "importance", 64, 96, 1),
+    ],
+)
 def test_preview_renders_every_family(nodes, name, node, height, width, batch):
     importance, sdtm, preview = nodes
     family = tiny_models.FAMILIES[name]
     model = tiny_models.build_patcher(name, seed=0, scale=0.5)
-    patched = (importance.TokenMergeImportance if node == "importance" else sdtm.TokenMergeSDTM).execute(model,
-                                                                                                         0.5)[0]
+    patched = (importance.TokenMergeImportance if node == "importance" else sdtm.TokenMergeSDTM).execute(model, 0.5)[0]
     state_of(patched).recorder.request()
     sample(patched, family, steps=3, height=height, width=width, batch=batch)
     images = torch.rand(batch * (3 if name == "wan21" else 1), height, width, 3)
@@ -502,6 +529,11 @@ def test_assignment_categories_match_the_plan(pack):
     from tokenmerge.merging.plan import MergePlan
     from tokenmerge.patching.recorder import plan_categories
 
-    plan = MergePlan(keep_idx=torch.tensor([[0, 3]]), dst_idx=torch.tensor([[1]]), src_idx=torch.tensor([[2]]),
-                     src_to_dst=torch.tensor([[0]]), num_tokens=4)
+    plan = MergePlan(
+        keep_idx=torch.tensor([[0, 3]]),
+        dst_idx=torch.tensor([[1]]),
+        src_idx=torch.tensor([[2]]),
+        src_to_dst=torch.tensor([[0]]),
+        num_tokens=4,
+    )
     assert plan_categories(plan, 1, 1, 2, 2).tolist() == [[[INDEPENDENT, DESTINATION], [MERGED, INDEPENDENT]]]

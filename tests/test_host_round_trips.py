@@ -32,8 +32,9 @@ DEVICE_MOVES = {torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda}
 def caller() -> str | None:
     """``file:line`` of the first frame outside torch and this test, if it is in the pack."""
     frame = sys._getframe(2)
-    while frame is not None and (frame.f_code.co_filename.startswith(TORCH_DIR)
-                                 or frame.f_code.co_filename == __file__):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
         frame = frame.f_back
     if frame is None or not frame.f_code.co_filename.startswith(PACK_DIRS):
         return None
@@ -60,16 +61,22 @@ class DevicePlacement(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in FACTORIES and kwargs.get("device") is None and (where := caller()):
             self.found.append(f"{func.__name__} without a device at {where}")
-        elif func in DEVICE_MOVES and (func is not torch.Tensor.to or _moves_device(args, kwargs)) \
-                and (where := caller()):
+        elif (
+            func in DEVICE_MOVES
+            and (func is not torch.Tensor.to or _moves_device(args, kwargs))
+            and (where := caller())
+        ):
             self.found.append(f"device copy at {where}")
         return func(*args, **kwargs)
 
 
 def _moves_device(args: tuple, kwargs: dict) -> bool:
     targets = [*args[1:], kwargs.get("device")]
-    return any(isinstance(t, (str, torch.device)) or (isinstance(t, torch.Tensor) and t is not args[0])
-               for t in targets if t is not None)
+    return any(
+        isinstance(t, (str, torch.device)) or (isinstance(t, torch.Tensor) and t is not args[0])
+        for t in targets
+        if t is not None
+    )
 
 
 def watch(patcher) -> tuple[list[str], list]:

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 def m(pack):
     from tokenmerge.merging import ibtm, importance, plan, similarity, tome
 
-    return type("M", (), {"ibtm": ibtm, "importance": importance, "plan": plan, "similarity": similarity,
-                          "tome": tome})
+    return type("M", (), {"ibtm": ibtm, "importance": importance, "plan": plan, "similarity": similarity, "tome": tome})
 
 
 def _sets(plan, row=0):
@@ -31,8 +30,9 @@ def test_ibtm_on_a_4x4_grid_with_known_importance_and_features(m):
     feats[6] = e[2] + 0.2 * e[3]  # close to dst 2
     feats[7:11] = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.9], [0.9, 1.0, 1.0, 1.0], [1.0, 0.9, 1.0, 1.0]])
     feats[11:] = torch.tensor([[1.0, 1.0, 1.0, 1.0]]) + 0.01 * torch.arange(5.0).view(5, 1)  # unimportant
-    plan = m.ibtm.importance_plan(feats.unsqueeze(0), importance, r=8, dst_fraction=0.25, pool_factor=1.4,
-                                  dst_mode=m.ibtm.DstMode.TOP_K)
+    plan = m.ibtm.importance_plan(
+        feats.unsqueeze(0), importance, r=8, dst_fraction=0.25, pool_factor=1.4, dst_mode=m.ibtm.DstMode.TOP_K
+    )
     dst, src, keep = _sets(plan)
     assert dst == {0, 1, 2, 3}
     assert src == {4, 5, 6, 11, 12, 13, 14, 15}  # all 5 outside the pool + the 3 most similar pool tokens
@@ -49,16 +49,18 @@ def test_ibtm_by_position_merges_the_least_important_into_their_nearest_destinat
     feats = torch.randn(1, 16, 8, generator=torch.Generator().manual_seed(0))
     positions = m.similarity.grid_positions(4, 4)
     assert positions[6].tolist() == [1, 2]
-    plan = m.ibtm.importance_plan(feats, importance, r=8, dst_fraction=0.25, pool_factor=1.0,
-                                  dst_mode=m.ibtm.DstMode.TOP_K, positions=positions)
+    plan = m.ibtm.importance_plan(
+        feats, importance, r=8, dst_fraction=0.25, pool_factor=1.0, dst_mode=m.ibtm.DstMode.TOP_K, positions=positions
+    )
     dst, src, keep = _sets(plan)
     assert dst == {0, 1, 2, 3}  # the four most important
     assert src == set(range(8, 16))  # the eight least important, all outside the pool
     assert keep == {4, 5, 6, 7}
     pairs = dict(zip(plan.src_idx[0].tolist(), plan.dst_idx[0][plan.src_to_dst[0]].tolist(), strict=True))
     assert pairs == {8: 0, 9: 1, 10: 2, 11: 3, 12: 0, 13: 1, 14: 2, 15: 3}  # straight up the column
-    score, nearest = m.similarity.nearest_destination(torch.tensor([[[0.0, 0.0], [3.0, 4.0]]]),
-                                                      torch.tensor([[[0.0, 1.0], [3.0, 0.0]]]))
+    score, nearest = m.similarity.nearest_destination(
+        torch.tensor([[[0.0, 0.0], [3.0, 4.0]]]), torch.tensor([[[0.0, 1.0], [3.0, 0.0]]])
+    )
     assert nearest.tolist() == [[0, 1]]
     assert score.tolist() == [[-1.0, -4.0]]
 
@@ -79,8 +81,13 @@ def test_tome_windows_on_a_5x3_grid_leave_the_leftover_strip_as_sources(m):
 def test_merge_mean_and_prune_on_a_hand_made_plan(m):
     x = torch.tensor([[[1.0], [2.0], [3.0], [4.0], [10.0]]])  # [1, 5, 1]
     # dst = {0, 3}; token 1 -> dst 0, token 2 -> dst 0, token 4 -> dst 3 (index 1); nothing kept
-    plan = m.plan.MergePlan(keep_idx=torch.zeros(1, 0, dtype=torch.long), dst_idx=torch.tensor([[0, 3]]),
-                            src_idx=torch.tensor([[1, 2, 4]]), src_to_dst=torch.tensor([[0, 0, 1]]), num_tokens=5)
+    plan = m.plan.MergePlan(
+        keep_idx=torch.zeros(1, 0, dtype=torch.long),
+        dst_idx=torch.tensor([[0, 3]]),
+        src_idx=torch.tensor([[1, 2, 4]]),
+        src_to_dst=torch.tensor([[0, 0, 1]]),
+        num_tokens=5,
+    )
     assert m.plan.merge(x, plan).flatten().tolist() == [2.0, 7.0]  # (1+2+3)/3, (4+10)/2
     assert m.plan.merge(x, plan, m.plan.MergeMode.PRUNE).flatten().tolist() == [1.0, 4.0]
     assert m.plan.unmerge(torch.tensor([[[5.0], [6.0]]]), plan).flatten().tolist() == [5.0, 5.0, 5.0, 6.0, 6.0]
@@ -103,15 +110,22 @@ def test_importance_pooling_is_area_averaging_for_any_aspect_ratio(m):
     cond, uncond = torch.ones(2, 4, 3, 5), torch.zeros(2, 4, 3, 5)
     cond[1] *= 3
     assert m.importance.cfg_importance(cond, uncond, torch.tensor([1.0, 2.0])).tolist() == (
-        [[[1.0] * 5] * 3, [[1.5] * 5] * 3])
+        [[[1.0] * 5] * 3, [[1.5] * 5] * 3]
+    )
 
 
 grids = st.tuples(st.integers(2, 12), st.integers(2, 12))
 
 
 @settings(max_examples=60, deadline=None)
-@given(grid=grids, ratio=st.floats(0.0, 0.75), samples=st.integers(1, 3), seed=st.integers(0, 2**16),
-       pool_factor=st.sampled_from([1.0, 1.4, 2.0]), prune=st.booleans())
+@given(
+    grid=grids,
+    ratio=st.floats(0.0, 0.75),
+    samples=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    pool_factor=st.sampled_from([1.0, 1.4, 2.0]),
+    prune=st.booleans(),
+)
 def test_ibtm_properties(pack, grid, ratio, samples, seed, pool_factor, prune):
     from tokenmerge.merging import ibtm
     from tokenmerge.merging import plan as P
@@ -162,11 +176,11 @@ def test_tome_properties(pack, grid, ratio, seed):
     assert plan.dst_idx.shape[1] == K
     assert plan.num_merged == min(int(N * ratio), N - K)
     restored = P.unmerge(P.merge(x, plan), plan)
-    merged_mean = P.merge(x, plan)[:, plan.keep_idx.shape[1]:]
+    merged_mean = P.merge(x, plan)[:, plan.keep_idx.shape[1] :]
     for s in range(2):
         assert torch.equal(restored[s, plan.keep_idx[s]], x[s, plan.keep_idx[s]])
         for k in range(K):  # every destination holds the mean of itself and its sources
-            members = torch.cat([plan.dst_idx[s, k:k + 1], plan.src_idx[s][plan.src_to_dst[s] == k]])
+            members = torch.cat([plan.dst_idx[s, k : k + 1], plan.src_idx[s][plan.src_to_dst[s] == k]])
             assert torch.allclose(merged_mean[s, k], x[s, members].mean(0), atol=1e-6)
 
 
@@ -175,7 +189,7 @@ def test_plan_rows_repeat_the_sample_partition_for_each_chunk(m):
     rows = plan.rows(3)
     assert rows.dst_idx.shape[0] == 6
     for chunk in range(3):
-        assert torch.equal(rows.src_idx[chunk * 2:(chunk + 1) * 2], plan.src_idx)
+        assert torch.equal(rows.src_idx[chunk * 2 : (chunk + 1) * 2], plan.src_idx)
 
 
 def test_sdtm_windows_cover_whole_windows_of_an_odd_grid(m):

@@ -27,8 +27,11 @@ def widget_defaults(node) -> dict:
 
 
 def ranged(node) -> list:
-    return [inp for inp in node.GET_SCHEMA().inputs
-            if getattr(inp, "min", None) is not None and getattr(inp, "max", None) is not None]
+    return [
+        inp
+        for inp in node.GET_SCHEMA().inputs
+        if getattr(inp, "min", None) is not None and getattr(inp, "max", None) is not None
+    ]
 
 
 def queue_errors(server, node_id: str, inputs: dict) -> list[dict] | None:
@@ -53,8 +56,16 @@ def named_inputs(error: dict) -> set[str]:
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("node_id", ["TokenMergeImportance", "TokenMergeImportanceAdvanced", "TokenMergeSpatialToMe",
-                                     "TokenMergeSDTM", "TokenMergeSDTMAdvanced"])
+@pytest.mark.parametrize(
+    "node_id",
+    [
+        "TokenMergeImportance",
+        "TokenMergeImportanceAdvanced",
+        "TokenMergeSpatialToMe",
+        "TokenMergeSDTM",
+        "TokenMergeSDTMAdvanced",
+    ],
+)
 def test_each_slider_end_is_refused_at_queue_time_naming_the_input(comfy_server, pack, node_id):
     node = merging_nodes()[node_id]
     shown = {inp.id for inp in node.GET_SCHEMA().inputs}
@@ -69,35 +80,67 @@ def test_each_slider_end_is_refused_at_queue_time_naming_the_input(comfy_server,
             for error in errors:
                 assert named_inputs(error) <= shown, error
                 text = f"{error['message']} {error['details']}"
-                assert re.search(rf"{inp.id}={value} is out of range: allowed {inp.min} to {inp.max}"
-                                 rf"|Value {value} (bigger|smaller) than (max|min) of {bound}", text), text
+                assert re.search(
+                    rf"{inp.id}={value} is out of range: allowed {inp.min} to {inp.max}"
+                    rf"|Value {value} (bigger|smaller) than (max|min) of {bound}",
+                    text,
+                ), text
             checked += 1
     assert checked == 2 * len(ranged(node)) >= 2
 
 
 # Values each within its own slider that the node cannot take together, the inputs that are marked, the message.
 CROSS_FIELD = [
-    ("TokenMergeImportanceAdvanced", {"ratio": 0.8, "dst_fraction": 0.5}, {"ratio", "dst_fraction"},
-     r"ratio=0.8 is out of range: allowed 0.0 to 0.5 \(at most 1 - dst_fraction with dst_fraction=0.5\)"),
-    ("TokenMergeImportanceAdvanced", {"start_percent": 0.6, "end_percent": 0.4}, {"start_percent", "end_percent"},
-     r"start_percent=0.6 must be below end_percent=0.4"),
-    ("TokenMergeImportanceAdvanced", {"block_start": 0.8, "block_end": 0.2}, {"block_start", "block_end"},
-     r"block_start=0.8 must be below block_end=0.2"),
-    ("TokenMergeSpatialToMe", {"ratio": 0.6, "window_y": 1, "window_x": 2}, {"ratio", "window_y", "window_x"},
-     (r"ratio=0.6 is out of range: allowed 0.0 to 0.5 \(at most 1 - 1/\(window_y\*window_x\) with window_y=1, "
-     r"window_x=2\)")),
-    ("TokenMergeSDTMAdvanced", {"ratio": 0.6}, {"ratio", "deviation", "window_y", "window_x"},
-     (r"ratio=0.6 is out of range: allowed 0.0 to 0.55 \(at most 1 - 1/\(window_y\*window_x\) with window_y=2, "
-     r"window_x=2, minus deviation=0.2\)")),
-    ("TokenMergeSDTMAdvanced", {"ratio": 0.2, "deviation": 0.3}, {"ratio", "deviation"},
-     r"deviation=0.3 is out of range: allowed 0.0 to ratio=0.2"),
+    (
+        "TokenMergeImportanceAdvanced",
+        {"ratio": 0.8, "dst_fraction": 0.5},
+        {"ratio", "dst_fraction"},
+        r"ratio=0.8 is out of range: allowed 0.0 to 0.5 \(at most 1 - dst_fraction with dst_fraction=0.5\)",
+    ),
+    (
+        "TokenMergeImportanceAdvanced",
+        {"start_percent": 0.6, "end_percent": 0.4},
+        {"start_percent", "end_percent"},
+        r"start_percent=0.6 must be below end_percent=0.4",
+    ),
+    (
+        "TokenMergeImportanceAdvanced",
+        {"block_start": 0.8, "block_end": 0.2},
+        {"block_start", "block_end"},
+        r"block_start=0.8 must be below block_end=0.2",
+    ),
+    (
+        "TokenMergeSpatialToMe",
+        {"ratio": 0.6, "window_y": 1, "window_x": 2},
+        {"ratio", "window_y", "window_x"},
+        (
+            r"ratio=0.6 is out of range: allowed 0.0 to 0.5 \(at most 1 - 1/\(window_y\*window_x\) with window_y=1, "
+            r"window_x=2\)"
+        ),
+    ),
+    (
+        "TokenMergeSDTMAdvanced",
+        {"ratio": 0.6},
+        {"ratio", "deviation", "window_y", "window_x"},
+        (
+            r"ratio=0.6 is out of range: allowed 0.0 to 0.55 \(at most 1 - 1/\(window_y\*window_x\) with window_y=2, "
+            r"window_x=2, minus deviation=0.2\)"
+        ),
+    ),
+    (
+        "TokenMergeSDTMAdvanced",
+        {"ratio": 0.2, "deviation": 0.3},
+        {"ratio", "deviation"},
+        r"deviation=0.3 is out of range: allowed 0.0 to ratio=0.2",
+    ),
 ]
 
 
 @pytest.mark.server
 @pytest.mark.parametrize(("node_id", "overrides", "marked", "message"), CROSS_FIELD)
-def test_inputs_that_constrain_each_other_are_refused_at_queue_time(comfy_server, pack, node_id, overrides, marked,
-                                                                   message):
+def test_inputs_that_constrain_each_other_are_refused_at_queue_time(
+    comfy_server, pack, node_id, overrides, marked, message
+):
     node = merging_nodes()[node_id]
     errors = queue_errors(comfy_server, node_id, widget_defaults(node) | overrides)
     assert errors
@@ -110,10 +153,12 @@ def test_inputs_that_constrain_each_other_are_refused_at_queue_time(comfy_server
 @pytest.mark.server
 def test_the_extremes_each_node_accepts_pass_queue_time_validation(comfy_server, pack):
     nodes = merging_nodes()
-    accepted = [("TokenMergeImportanceAdvanced", {"ratio": 0.9, "dst_fraction": 0.1}),
-                ("TokenMergeSpatialToMe", {"ratio": 0.75}),
-                ("TokenMergeSDTMAdvanced", {"ratio": 0.55}),
-                ("TokenMergeSDTMAdvanced", {"ratio": 0.75, "deviation": 0.0})]
+    accepted = [
+        ("TokenMergeImportanceAdvanced", {"ratio": 0.9, "dst_fraction": 0.1}),
+        ("TokenMergeSpatialToMe", {"ratio": 0.75}),
+        ("TokenMergeSDTMAdvanced", {"ratio": 0.55}),
+        ("TokenMergeSDTMAdvanced", {"ratio": 0.75, "deviation": 0.0}),
+    ]
     for node_id, overrides in accepted:
         assert queue_errors(comfy_server, node_id, widget_defaults(nodes[node_id]) | overrides) is None, node_id
 
@@ -124,8 +169,15 @@ def slider_values(node) -> list[float]:
     return [round(ratio.min + i * ratio.step, 6) for i in range(count + 1)]
 
 
-@pytest.mark.parametrize(("node_id", "family"), [("TokenMergeImportance", "sd15"), ("TokenMergeImportance", "sd3"),
-                                                 ("TokenMergeSpatialToMe", "sd15"), ("TokenMergeSDTM", "sd3")])
+@pytest.mark.parametrize(
+    ("node_id", "family"),
+    [
+        ("TokenMergeImportance", "sd15"),
+        ("TokenMergeImportance", "sd3"),
+        ("TokenMergeSpatialToMe", "sd15"),
+        ("TokenMergeSDTM", "sd3"),
+    ],
+)
 def test_every_ratio_a_simple_slider_offers_runs(pack, node_id, family):
     """From 0 to the slider's end in its steps, at the node's other defaults: the node patches and a 2-step run
     merges (ratio 0 returns the model itself)."""

@@ -53,8 +53,10 @@ CELLS = covering_cells()
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, Any]:
-    return {name: tiny_models.build_patcher(name, seed=0, scale=0.5 if name in UNET_FAMILIES else 1.0)
-            for name in FACTORS["family"]}
+    return {
+        name: tiny_models.build_patcher(name, seed=0, scale=0.5 if name in UNET_FAMILIES else 1.0)
+        for name in FACTORS["family"]
+    }
 
 
 def pack_warnings(caplog) -> list[str]:

@@ -28,14 +28,28 @@ def nodes(pack):
 
 
 def advanced(nodes, model, ratio=0.4, **overrides):
-    settings = {"deviation": 0.2, "switch_percent": 0.4, "window_y": 2, "window_x": 2, "similarity_weight": 0.05,
-                "detail_destination": "dependent", "detail_mlp_only": True, "protect_every": 3, "cache_weight": 0.2,
-                "cache_limit_mb": 2048, "start_percent": 0.0, "end_percent": 1.0, "seed": 0, **overrides}
+    settings = {
+        "deviation": 0.2,
+        "switch_percent": 0.4,
+        "window_y": 2,
+        "window_x": 2,
+        "similarity_weight": 0.05,
+        "detail_destination": "dependent",
+        "detail_mlp_only": True,
+        "protect_every": 3,
+        "cache_weight": 0.2,
+        "cache_limit_mb": 2048,
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+        "seed": 0,
+        **overrides,
+    }
     return nodes.TokenMergeSDTMAdvanced.execute(model, ratio, **settings)[0]
 
 
-def expected_accounting(model, steps: int, sampler: str, blocks: int, n: int, windows: int,
-                        ratio=0.4, deviation=0.2, switch=0.4, protect=3):
+def expected_accounting(
+    model, steps: int, sampler: str, blocks: int, n: int, windows: int, ratio=0.4, deviation=0.2, switch=0.4, protect=3
+):
     """What the patch must do at each model evaluation, from ComfyUI's own schedule (independent of the patch)."""
     import comfy.samplers
     from tokenmerge.merging.sdtm import cosine_ratio
@@ -110,8 +124,10 @@ def test_flux_cache_holds_the_block_update_although_flux_blocks_add_in_place(nod
     assert all(update.abs().amax() > 0 for update in blocks)
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage",
-                                  "wan21", "hunyuan_video"])
+@pytest.mark.parametrize(
+    "name",
+    ["sd3", "flux", "chroma", "flux2", "qwen_image", "pixart_alpha", "lumina2", "zimage", "wan21", "hunyuan_video"],
+)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_sdtm_simple_node_runs_on_each_dit(nodes, name, batch):
     family = tiny_models.FAMILIES[name]
@@ -146,13 +162,21 @@ def test_sdtm_on_a_unet_passes_through_with_one_warning(nodes, caplog):
     assert len([r for r in caplog.records if "SDTM is for diffusion transformers" in r.getMessage()]) == 1
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"ratio": 0.6}, (r"ratio=0.6 is out of range: allowed 0.0 to 0.55 \(at most 1 - 1/\(window_y\*window_x\) with "
-                    r"window_y=2, window_x=2, minus deviation=0.2\)")),
-    ({"deviation": 0.3, "ratio": 0.2}, r"deviation=0.3 is out of range: allowed 0.0 to ratio=0.2"),
-    ({"cache_weight": 1.5}, r"cache_weight=1.5 is out of range: allowed 0.0 to 1.0"),
-    ({"switch_percent": -0.1}, r"switch_percent=-0.1 is out of range: allowed 0.0 to 1.0"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"ratio": 0.6},
+            (
+                r"ratio=0.6 is out of range: allowed 0.0 to 0.55 \(at most 1 - 1/\(window_y\*window_x\) with "
+                r"window_y=2, window_x=2, minus deviation=0.2\)"
+            ),
+        ),
+        ({"deviation": 0.3, "ratio": 0.2}, r"deviation=0.3 is out of range: allowed 0.0 to ratio=0.2"),
+        ({"cache_weight": 1.5}, r"cache_weight=1.5 is out of range: allowed 0.0 to 1.0"),
+        ({"switch_percent": -0.1}, r"switch_percent=-0.1 is out of range: allowed 0.0 to 1.0"),
+    ],
+)
 def test_out_of_range_sdtm_settings_are_refused(nodes, sd3, overrides, message):
     ratio = overrides.pop("ratio", 0.4)
     with pytest.raises(ValueError, match=message):

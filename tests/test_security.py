@@ -10,10 +10,24 @@ import pytest
 
 from devkit import REPO_ROOT
 
-RUNTIME_SOURCES = sorted([REPO_ROOT / "__init__.py", *(p for folder in ("nodes", "patching", "merging")
-                                                      for p in (REPO_ROOT / folder).rglob("*.py"))])
-NETWORK_MODULES = {"socket", "urllib", "requests", "http", "aiohttp", "websocket", "websockets", "httpx", "ftplib",
-                   "smtplib"}
+RUNTIME_SOURCES = sorted(
+    [
+        REPO_ROOT / "__init__.py",
+        *(p for folder in ("nodes", "patching", "merging") for p in (REPO_ROOT / folder).rglob("*.py")),
+    ]
+)
+NETWORK_MODULES = {
+    "socket",
+    "urllib",
+    "requests",
+    "http",
+    "aiohttp",
+    "websocket",
+    "websockets",
+    "httpx",
+    "ftplib",
+    "smtplib",
+}
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "marshal"}
 
 
@@ -54,13 +68,24 @@ def test_runtime_module_writes_files_only_through_comfyui_folders(path):
     source = path.read_text()
     tree = ast.parse(source)
     # Buffers in memory (``buffer = io.BytesIO()``; ``image.save(buffer)``) are not files.
-    in_memory = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                 and isinstance(node.value, ast.Call) and call_name(node.value).endswith("BytesIO")
-                 for target in node.targets if isinstance(target, ast.Name)}
-    writers = [ast.unparse(call) for call in calls(tree)
-               if (call_name(call) in ("open", "os.makedirs", "torch.save")
-                   or call_name(call).endswith((".save", ".save_file", ".write_text", ".write_bytes")))
-               and not (call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in in_memory)]
+    in_memory = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and call_name(node.value).endswith("BytesIO")
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    writers = [
+        ast.unparse(call)
+        for call in calls(tree)
+        if (
+            call_name(call) in ("open", "os.makedirs", "torch.save")
+            or call_name(call).endswith((".save", ".save_file", ".write_text", ".write_bytes"))
+        )
+        and not (call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in in_memory)
+    ]
     if writers:
         assert "folder_paths" in source, f"{path} writes files ({writers}) outside ComfyUI's temp/output folders"
 
@@ -81,5 +106,6 @@ def test_web_extension_builds_no_dom_from_strings():
     assert scripts
     for script in scripts:
         text = script.read_text()
-        assert not re.search(r"\.(innerHTML|outerHTML)\b|insertAdjacentHTML|document\.write|\beval\s*\(|new Function",
-                             text), script
+        assert not re.search(
+            r"\.(innerHTML|outerHTML)\b|insertAdjacentHTML|document\.write|\beval\s*\(|new Function", text
+        ), script

@@ -39,8 +39,9 @@ def test_server_serves_the_web_extension(comfy_server):
 def test_object_info_lists_exactly_the_pack_nodes(comfy_server, pack):
     extension = asyncio.run(pack.comfy_entrypoint())
     pack_node_ids = {node.GET_SCHEMA().node_id for node in asyncio.run(extension.get_node_list())}
-    served = {name for name, info in comfy_server.object_info().items()
-              if info["python_module"] == "custom_nodes.tokenmerge"}
+    served = {
+        name for name, info in comfy_server.object_info().items() if info["python_module"] == "custom_nodes.tokenmerge"
+    }
     assert served == pack_node_ids
     assert {"TokenMergeImportance", "TokenMergeImportanceAdvanced", "TokenMergeSpatialToMe"} <= served
 
@@ -68,8 +69,13 @@ def test_prompt_with_a_bad_model_name_is_refused(comfy_server):
 
 def test_make_demo_produces_its_files(tmp_path, standin_models):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     for method in ("unmerged", "spatial_tome", "ibtm"):
         assert png_size((out / f"{method}.png").read_bytes()) == (128, 128)
@@ -86,11 +92,24 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     assert f"files in {out}" in done.stdout
 
 
-@pytest.mark.parametrize(("node", "inputs"), [
-    ("TokenMergeImportance", {"ratio": 0.5}),
-    ("TokenMergeSpatialToMe", {"ratio": 0.5, "max_downsample": "auto", "window_y": 2, "window_x": 2,
-                               "merge_cross_attention": False, "merge_feed_forward": False, "seed": 0}),
-])
+@pytest.mark.parametrize(
+    ("node", "inputs"),
+    [
+        ("TokenMergeImportance", {"ratio": 0.5}),
+        (
+            "TokenMergeSpatialToMe",
+            {
+                "ratio": 0.5,
+                "max_downsample": "auto",
+                "window_y": 2,
+                "window_x": 2,
+                "merge_cross_attention": False,
+                "merge_feed_forward": False,
+                "seed": 0,
+            },
+        ),
+    ],
+)
 def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
     prompt = sd3_prompt(node, inputs, cfg=4.0, steps=4, width=192, height=128, batch=2)
     before = comfy_server.log().count("tokenmerge: merged")
@@ -103,8 +122,9 @@ def test_merging_nodes_run_on_a_dit_through_prompt(comfy_server, node, inputs):
 
 def test_sdtm_node_runs_through_prompt_at_cfg_one(comfy_server):
     before = comfy_server.log().count("SDTM ran")
-    entry = comfy_server.run(sd3_prompt("TokenMergeSDTM", {"ratio": 0.4}, cfg=1.0, steps=6, width=128, height=128,
-                                        batch=1))
+    entry = comfy_server.run(
+        sd3_prompt("TokenMergeSDTM", {"ratio": 0.4}, cfg=1.0, steps=6, width=128, height=128, batch=1)
+    )
     assert len(entry["outputs"]["10"]["images"]) == 1
     assert comfy_server.log().count("SDTM ran") == before + 1  # the run summary of the protected steps
 
@@ -118,18 +138,33 @@ def test_removing_the_merging_node_gives_exactly_the_unpatched_output(comfy_serv
     save_id = next(k for k, n in base.items() if n["class_type"] == "SaveImage")
     base[sampler_id]["inputs"]["seed"] = 777
     unpatched = {k: n for k, n in base.items() if n["class_type"] != "TokenMergeHeatmapPreview" and k != merge_id}
-    unpatched[sampler_id] = {**base[sampler_id], "inputs": {**base[sampler_id]["inputs"],
-                                                            "model": base[merge_id]["inputs"]["model"]}}
+    unpatched[sampler_id] = {
+        **base[sampler_id],
+        "inputs": {**base[sampler_id]["inputs"], "model": base[merge_id]["inputs"]["model"]},
+    }
     patched = {k: n for k, n in base.items() if n["class_type"] != "TokenMergeHeatmapPreview"}
-    patched[merge_id] = {"class_type": "TokenMergeImportanceAdvanced", "inputs": {
-        **base[merge_id]["inputs"], "max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4,
-        "dst_mode": "random", "merge_cross_attention": True, "merge_feed_forward": True, "prune_until": 0.1,
-        "start_percent": 0.0, "end_percent": 1.0, "seed": 0}}
+    patched[merge_id] = {
+        "class_type": "TokenMergeImportanceAdvanced",
+        "inputs": {
+            **base[merge_id]["inputs"],
+            "max_downsample": "auto",
+            "dst_fraction": 0.25,
+            "pool_factor": 1.4,
+            "dst_mode": "random",
+            "merge_cross_attention": True,
+            "merge_feed_forward": True,
+            "prune_until": 0.1,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+            "seed": 0,
+        },
+    }
 
     def image_and_cached(prompt: dict) -> tuple[bytes, set]:
         entry = comfy_server.run(prompt)
-        cached = {node for kind, data in entry["status"]["messages"] if kind == "execution_cached"
-                  for node in data["nodes"]}
+        cached = {
+            node for kind, data in entry["status"]["messages"] if kind == "execution_cached" for node in data["nodes"]
+        }
         return comfy_server.view(entry["outputs"][save_id]["images"][0]), cached
 
     first, _ = image_and_cached(unpatched)

@@ -49,7 +49,7 @@ def test_scenes_have_one_to_three_objects_in_distinct_slots_with_masks_and_label
             assert 0.3 * radius_px**2 < area < 4.5 * radius_px**2  # a shape of about its size
             cy, cx = int(obj.cy * scenes.SIDE), int(obj.cx * scenes.SIDE)
             assert masks[i, j, cy, cx] == 1  # its centre is inside it
-        assert masks[i, len(scene.objects):].sum() == 0
+        assert masks[i, len(scene.objects) :].sum() == 0
 
 
 def test_a_prompt_describes_its_scene():
@@ -61,10 +61,18 @@ def test_a_prompt_describes_its_scene():
 
 # -------------------------------------------------------------------------------------------- prompt
 def _scene_prompts():
-    obj = st.builds(prompt.ObjectPhrase, st.sampled_from(list(prompt.COLOURS)), st.sampled_from(prompt.SHAPES),
-                    st.sampled_from(prompt.POSITIONS), st.one_of(st.none(), st.sampled_from(prompt.SIZES)))
-    return st.builds(prompt.ScenePrompt, st.lists(obj, max_size=3).map(tuple),
-                     st.one_of(st.none(), st.sampled_from(prompt.BACKGROUNDS)))
+    obj = st.builds(
+        prompt.ObjectPhrase,
+        st.sampled_from(list(prompt.COLOURS)),
+        st.sampled_from(prompt.SHAPES),
+        st.sampled_from(prompt.POSITIONS),
+        st.one_of(st.none(), st.sampled_from(prompt.SIZES)),
+    )
+    return st.builds(
+        prompt.ScenePrompt,
+        st.lists(obj, max_size=3).map(tuple),
+        st.one_of(st.none(), st.sampled_from(prompt.BACKGROUNDS)),
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -94,13 +102,16 @@ def test_the_empty_prompt_is_all_zero_and_words_matter():
     assert torch.allclose(bound[0].var(), torch.tensor(1.0), atol=0.15)  # unit variance, like one word
 
 
-@pytest.mark.parametrize(("text", "names"), [
-    ("a red blob at top left", "'blob'"),
-    ("a red circle at the middle", "'the middle'"),
-    ("a red circle", "'a red circle'"),
-    ("a red circle at center on a wavy background", "'wavy'"),
-    (" and ".join(["a red circle at center"] * 4), "at most 3"),
-])
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("a red blob at top left", "'blob'"),
+        ("a red circle at the middle", "'the middle'"),
+        ("a red circle", "'a red circle'"),
+        ("a red circle at center on a wavy background", "'wavy'"),
+        (" and ".join(["a red circle at center"] * 4), "at most 3"),
+    ],
+)
 def test_bad_prompts_are_refused_naming_the_part_and_the_vocabulary(text, names):
     with pytest.raises(ValueError, match=re.escape(names)):
         prompt.parse(text)
@@ -114,8 +125,10 @@ def test_the_demo_prompt_node_validates_and_emits_conditioning(pack):
     assert message.startswith("unknown word 'blob'")  # ComfyUI prefixes the input's name: "text - unknown ..."
     assert "circle" in message  # the vocabulary is listed
     schema_text = TokenMergeDemoPrompt.GET_SCHEMA().inputs[0]
-    assert all(word in schema_text.placeholder for word in (*prompt.COLOURS, *prompt.SHAPES, *prompt.POSITIONS,
-                                                            *prompt.BACKGROUNDS))
+    assert all(
+        word in schema_text.placeholder
+        for word in (*prompt.COLOURS, *prompt.SHAPES, *prompt.POSITIONS, *prompt.BACKGROUNDS)
+    )
     with pytest.raises(ValueError, match=r"^text: unknown word 'blob'"):
         TokenMergeDemoPrompt.execute("a red blob at center")
     assert TokenMergeDemoPrompt.validate_inputs("a small red circle at center") is True
@@ -170,10 +183,21 @@ def sample_on_server(server, unet: str, vae: str, latent: str, text: str, *, see
         "2": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": text}},
         "3": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
         "4": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 4}},
-        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": seed, "steps": 20, "cfg": 3.0,
-                                                   "sampler_name": "dpmpp_2m", "scheduler": "normal",
-                                                   "positive": ["2", 0], "negative": ["3", 0],
-                                                   "latent_image": ["4", 0], "denoise": 1.0}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": seed,
+                "steps": 20,
+                "cfg": 3.0,
+                "sampler_name": "dpmpp_2m",
+                "scheduler": "normal",
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "shapes_check"}},
@@ -278,8 +302,12 @@ def test_the_sanity_rates_count_prompted_objects_by_hand():
         return 1 + shape * colours + colour
 
     labels = torch.tensor([[label(0, 0), 0, 0, 0, label(2, 3)], [0, label(1, 5), 0, 0, 0]])
-    predicted = torch.tensor([[label(0, 0), label(3, 3), 0, 0, label(2, 1)],  # right; wrong colour (shape right)
-                              [0, 0, label(0, 0), 0, 0]])  # the prompted object missing: wrong in every rate
+    predicted = torch.tensor(
+        [
+            [label(0, 0), label(3, 3), 0, 0, label(2, 1)],  # right; wrong colour (shape right)
+            [0, 0, label(0, 0), 0, 0],
+        ]
+    )  # the prompted object missing: wrong in every rate
     # 3 prompted objects: both right 1, colour right 1, shape right 2; the extra object in an empty slot is not counted
     assert rates(predicted, labels) == pytest.approx({"object": 1 / 3, "colour": 1 / 3, "shape": 2 / 3})
 
@@ -293,8 +321,18 @@ def test_the_dit_position_table_encodes_column_then_row_in_its_two_halves():
     assert torch.allclose(table[0, 2, :4], table[3, 2, :4])  # same column, other row: first half equal
     assert torch.allclose(table[1, 0, 4:], table[1, 3, 4:])  # same row, other column: second half equal
     # By hand, width 8: frequencies 1 and 1/100; the token at row 1, column 2 is sin/cos of (2, 0.02) | (1, 0.01).
-    expected = torch.tensor([math.sin(2), math.sin(0.02), math.cos(2), math.cos(0.02),
-                             math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)])
+    expected = torch.tensor(
+        [
+            math.sin(2),
+            math.sin(0.02),
+            math.cos(2),
+            math.cos(0.02),
+            math.sin(1),
+            math.sin(0.01),
+            math.cos(1),
+            math.cos(0.01),
+        ]
+    )
     assert torch.allclose(table[1, 2], expected, atol=1e-6)
     assert len({tuple(row.tolist()) for row in table.view(16, 8)}) == 16  # every token has its own code
 
@@ -311,9 +349,11 @@ def test_a_fresh_clone_continues_training_from_the_committed_export(tmp_path, mo
     assert not run.resumed
     with pytest.raises(FileNotFoundError, match="no export"):
         run.last_export()
-    run.log_path.write_text("[toy] step 40 loss 0.1 wall 3.0 min\n[toy] step 50 loss 0.1 wall 4.5 min\n"
-                            "[toy] exported the EMA weights of step 50 to toy.safetensors (1.0 MB)\n"
-                            "[toy] step 60 loss 0.1 wall 6.0 min\n")  # a later chunk that was never exported
+    run.log_path.write_text(
+        "[toy] step 40 loss 0.1 wall 3.0 min\n[toy] step 50 loss 0.1 wall 4.5 min\n"
+        "[toy] exported the EMA weights of step 50 to toy.safetensors (1.0 MB)\n"
+        "[toy] step 60 loss 0.1 wall 6.0 min\n"
+    )  # a later chunk that was never exported
     assert run.last_export() == (50, 270.0)
     run.start_from(*run.last_export(), source="toy.safetensors")
     assert (run.step, run.optimiser_from, run.resumed) == (50, 50, True)
@@ -340,8 +380,10 @@ def test_the_vae_decoder_goes_on_training_from_the_committed_file_with_the_encod
     monkeypatch.setattr(training, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(training, "CHECKPOINTS", tmp_path / "checkpoints")
     (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "vae.log").write_text("[vae] step 10 loss 0.3 wall 1.0 min\n[vae] exported at step 10: "
-                                               "raw encoder mean 0.0 std 1.0; vae_scale 0.2 (4ch), 1.7 (16ch)\n")
+    (tmp_path / "logs" / "vae.log").write_text(
+        "[vae] step 10 loss 0.3 wall 1.0 min\n[vae] exported at step 10: "
+        "raw encoder mean 0.0 std 1.0; vae_scale 0.2 (4ch), 1.7 (16ch)\n"
+    )
     train_vae.train(steps=11, batch=2, lr=1e-3, decoder_only=True, from_export=True)
     committed = safetensors.torch.load_file(str(train_vae.VAE_FILE))
     trained = torch.load(tmp_path / "checkpoints" / "vae.pt", weights_only=True)
@@ -406,7 +448,8 @@ def test_the_unets_timestep_draw_by_hand_and_weighted_timesteps_keep_the_v_loss_
     assert weighted.tolist() == pytest.approx((plain * scale / (plain * scale).sum()).tolist())
     in_expectation = weighted * scale
     assert (in_expectation / in_expectation.sum()).tolist() == pytest.approx(
-        (plain * scale.square() / (plain * scale.square()).sum()).tolist())
+        (plain * scale.square() / (plain * scale.square()).sum()).tolist()
+    )
 
 
 def test_weighted_timesteps_draw_more_of_the_batch_at_high_noise(pack, capsys):
@@ -419,8 +462,9 @@ def test_weighted_timesteps_draw_more_of_the_batch_at_high_noise(pack, capsys):
     assert unet_timestep_probabilities(sigmas)[sigmas >= 5].sum() == pytest.approx(0.366, abs=0.01)
     assert unet_timestep_probabilities(sigmas, weighted=True)[sigmas >= 5].sum() == pytest.approx(0.674, abs=0.01)
     gen = torch.Generator().manual_seed(0)
-    _, timestep, _, weight = model_inputs("sd15", student, torch.randn(400, 4, 2, 2), gen, v_weighting=True,
-                                          weighted_timesteps=True)
+    _, timestep, _, weight = model_inputs(
+        "sd15", student, torch.randn(400, 4, 2, 2), gen, v_weighting=True, weighted_timesteps=True
+    )
     sigma = student.model_sampling.sigma(timestep)
     assert torch.allclose(weight, (1 + sigma.square()).sqrt(), rtol=1e-4)
     assert 0.6 < (sigma >= 5).float().mean() < 0.75
@@ -469,9 +513,12 @@ def test_the_dit_teacher_maps_the_unets_noisy_latent_onto_rectified_flow_and_bac
     sigma = torch.tensor([0.5, MIN_SIGMA, 4.0])
     noise = torch.randn(3, 4, 2, 2, generator=gen)
     noisy = torch.randn(3, 4, 2, 2, generator=gen) + sigma.view(-1, 1, 1, 1) * noise
-    context, pooled = prompt.encode_batch([prompt.parse(text) for text in ("a red circle at center",
-                                                                          "a blue square at top left",
-                                                                          "a green triangle at center")])
+    context, pooled = prompt.encode_batch(
+        [
+            prompt.parse(text)
+            for text in ("a red circle at center", "a blue square at top left", "a green triangle at center")
+        ]
+    )
     target = teacher.eps_target(noisy, sigma, noise, context, pooled, gen)
     k, b, level = teacher.scale, teacher.offset, teacher.scale * sigma[1:].view(-1, 1, 1, 1)
     estimate = ((k * noisy[1:] + b) / (1 + level) - b) / k

@@ -111,8 +111,14 @@ def test_append_keeps_the_rows_and_lists_every_command(smoke_run, tmp_path):
 def test_compiled_benchmark_smoke_mode_writes_its_report(tmp_path):
     """``python -m benchmarks.compiled --smoke`` (in its own process, which picks PyTorch attention): every
     condition eager and compiled, the compiled ones warmed up once and never recompiled in the timed runs."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.compiled", "--smoke", "--out", str(tmp_path)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compiled", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (report,) = tmp_path.glob("compiled-smoke-*.md")
     (result,) = json.loads(next(tmp_path.glob("compiled-smoke-*.json")).read_text())

@@ -19,8 +19,11 @@ WINS = "the last tokenmerge node wins"
 
 @pytest.fixture(scope="module")
 def models() -> dict:
-    return {"sd15": tiny_models.build_patcher("sd15", seed=0, scale=0.5), "sd3": tiny_models.build_patcher("sd3"),
-            "pixart_alpha": tiny_models.build_patcher("pixart_alpha")}
+    return {
+        "sd15": tiny_models.build_patcher("sd15", seed=0, scale=0.5),
+        "sd3": tiny_models.build_patcher("sd3"),
+        "pixart_alpha": tiny_models.build_patcher("pixart_alpha"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +38,16 @@ def merge(nodes, model, ratio: float = 0.5):
 
 
 def tome(nodes, model, ratio: float = 0.3):
-    return nodes[0].TokenMergeSpatialToMe.execute(model, ratio, "auto", 2, 2, merge_cross_attention=False,
-                                                  merge_feed_forward=False, seed=0)[0]
+    return nodes[0].TokenMergeSpatialToMe.execute(
+        model, ratio, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
 
 
 def lora(model):
     """A LoRA-style weight patch (``add_patches`` with a diff) on the first 2-D attention weight."""
-    key, weight = next((k, v) for k, v in model.model.state_dict().items()
-                       if "attn" in k and k.endswith(".weight") and v.ndim == 2)
+    key, weight = next(
+        (k, v) for k, v in model.model.state_dict().items() if "attn" in k and k.endswith(".weight") and v.ndim == 2
+    )
     patched = model.clone()
     delta = 0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(1))
     assert patched.add_patches({key: (delta,)}, 1.0) == [key]
@@ -215,8 +220,19 @@ def test_foreign_dit_block_replace_and_ours_chain_to_each_other(nodes, models, f
 def test_the_last_tokenmerge_node_wins_on_a_unet(nodes, models, caplog):
     base = models["sd15"]
     everything = nodes[0].TokenMergeImportanceAdvanced.execute(
-        base, 0.5, "auto", 0.25, 1.4, "random", merge_cross_attention=True, merge_feed_forward=True, prune_until=0.1,
-        start_percent=0.0, end_percent=1.0, seed=0)[0]
+        base,
+        0.5,
+        "auto",
+        0.25,
+        1.4,
+        "random",
+        merge_cross_attention=True,
+        merge_feed_forward=True,
+        prune_until=0.1,
+        start_percent=0.0,
+        end_percent=1.0,
+        seed=0,
+    )[0]
     assert any(name.endswith("ff.forward") for name in everything.object_patches)
     with caplog.at_level(logging.INFO, logger="tokenmerge"):
         stacked = tome(nodes, everything)
@@ -246,15 +262,16 @@ def test_the_last_tokenmerge_node_wins_on_dits_keeping_foreign_replaces(nodes, m
     first = run(stacked, "sd3", steps=4)
     calls_stacked = list(calls)
     assert torch.equal(first, run(alone, "sd3", steps=4))
-    assert calls_stacked == calls[len(calls_stacked):]  # the foreign replace still runs, on the same tokens
+    assert calls_stacked == calls[len(calls_stacked) :]  # the foreign replace still runs, on the same tokens
     assert state_of(stacked).counters["importance_calls"] == 0
     # PixArt: object patches on every block's forward and MLP, chained to the model's own
     pixart = models["pixart_alpha"]
     stacked = merge(nodes, nodes[1].TokenMergeSDTM.execute(pixart, 0.4)[0])
     alone = merge(nodes, pixart)
     assert set(stacked.object_patches) == set(alone.object_patches)
-    assert torch.equal(run(stacked, "pixart_alpha", height=256, width=304),
-                       run(alone, "pixart_alpha", height=256, width=304))
+    assert torch.equal(
+        run(stacked, "pixart_alpha", height=256, width=304), run(alone, "pixart_alpha", height=256, width=304)
+    )
     assert state_of(stacked).counters["structure_calls"] == 0
 
 

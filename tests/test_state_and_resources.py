@@ -46,8 +46,7 @@ def test_soak_of_30_runs_keeps_memory_flat_and_reruns_bitwise(importance, models
     growth = max(rss[10:]) - rss[9]  # after a warm-up cycle (allocator pools, lazy imports)
     assert growth < 24 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 20 runs"
     (height, width), batch, sampler = settings[0]
-    assert torch.equal(sample(patched, SD15, steps=3, height=height, width=width, batch=batch, sampler=sampler),
-                       first)
+    assert torch.equal(sample(patched, SD15, steps=3, height=height, width=width, batch=batch, sampler=sampler), first)
 
 
 class Interrupt(Exception):  # noqa: N818  raised on purpose through the sampler callback
@@ -73,8 +72,9 @@ def test_an_interrupted_run_leaves_no_trace(importance, models, name):
 def test_two_patched_clones_and_two_samplers_keep_separate_state(importance, models):
     base = models["sd15"]
     first = importance.TokenMergeImportance.execute(base, 0.5)[0]
-    second = importance.TokenMergeSpatialToMe.execute(base, 0.3, "auto", 2, 2, merge_cross_attention=False,
-                                                      merge_feed_forward=False, seed=0)[0]
+    second = importance.TokenMergeSpatialToMe.execute(
+        base, 0.3, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
     a = sample(first, SD15, steps=3)
     counters = state_of(first).counters.copy()
     b = sample(second, SD15, steps=3, height=96, width=96)  # the second sampler of a workflow, another resolution
@@ -114,10 +114,12 @@ def test_both_clone_semantics_share_the_state_and_give_the_same_run(importance, 
     assert torch.equal(sample(cloned, family, steps=3, batch=2), reference)
     assert state_of(patched).counters["merged_calls"] > 0
     # a later tokenmerge node on the clone replaces ours in either semantics
-    tome = importance.TokenMergeSpatialToMe.execute(cloned, 0.3, "auto", 2, 2, merge_cross_attention=False,
-                                                    merge_feed_forward=False, seed=0)[0]
-    alone = importance.TokenMergeSpatialToMe.execute(models[name], 0.3, "auto", 2, 2, merge_cross_attention=False,
-                                                     merge_feed_forward=False, seed=0)[0]
+    tome = importance.TokenMergeSpatialToMe.execute(
+        cloned, 0.3, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
+    alone = importance.TokenMergeSpatialToMe.execute(
+        models[name], 0.3, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
     assert torch.equal(sample(tome, family, steps=3, batch=2), sample(alone, family, steps=3, batch=2))
     assert torch.equal(sample(patched, family, steps=3, batch=2), reference)  # the original is untouched
 

@@ -9,8 +9,17 @@ from conftest import sample
 from devkit import tiny_models
 
 EXPECTED_MODEL_CLASS = {
-    "sd15": "BaseModel", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "chroma": "Chroma", "flux2": "Flux2",
-    "qwen_image": "QwenImage", "pixart_alpha": "PixArt", "lumina2": "Lumina2", "zimage": "Lumina2", "wan21": "WAN21",
+    "sd15": "BaseModel",
+    "sdxl": "SDXL",
+    "sd3": "SD3",
+    "flux": "Flux",
+    "chroma": "Chroma",
+    "flux2": "Flux2",
+    "qwen_image": "QwenImage",
+    "pixart_alpha": "PixArt",
+    "lumina2": "Lumina2",
+    "zimage": "Lumina2",
+    "wan21": "WAN21",
     "hunyuan_video": "HunyuanVideo",
 }
 

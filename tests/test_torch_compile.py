@@ -21,8 +21,14 @@ from devkit import tiny_models
 
 # (family, merging node, compile after the node?, guards filtered as ComfyUI 0.33's TorchCompileModel does?) cells;
 # each compiles a tiny model once (10-60 s here)
-CELLS = [("sd15", "importance", True, False), ("sd3", "sdtm", True, False), ("flux", "tome", True, False),
-         ("sd15", "tome", False, False), ("sd15", "importance", True, True), ("sd3", "sdtm", True, True)]
+CELLS = [
+    ("sd15", "importance", True, False),
+    ("sd3", "sdtm", True, False),
+    ("flux", "tome", True, False),
+    ("sd15", "tome", False, False),
+    ("sd15", "importance", True, True),
+    ("sd3", "sdtm", True, True),
+]
 
 
 def without_transformer_options_guards(guard_entries) -> list[bool]:
@@ -44,11 +50,14 @@ def graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-@pytest.mark.parametrize(("name", "method", "after", "filtered"), CELLS,
-                         ids=[f"{n}-{m}-compile-{'after' if a else 'before'}{'-guards-filtered' if f else ''}"
-                              for n, m, a, f in CELLS])
-def test_compiled_merging_plans_without_errors_and_recompiles_a_bounded_number_of_times(pack, caplog, name, method,
-                                                                                       after, filtered):
+@pytest.mark.parametrize(
+    ("name", "method", "after", "filtered"),
+    CELLS,
+    ids=[f"{n}-{m}-compile-{'after' if a else 'before'}{'-guards-filtered' if f else ''}" for n, m, a, f in CELLS],
+)
+def test_compiled_merging_plans_without_errors_and_recompiles_a_bounded_number_of_times(
+    pack, caplog, name, method, after, filtered
+):
     """With ComfyUI 0.33's guard filter too: the per-step decisions must still reach the graph (a frozen first call
     would run SDTM's protected path, or IBTM's step-0 spatial ToMe, for the whole run)."""
     family = tiny_models.FAMILIES[name]
@@ -77,13 +86,28 @@ def test_compiled_merging_plans_without_errors_and_recompiles_a_bounded_number_o
 
 
 @pytest.mark.server
-@pytest.mark.parametrize(("node", "inputs", "after"), [
-    ("TokenMergeImportance", {"ratio": 0.5}, True),
-    ("TokenMergeSpatialToMe", {"ratio": 0.5, "max_downsample": "auto", "window_y": 2, "window_x": 2,
-                               "merge_cross_attention": False, "merge_feed_forward": False, "seed": 0}, True),
-    ("TokenMergeSDTM", {"ratio": 0.5}, True),
-    ("TokenMergeImportance", {"ratio": 0.5}, False),
-], ids=["importance", "tome", "sdtm", "importance-compiled-first"])
+@pytest.mark.parametrize(
+    ("node", "inputs", "after"),
+    [
+        ("TokenMergeImportance", {"ratio": 0.5}, True),
+        (
+            "TokenMergeSpatialToMe",
+            {
+                "ratio": 0.5,
+                "max_downsample": "auto",
+                "window_y": 2,
+                "window_x": 2,
+                "merge_cross_attention": False,
+                "merge_feed_forward": False,
+                "seed": 0,
+            },
+            True,
+        ),
+        ("TokenMergeSDTM", {"ratio": 0.5}, True),
+        ("TokenMergeImportance", {"ratio": 0.5}, False),
+    ],
+    ids=["importance", "tome", "sdtm", "importance-compiled-first"],
+)
 def test_torch_compile_model_with_each_merging_node_on_the_server(comfy_server, node, inputs, after):
     prompt = sd3_prompt(node, inputs, cfg=4.0, steps=6, width=128, height=128, batch=1)
     if after:  # loader -> merging node -> TorchCompileModel -> KSampler

@@ -32,15 +32,26 @@ def nodes(pack):
 
 
 def importance_model(nodes, model, ratio=0.5, **overrides):
-    settings = {"max_downsample": "auto", "dst_fraction": 0.25, "pool_factor": 1.4, "dst_mode": "random",
-                "merge_cross_attention": False, "merge_feed_forward": False, "prune_until": 0.1,
-                "start_percent": 0.0, "end_percent": 1.0, "seed": 0, **overrides}
+    settings = {
+        "max_downsample": "auto",
+        "dst_fraction": 0.25,
+        "pool_factor": 1.4,
+        "dst_mode": "random",
+        "merge_cross_attention": False,
+        "merge_feed_forward": False,
+        "prune_until": 0.1,
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+        "seed": 0,
+        **overrides,
+    }
     return nodes.TokenMergeImportanceAdvanced.execute(model, ratio, **settings)[0]
 
 
 def tome_model(nodes, model, ratio=0.5, window=(2, 2)):
-    return nodes.TokenMergeSpatialToMe.execute(model, ratio, "auto", *window, merge_cross_attention=False,
-                                               merge_feed_forward=False, seed=0)[0]
+    return nodes.TokenMergeSpatialToMe.execute(
+        model, ratio, "auto", *window, merge_cross_attention=False, merge_feed_forward=False, seed=0
+    )[0]
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,8 +96,9 @@ def test_captured_map_is_the_cfg_difference_of_the_same_model_call(nodes, sd15):
     seen = {}
 
     def record(args):  # a second post-CFG function, after ours: sees the same model call
-        seen.update(cond=args["cond_denoised"].clone(), uncond=args["uncond_denoised"].clone(),
-                    sigma=args["sigma"].clone())
+        seen.update(
+            cond=args["cond_denoised"].clone(), uncond=args["uncond_denoised"].clone(), sigma=args["sigma"].clone()
+        )
         return args["denoised"]
 
     patched.set_model_sampler_post_cfg_function(record)
@@ -108,14 +120,17 @@ def test_cfg_one_falls_back_to_spatial_tome_with_one_log_line(nodes, sd15, caplo
     assert len([r for r in caplog.records if "no uncond pass" in r.getMessage()]) == 1
 
 
-@pytest.mark.parametrize(("height", "width", "batch", "kwargs"), [
-    (72, 128, 1, {}),  # 16:9 latent 9x16, not divisible by the 2x2 window
-    (128, 72, 2, {}),  # 9:16
-    (104, 88, 3, {}),  # 13x11 latent, odd at every level
-    (64, 64, 2, {"sampler": "heun"}),
-    (64, 64, 1, {"start_step": 1, "last_step": 3}),  # KSamplerAdvanced slice
-    (64, 64, 2, {"denoise": 0.5}),
-])
+@pytest.mark.parametrize(
+    ("height", "width", "batch", "kwargs"),
+    [
+        (72, 128, 1, {}),  # 16:9 latent 9x16, not divisible by the 2x2 window
+        (128, 72, 2, {}),  # 9:16
+        (104, 88, 3, {}),  # 13x11 latent, odd at every level
+        (64, 64, 2, {"sampler": "heun"}),
+        (64, 64, 1, {"start_step": 1, "last_step": 3}),  # KSamplerAdvanced slice
+        (64, 64, 2, {"denoise": 0.5}),
+    ],
+)
 def test_importance_merging_runs_on_odd_shapes_batches_and_samplers(nodes, sd15, height, width, batch, kwargs):
     patched = nodes.TokenMergeImportance.execute(sd15, 0.5)[0]
     steps = 4
@@ -172,17 +187,26 @@ def test_unsupported_family_passes_through_with_one_warning(nodes, caplog):
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
         assert nodes.TokenMergeImportance.execute(aura, 0.5)[0] is aura
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "tokenmerge: AuraFlow models are not supported by this node yet; the model passes through unpatched"]
+        "tokenmerge: AuraFlow models are not supported by this node yet; the model passes through unpatched"
+    ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"ratio": 0.8}, (r"ratio=0.8 is out of range: allowed 0.0 to 0.75 \(at most 1 - dst_fraction with "
-                    r"dst_fraction=0.25\)")),
-    ({"ratio": 0.6, "dst_fraction": 0.5}, r"ratio=0.6 is out of range: allowed 0.0 to 0.5"),
-    ({"pool_factor": 0.9}, r"pool_factor=0.9 is out of range: allowed 1.0 to 4.0"),
-    ({"start_percent": 0.6, "end_percent": 0.4}, r"start_percent=0.6 must be below end_percent=0.4"),
-    ({"prune_until": 1.5}, r"prune_until=1.5 is out of range: allowed 0.0 to 1.0"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"ratio": 0.8},
+            (
+                r"ratio=0.8 is out of range: allowed 0.0 to 0.75 \(at most 1 - dst_fraction with "
+                r"dst_fraction=0.25\)"
+            ),
+        ),
+        ({"ratio": 0.6, "dst_fraction": 0.5}, r"ratio=0.6 is out of range: allowed 0.0 to 0.5"),
+        ({"pool_factor": 0.9}, r"pool_factor=0.9 is out of range: allowed 1.0 to 4.0"),
+        ({"start_percent": 0.6, "end_percent": 0.4}, r"start_percent=0.6 must be below end_percent=0.4"),
+        ({"prune_until": 1.5}, r"prune_until=1.5 is out of range: allowed 0.0 to 1.0"),
+    ],
+)
 def test_out_of_range_settings_are_refused_before_sampling(nodes, sd15, overrides, message):
     ratio = overrides.pop("ratio", 0.5)
     with pytest.raises(ValueError, match=message):
@@ -251,8 +275,13 @@ def test_cond_and_uncond_in_separate_calls_get_the_same_destinations(pack):
     plans = {}
     for chunk in (1, 0):  # memory split: uncond first, then cond
         n = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(chunk))
-        extra = {"original_shape": [2, 4, 8, 8], "cond_or_uncond": [chunk], "block": ("input", 1), "block_index": 0,
-                 **timing}
+        extra = {
+            "original_shape": [2, 4, 8, 8],
+            "cond_or_uncond": [chunk],
+            "block": ("input", 1),
+            "block_index": 0,
+            **timing,
+        }
         enter_call(merger, [2, 4, 8, 8], 5.0, [10.0, 5.0, 1.0, 0.0], [chunk])
         merger.attn1_patch(n, n, n, extra)
         plans[chunk] = extra[PLAN_KEY].plan

@@ -31,8 +31,14 @@ class SlotClassifier(nn.Module):
         super().__init__()
 
         def stage(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+            )
 
         self.body = nn.Sequential(stage(3, 32), stage(32, 64), stage(64, 96), nn.AdaptiveAvgPool2d(4))  # [B, 96, 4, 4]
         self.features = nn.Sequential(nn.Flatten(), nn.Linear(96 * 4 * 4, 256), nn.SiLU())
@@ -69,7 +75,7 @@ def accuracy(model: SlotClassifier, count: int = 512, vae=None) -> float:
     batch = scenes.sample_scenes(EVAL_SEED, count)
     images, _ = scenes.render(batch)
     if vae is not None:
-        images = torch.cat([vae_round_trip(images[i:i + 32], vae) for i in range(0, count, 32)])
+        images = torch.cat([vae_round_trip(images[i : i + 32], vae) for i in range(0, count, 32)])
     labels = torch.stack([s.slot_labels() for s in batch])
     with torch.no_grad():
         predicted = model(images).argmax(-1)
@@ -104,8 +110,9 @@ def train(steps: int, batch: int, lr: float = 2e-3, through_vae: bool = False) -
         comfy_env.bootstrap_comfyui()
         vae = load_vae(VAE_FILE)
         pool_scenes = scenes.sample_scenes(400_000, VAE_POOL)
-        pool_images = torch.cat([vae_round_trip(scenes.render(pool_scenes[i:i + 32])[0], vae)
-                                 for i in range(0, VAE_POOL, 32)])
+        pool_images = torch.cat(
+            [vae_round_trip(scenes.render(pool_scenes[i : i + 32])[0], vae) for i in range(0, VAE_POOL, 32)]
+        )
         pool_labels = torch.stack([s.slot_labels() for s in pool_scenes])
     gen = torch.Generator().manual_seed(7 + run.step)
     while run.step < steps:

@@ -33,8 +33,11 @@ def squared_errors(estimate: torch.Tensor, clean: torch.Tensor, objects: torch.T
     (bool), and of their LAYOUT_POOL x LAYOUT_POOL average-pooled versions."""
     error = (estimate - clean).square().mean(1, keepdim=True)  # [B, 1, h, w]
     pooled = torch.nn.functional.avg_pool2d(estimate - clean, LAYOUT_POOL)  # [B, C, h / 4, w / 4]
-    return {"all": error.mean().item(), "objects": error[objects].mean().item(),
-            "layout": pooled.square().mean().item()}
+    return {
+        "all": error.mean().item(),
+        "objects": error[objects].mean().item(),
+        "layout": pooled.square().mean().item(),
+    }
 
 
 @torch.no_grad()
@@ -70,25 +73,36 @@ def denoise_errors(unet_weights: dict[str, torch.Tensor], samples: int, seed: in
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| sigma | UNet all / objects / layout | DiT all / objects / layout | ratio all / objects / layout |",
-             "|---|---|---|---|"]
+    lines = [
+        "| sigma | UNet all / objects / layout | DiT all / objects / layout | ratio all / objects / layout |",
+        "|---|---|---|---|",
+    ]
     for row in rows:
         unet, dit = row["unet"], row["dit"]
         keys = ("all", "objects", "layout")
-        lines.append(f"| {row['sigma']:g} | " + " / ".join(f"{unet[k]:.4f}" for k in keys) + " | "
-                     + " / ".join(f"{dit[k]:.4f}" for k in keys) + " | "
-                     + " / ".join(f"{unet[k] / dit[k]:.2f}" for k in keys) + " |")
+        lines.append(
+            f"| {row['sigma']:g} | "
+            + " / ".join(f"{unet[k]:.4f}" for k in keys)
+            + " | "
+            + " / ".join(f"{dit[k]:.4f}" for k in keys)
+            + " | "
+            + " / ".join(f"{unet[k] / dit[k]:.2f}" for k in keys)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", action="store_true",
-                        help="the training checkpoint's EMA weights, rounded as the export stores them (default: "
-                             "the committed file)")
+    parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="the training checkpoint's EMA weights, rounded as the export stores them (default: the committed file)",
+    )
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help="scene seed (any from 10^6 on is held out from training)")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="scene seed (any from 10^6 on is held out from training)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.seed < 1_000_000:

@@ -44,13 +44,23 @@ def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     want, got = labels[occupied] - 1, predicted[occupied] - 1  # class - 1 = shape * colours + colour; -1 is empty
     colours = len(scenes.COLOURS)
     named = got >= 0
-    return {"object": (got == want).float().mean().item(),
-            "colour": (named & (got % colours == want % colours)).float().mean().item(),
-            "shape": (named & (got // colours == want // colours)).float().mean().item()}
+    return {
+        "object": (got == want).float().mean().item(),
+        "colour": (named & (got % colours == want % colours)).float().mean().item(),
+        "shape": (named & (got // colours == want // colours)).float().mean().item(),
+    }
 
 
-def sanity(family: str, checkpoint: bool, samples: int, steps: int, batch: int, cfg: float,
-           grid: Path | None = None, seed: int | None = None) -> dict[str, dict[str, float]]:
+def sanity(
+    family: str,
+    checkpoint: bool,
+    samples: int,
+    steps: int,
+    batch: int,
+    cfg: float,
+    grid: Path | None = None,
+    seed: int | None = None,
+) -> dict[str, dict[str, float]]:
     from benchmarks import quality
     from devkit.shapes import classifier, scenes
     from devkit.shapes.training import EVAL_SEED
@@ -64,15 +74,16 @@ def sanity(family: str, checkpoint: bool, samples: int, steps: int, batch: int, 
     images: dict[float, list[torch.Tensor]] = {cfg: [], 1.0: []}
     with torch.no_grad():
         for start in range(0, samples, batch):
-            chunk = held_out[start:start + batch]
+            chunk = held_out[start : start + batch]
             seeds = list(range(start, start + len(chunk)))
             for scale, decoded in images.items():
                 latents = quality.sample_batch(loaded, model, seeds, [s.prompt for s in chunk], steps, scale)
                 decoded.append(quality.decode(loaded, latents))
     judge = classifier.load()
     with torch.no_grad():
-        result = {f"cfg {scale:g}": rates(judge(torch.cat(batches)).argmax(-1), labels)
-                  for scale, batches in images.items()}
+        result = {
+            f"cfg {scale:g}": rates(judge(torch.cat(batches)).argmax(-1), labels) for scale, batches in images.items()
+        }
     if grid is not None:
         write_grid(grid, torch.cat(images[cfg])[:16], [s.prompt.text() for s in held_out[:16]])
     return result
@@ -107,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--cfg", type=float, default=3.0, help="the guidance scale (the benchmark's)")
     parser.add_argument("--grid", type=Path, help="write the first 16 CFG samples to this PNG")
-    parser.add_argument("--seed", type=int, help="scene seed (default EVAL_SEED; any seed from 10^6 on is held out): "
-                        "a second held-out set to choose between checkpoints, so the reported one stays unbiased")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="scene seed (default EVAL_SEED; any seed from 10^6 on is held out): "
+        "a second held-out set to choose between checkpoints, so the reported one stays unbiased",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -117,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     comfy_env.import_pack()  # the benchmark's conditioning reads the pack's prompt encoder
     if args.seed is not None and args.seed < 1_000_000:
         parser.error(f"--seed must be at least 1000000 (training draws from the seeds below), got {args.seed}")
-    result = sanity(args.family, args.checkpoint, args.samples, args.steps, args.batch, args.cfg, args.grid,
-                    args.seed)
+    result = sanity(args.family, args.checkpoint, args.samples, args.steps, args.batch, args.cfg, args.grid, args.seed)
     for name, rates in result.items():
         print(f"[sanity] {args.family} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()), flush=True)
     met = result[f"cfg {args.cfg:g}"]["object"] >= BAR

@@ -17,8 +17,13 @@ from shapes.prompt import BACKGROUNDS, COLOURS, MAX_OBJECTS, POSITIONS, SHAPES, 
 
 SIDE = 128
 # Slot centres as fractions of the side (x, y).
-SLOT_CENTRES = {"top left": (0.26, 0.26), "top right": (0.74, 0.26), "bottom left": (0.26, 0.74),
-                "bottom right": (0.74, 0.74), "center": (0.5, 0.5)}
+SLOT_CENTRES = {
+    "top left": (0.26, 0.26),
+    "top right": (0.74, 0.26),
+    "bottom left": (0.26, 0.74),
+    "bottom right": (0.74, 0.74),
+    "center": (0.5, 0.5),
+}
 RADIUS = {"small": 0.11, "large": 0.16}  # half-extent as a fraction of the side
 JITTER = 0.03
 OBJECT_COUNT_WEIGHTS = (0.5, 0.3, 0.2)  # 1, 2, 3 objects
@@ -84,8 +89,13 @@ def sample_scene(gen: torch.Generator) -> Scene:
         cx, cy = SLOT_CENTRES[position]
         angle = (torch.rand((), generator=gen).item() - 0.5) * 0.6
         objects.append(PlacedObject(phrase, cx + jx, cy + jy, RADIUS[phrase.size], angle))
-    return Scene(tuple(objects), _choice(BACKGROUNDS, gen), (_muted(gen), _muted(gen)),
-                 torch.rand((), generator=gen).item() * math.pi, 0.08 + 0.1 * torch.rand((), generator=gen).item())
+    return Scene(
+        tuple(objects),
+        _choice(BACKGROUNDS, gen),
+        (_muted(gen), _muted(gen)),
+        torch.rand((), generator=gen).item() * math.pi,
+        0.08 + 0.1 * torch.rand((), generator=gen).item(),
+    )
 
 
 def sample_scenes(seed: int, count: int) -> list[Scene]:

@@ -48,8 +48,14 @@ class DitTeacher:
         self.constant = at_zero[:, 4:]  # the twelve unused channels, [1, 12, 1, 1]
 
     @torch.no_grad()
-    def clean_estimate(self, noisy: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                       pooled: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def clean_estimate(
+        self,
+        noisy: torch.Tensor,
+        sigma: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
         """The DiT's estimate of the clean UNet latent [B, 4, h, w] behind ``noisy = x0 + sigma * eps`` (UNet model
         space, sigma [B]), under the same conditioning."""
         level = self.scale * sigma.view(-1, 1, 1, 1)  # the noise std in the DiT's space, [B, 1, 1, 1]
@@ -63,8 +69,15 @@ class DitTeacher:
         x0_teacher = ms.calculate_denoised(s_flat, velocity, x_flow)  # [B, 16, h, w]
         return (x0_teacher[:, :4] - self.offset) / self.scale
 
-    def eps_target(self, noisy: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
-                   pooled: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def eps_target(
+        self,
+        noisy: torch.Tensor,
+        sigma: torch.Tensor,
+        noise: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
         """The UNet's eps target [B, 4, h, w]: the noise implied by the DiT's clean estimate where ``sigma`` is at
         least ``MIN_SIGMA``, the true ``noise`` elsewhere."""
         taught = sigma >= MIN_SIGMA  # [B]

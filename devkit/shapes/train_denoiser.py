@@ -56,18 +56,32 @@ def unet_config() -> dict:
     padding of its 8x8 convolutions)."""
     from devkit.tiny_models import SD15_LOADABLE
 
-    return {**SD15_LOADABLE, "channel_mult": [1, 1], "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
-            "transformer_depth_output": [0, 1, 0, 1], "transformer_depth_middle": -1}
+    return {
+        **SD15_LOADABLE,
+        "channel_mult": [1, 1],
+        "num_res_blocks": [1, 1],
+        "transformer_depth": [0, 1],
+        "transformer_depth_output": [0, 1, 0, 1],
+        "transformer_depth_middle": -1,
+    }
 
 
 def dit_config() -> dict:
     from devkit.tiny_models import SD3_TINY
 
     width = shapes_prompt.CONTEXT_DIM
-    return {**SD3_TINY, "depth": 3, "patch_size": 2, "adm_in_channels": width, "pos_embed_max_size": 16,
-            "num_patches": 16 * 16,
-            "context_embedder_config": {"target": "torch.nn.Linear",
-                                        "params": {"in_features": width, "out_features": 64 * 3}}}
+    return {
+        **SD3_TINY,
+        "depth": 3,
+        "patch_size": 2,
+        "adm_in_channels": width,
+        "pos_embed_max_size": 16,
+        "num_patches": 16 * 16,
+        "context_embedder_config": {
+            "target": "torch.nn.Linear",
+            "params": {"in_features": width, "out_features": 64 * 3},
+        },
+    }
 
 
 def weights_file(family: str) -> Path:
@@ -81,8 +95,9 @@ def build(family: str):
 
     from devkit.tiny_models import random_init_
 
-    config_class, unet = (comfy.supported_models.SD15, unet_config()) if family == "sd15" else \
-        (comfy.supported_models.SD3, dit_config())
+    config_class, unet = (
+        (comfy.supported_models.SD15, unet_config()) if family == "sd15" else (comfy.supported_models.SD3, dit_config())
+    )
     model_config = config_class(unet)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
@@ -154,9 +169,17 @@ def unet_timestep_probabilities(sigmas: torch.Tensor, weighted: bool = False) ->
     return (probabilities / probabilities.sum()).float()
 
 
-def model_inputs(family: str, model, raw: torch.Tensor, gen: torch.Generator, teacher: DitTeacher | None = None,
-                 context: torch.Tensor | None = None, pooled: torch.Tensor | None = None, v_weighting: bool = False,
-                 weighted_timesteps: bool = False):
+def model_inputs(
+    family: str,
+    model,
+    raw: torch.Tensor,
+    gen: torch.Generator,
+    teacher: DitTeacher | None = None,
+    context: torch.Tensor | None = None,
+    pooled: torch.Tensor | None = None,
+    v_weighting: bool = False,
+    weighted_timesteps: bool = False,
+):
     """(noisy model input, timestep, target, per-sample loss weight [B]) for a batch of raw latents, through
     ComfyUI's model_sampling. The UNet only: with a ``teacher``, the eps target of the high-noise samples comes from
     it, under ``context``/``pooled``; with ``v_weighting``, a sample's weight is 1 + sigma^2, which turns its eps loss
@@ -221,9 +244,21 @@ def load_teacher(student) -> DitTeacher:
     return DitTeacher(student, dit)
 
 
-def train(family: str, steps: int, batch: int, lr: float, object_weight: float = 0.0, from_export: bool = False,
-          ema_decay: float = EMA_DECAY, fp8_aware: bool = False, taught: bool = False, v_weighting: bool = False,
-          bf16: bool = False, weighted_timesteps: bool = False, save_every: int = 50) -> None:
+def train(
+    family: str,
+    steps: int,
+    batch: int,
+    lr: float,
+    object_weight: float = 0.0,
+    from_export: bool = False,
+    ema_decay: float = EMA_DECAY,
+    fp8_aware: bool = False,
+    taught: bool = False,
+    v_weighting: bool = False,
+    bf16: bool = False,
+    weighted_timesteps: bool = False,
+    save_every: int = 50,
+) -> None:
     from devkit.shapes import latents as latent_cache
 
     model = build(family)
@@ -261,8 +296,9 @@ def train(family: str, steps: int, batch: int, lr: float, object_weight: float =
         prompts = [training_prompt(cache["prompts"][i], gen) for i in index.tolist()]
         context, pooled = shapes_prompt.encode_batch(prompts)
         with mixed_precision(bf16):
-            x, timestep, target, sample_weight = model_inputs(family, model, raw_all[index], gen, teacher, context,
-                                                              pooled, v_weighting, weighted_timesteps)
+            x, timestep, target, sample_weight = model_inputs(
+                family, model, raw_all[index], gen, teacher, context, pooled, v_weighting, weighted_timesteps
+            )
         run.warm_up_lr(lr)
         w = weights[index] * sample_weight.view(-1, 1, 1, 1)  # [batch, 1, h, w], broadcast over the latent channels
         with fp8_rounded_weights(net) if fp8_aware else contextlib.nullcontext():
@@ -345,29 +381,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="total optimiser steps (resumes from a checkpoint)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--object-weight", type=float, default=0.0,
-                        help="extra loss weight inside the objects (0: plain MSE)")
-    parser.add_argument("--from-export", action="store_true",
-                        help="without a checkpoint, continue from the committed weights (step from the log)")
-    parser.add_argument("--ema-decay", type=float, default=EMA_DECAY,
-                        help="decay of the exported weight average (a longer one for the last, low-rate chunk)")
-    parser.add_argument("--fp8-aware", action="store_true",
-                        help="forward and backward at the fp8-rounded weights the file will hold (for "
-                             f"{', '.join(FP8_FAMILIES)}; quantisation-aware training)")
-    parser.add_argument("--teacher", action="store_true",
-                        help=f"sd15: at sigma >= {MIN_SIGMA}, learn the noise implied by the trained DiT's clean "
-                             "estimate instead of the scene's own (distillation; see devkit/shapes/teacher.py)")
-    parser.add_argument("--v-weighting", action="store_true",
-                        help="sd15: weight each sample's eps loss by 1 + sigma^2 (v-prediction's loss; normalised "
-                             "over the batch), so that the UNet learns what it draws at high noise")
-    parser.add_argument("--weighted-timesteps", action="store_true",
-                        help="sd15, with --v-weighting: draw the timesteps in proportion to sqrt(1 + sigma^2) more "
-                             "and weigh each sample by sqrt(1 + sigma^2) only: the same loss in expectation, with "
-                             "more of each batch at high noise")
-    parser.add_argument("--bf16", action="store_true",
-                        help="run the forward and backward passes (the teacher's too) under bfloat16 autocast: "
-                             "faster on a CPU with AVX512-BF16 (the UNet's log: 49 steps of 16 a minute, 35 of 8 "
-                             "in fp32)")
+    parser.add_argument(
+        "--object-weight", type=float, default=0.0, help="extra loss weight inside the objects (0: plain MSE)"
+    )
+    parser.add_argument(
+        "--from-export",
+        action="store_true",
+        help="without a checkpoint, continue from the committed weights (step from the log)",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=EMA_DECAY,
+        help="decay of the exported weight average (a longer one for the last, low-rate chunk)",
+    )
+    parser.add_argument(
+        "--fp8-aware",
+        action="store_true",
+        help="forward and backward at the fp8-rounded weights the file will hold (for "
+        f"{', '.join(FP8_FAMILIES)}; quantisation-aware training)",
+    )
+    parser.add_argument(
+        "--teacher",
+        action="store_true",
+        help=f"sd15: at sigma >= {MIN_SIGMA}, learn the noise implied by the trained DiT's clean "
+        "estimate instead of the scene's own (distillation; see devkit/shapes/teacher.py)",
+    )
+    parser.add_argument(
+        "--v-weighting",
+        action="store_true",
+        help="sd15: weight each sample's eps loss by 1 + sigma^2 (v-prediction's loss; normalised "
+        "over the batch), so that the UNet learns what it draws at high noise",
+    )
+    parser.add_argument(
+        "--weighted-timesteps",
+        action="store_true",
+        help="sd15, with --v-weighting: draw the timesteps in proportion to sqrt(1 + sigma^2) more "
+        "and weigh each sample by sqrt(1 + sigma^2) only: the same loss in expectation, with "
+        "more of each batch at high noise",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the forward and backward passes (the teacher's too) under bfloat16 autocast: "
+        "faster on a CPU with AVX512-BF16 (the UNet's log: 49 steps of 16 a minute, 35 of 8 "
+        "in fp32)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
@@ -385,8 +444,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--teacher and --v-weighting are for sd15 (the DiT is its teacher; it already learns v)")
         if args.weighted_timesteps and not args.v_weighting:
             parser.error("--weighted-timesteps moves half of --v-weighting's weight into the draw; add --v-weighting")
-        train(args.family, args.steps, args.batch, args.lr, args.object_weight, args.from_export, args.ema_decay,
-              args.fp8_aware, args.teacher, args.v_weighting, args.bf16, args.weighted_timesteps)
+        train(
+            args.family,
+            args.steps,
+            args.batch,
+            args.lr,
+            args.object_weight,
+            args.from_export,
+            args.ema_decay,
+            args.fp8_aware,
+            args.teacher,
+            args.v_weighting,
+            args.bf16,
+            args.weighted_timesteps,
+        )
     return 0
 
 

@@ -49,7 +49,7 @@ def crops(images: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor
     out = []
     for image in images:
         y, x = (torch.randint(0, (image.shape[-1] - side) // 8 + 1, (2,), generator=gen) * 8).tolist()
-        out.append(image[:, y:y + side, x:x + side])
+        out.append(image[:, y : y + side, x : x + side])
     return torch.stack(out)
 
 
@@ -65,8 +65,9 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, objects: torch.Tensor)
     return (plain.mean() + 3 * chroma.mean()) / weight.mean()
 
 
-def train(steps: int, batch: int, lr: float, decoder_only: bool = False, from_export: bool = False,
-          save_every: int = 100) -> None:
+def train(
+    steps: int, batch: int, lr: float, decoder_only: bool = False, from_export: bool = False, save_every: int = 100
+) -> None:
     """Train to ``steps`` in total; ``decoder_only`` keeps the encoder (and so the latent space the denoisers were
     trained in) fixed and goes on improving the decoder; ``from_export`` starts, without a checkpoint, from the
     committed weights."""
@@ -113,8 +114,7 @@ def export() -> None:
     state = {k: v for k, v in vae.state_dict().items() if k.startswith("taesd_")}
     state |= {"vae_scale": torch.tensor(scale), "vae_shift": torch.tensor(-mean / scale)}
     VAE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.half().contiguous() if v.ndim else v.float() for k, v in state.items()},
-                                VAE_FILE)
+    safetensors.torch.save_file({k: v.half().contiguous() if v.ndim else v.float() for k, v in state.items()}, VAE_FILE)
     # 16 channels: pad the encoder's last conv with zero rows and the decoder's first conv with zero columns.
     padded = dict(state)
     enc_w, enc_b = "taesd_encoder.14.weight", "taesd_encoder.14.bias"
@@ -124,10 +124,13 @@ def export() -> None:
     padded[dec_w] = torch.cat([state[dec_w], torch.zeros(state[dec_w].shape[0], 12, 3, 3)], dim=1)
     scale3 = std * SD3_SCALE
     padded |= {"vae_scale": torch.tensor(scale3), "vae_shift": torch.tensor(SD3_SHIFT - mean / scale3)}
-    safetensors.torch.save_file({k: v.half().contiguous() if v.ndim else v.float() for k, v in padded.items()},
-                                VAE3_FILE)
-    run.log(f"exported at step {run.step}: raw encoder mean {mean:.4f} std {std:.4f}; "
-            f"vae_scale {scale:.4f} (4ch), {scale3:.4f} (16ch)")
+    safetensors.torch.save_file(
+        {k: v.half().contiguous() if v.ndim else v.float() for k, v in padded.items()}, VAE3_FILE
+    )
+    run.log(
+        f"exported at step {run.step}: raw encoder mean {mean:.4f} std {std:.4f}; "
+        f"vae_scale {scale:.4f} (4ch), {scale3:.4f} (16ch)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--decoder-only", action="store_true", help="keep the encoder fixed (latent space frozen)")
-    parser.add_argument("--from-export", action="store_true",
-                        help="without a checkpoint, continue from the committed weights (step from the log)")
+    parser.add_argument(
+        "--from-export",
+        action="store_true",
+        help="without a checkpoint, continue from the committed weights (step from the log)",
+    )
     parser.add_argument("--export", action="store_true", help="write the VAELoader files from the checkpoint")
     args = parser.parse_args(argv)
     comfy_env.bootstrap_comfyui()

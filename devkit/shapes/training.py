@@ -116,8 +116,12 @@ class Run:
     def save(self) -> None:
         CHECKPOINTS.mkdir(parents=True, exist_ok=True)
         state = {key: module.state_dict() for key, module in self.modules.items()}
-        state |= {"optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed": self.wall(),
-                  "optimiser_from": self.optimiser_from}
+        state |= {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.wall(),
+            "optimiser_from": self.optimiser_from,
+        }
         torch.save(state, str(self.path) + ".tmp")
         Path(str(self.path) + ".tmp").replace(self.path)
 
