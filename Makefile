@@ -3,7 +3,7 @@
 PYTHON := .comfyui/venv/bin/python
 PYTHON33 := .comfyui33/venv/bin/python
 
-.PHONY: setup setup33 browser demo test lint pytest pytest33 clean bench bench-quality demo-models
+.PHONY: setup setup33 browser demo test unit lint pytest pytest33 clean bench bench-quality demo-models
 
 setup:
 	bash scripts/setup_env.sh
@@ -32,6 +32,11 @@ bench-quality: setup
 # Retrain the shapes demo models from scratch (resumable; see devkit/shapes/README.md for the times).
 demo-models: setup
 	bash devkit/shapes/train_all.sh
+
+# The unit tier alone (tests/unit: merging/, the config and settings, the steps, heatmap rendering): torch and
+# hypothesis only, no ComfyUI imported, about a minute. make test runs it with the rest.
+unit: setup
+	$(PYTHON) -m pytest tests/unit
 
 lint: setup
 	$(PYTHON) -m ruff check .

@@ -63,6 +63,24 @@ def bootstrap_comfyui(threads: int = 2, *, pytorch_attention: bool = False, devi
     return path
 
 
+def comfyui_imported() -> bool:
+    """Whether :func:`bootstrap_comfyui` (or anything else) imported ComfyUI into this process."""
+    return "comfy.model_management" in sys.modules
+
+
+def import_algorithms() -> ModuleType:
+    """The package ``tokenmerge`` without its ``__init__.py`` (which registers the nodes and needs ComfyUI): enough
+    to import the pure modules (``tokenmerge.merging.*``, ``tokenmerge.patching.config``, ...) with torch alone,
+    for the unit tier of the tests. :func:`import_pack` in the same process would find this bare package."""
+    if PACK_MODULE_NAME in sys.modules:
+        return sys.modules[PACK_MODULE_NAME]
+    spec = importlib.util.spec_from_loader(PACK_MODULE_NAME, loader=None, is_package=True)
+    module = importlib.util.module_from_spec(spec)
+    module.__path__ = [str(REPO_ROOT)]
+    sys.modules[PACK_MODULE_NAME] = module
+    return module
+
+
 def import_pack() -> ModuleType:
     """Import this repository as the package ``tokenmerge`` (the way ComfyUI imports a node pack)."""
     if PACK_MODULE_NAME in sys.modules:

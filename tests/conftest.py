@@ -1,9 +1,11 @@
 """Shared fixtures: the real ComfyUI imported in-process, tiny models of each family, a real server.
 
-ComfyUI comes from ``.comfyui/ComfyUI`` (``make test`` creates it; ``COMFYUI_DIR`` overrides it). It is
-imported once, before any test module, with the CPU forced and the ``utils`` shadowing trap avoided
-(``devkit.comfy_env``). The pack itself is imported as the package ``tokenmerge``, the way ComfyUI
-loads it, never by its folder name.
+Two tiers. ``tests/unit/`` tests the pure parts (``merging/``, the config and settings, the steps, heatmap
+rendering) with torch alone: a run of only that folder (``make unit``) never imports ComfyUI, and ``pack`` is then
+the bare package (``devkit.comfy_env.import_algorithms``). Every other test runs against the real ComfyUI from
+``.comfyui/ComfyUI`` (``make test`` creates it; ``COMFYUI_DIR`` overrides it), imported once before any test module
+with the CPU forced and the ``utils`` shadowing trap avoided (``devkit.comfy_env``); the pack is imported as the
+package ``tokenmerge``, the way ComfyUI loads it, never by its folder name.
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
 if TYPE_CHECKING:
     import torch
 
-comfy_env.bootstrap_comfyui()
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+
+
+def unit_tier_only(config: pytest.Config) -> bool:
+    """Whether this run was asked for the unit tier alone (every path given lies in ``tests/unit/``)."""
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return bool(paths) and all(path.is_relative_to(UNIT_DIR) for path in paths)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not unit_tier_only(config):
+        comfy_env.bootstrap_comfyui()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -34,8 +47,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def pack():
-    """This repository, imported as the node pack package ``tokenmerge``."""
-    return comfy_env.import_pack()
+    """This repository, imported as the node pack package ``tokenmerge``; in a unit-tier run, the bare package."""
+    return comfy_env.import_pack() if comfy_env.comfyui_imported() else comfy_env.import_algorithms()
 
 
 @pytest.fixture(scope="session", params=sorted(tiny_models.FAMILIES))
