@@ -29,9 +29,9 @@ bench: setup
 bench-quality: setup
 	$(PYTHON) -m benchmarks.quality
 
-# Retrain the shapes demo models from scratch (resumable; see devkit/shapes/README.md for the times).
+# Retrain the shapes demo models from scratch (resumable; see devkit/shapes_training/README.md for the times).
 demo-models: setup
-	bash devkit/shapes/train_all.sh
+	bash devkit/shapes_training/train_all.sh
 
 # The unit tier alone (tests/unit: merging/, the config and settings, the steps, heatmap rendering): torch and
 # hypothesis only, no ComfyUI imported, about a minute. make test runs it with the rest.

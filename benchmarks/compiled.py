@@ -34,7 +34,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from benchmarks.speed import MODELS, Condition, patch, run_seconds, with_analysis  # noqa: E402
+from benchmarks.speed import Condition, patch, run_seconds  # noqa: E402
+from benchmarks.speed_models import MODELS  # noqa: E402
+from benchmarks.speed_report import with_analysis  # noqa: E402
 from devkit import comfy_env, tiny_models  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

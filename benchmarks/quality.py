@@ -1,6 +1,6 @@
 """Quality benchmark: how much each merging method changes the images of a trained model, and how fast it is.
 
-The models are the pack's small trained shapes models (``devkit/shapes``): the SD1.x-family UNet and the SD3
+The models are the pack's small trained shapes models (``devkit/shapes_training``): the SD1.x-family UNet and the SD3
 DiT, loaded through ComfyUI's own loaders and sampled through ``comfy.sample.sample`` (the KSampler path)
 with classifier-free guidance. A fixed, held-out prompt set (scenes the models never saw) and fixed seeds
 are sampled once per cell (method x ratio, plus the recommended presets and hybrid options); the cells
@@ -22,7 +22,8 @@ next to it and a JSON of the numbers. Usage::
     .comfyui/venv/bin/python -m benchmarks.quality [--quick] [--samples 128 [sd3=512]] [--steps 20] [--models sd15 sd3]
 
 ``--samples`` takes a count for every model and ``FAMILY=N`` for one: the DiT samples about 20x faster than the
-UNet, so it can afford the prompts that narrow its accuracy figures.
+UNet, so it can afford the prompts that narrow its accuracy figures. The conditions are ``quality_cells.py``, the
+metrics ``quality_metrics.py``, the report ``quality_report.py``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import fnmatch
-import itertools
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -48,148 +47,11 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks import quality_metrics as qm  # noqa: E402
+from benchmarks.quality_cells import CFG, SIDE, cells_for  # noqa: E402
+from benchmarks.quality_report import report, write_figures  # noqa: E402
 from devkit import comfy_env  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-# The guidance scale the shapes models draw best at: on the DiT, cfg 3 names 77 % of the objects, cfg 5 57 % (it
-# saturates plain backgrounds), cfg 1 74 % (devkit/shapes/sanity.py, 2026-11-30).
-CFG = 3.0
-SIDE = 128
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One benchmark condition: a label, its method and ratio, and how to patch the loaded model."""
-
-    name: str
-    method: str  # unmerged / tome / ibtm / sdtm
-    ratio: float
-    patch: Callable[[Any], Any] = field(compare=False)
-    preset: bool = False
-
-
-def _config(method: str, ratio: float, **options):
-    from tokenmerge.patching.config import MergeConfig, Method
-
-    return MergeConfig(Method(method), ratio=ratio, **{"max_downsample": 1, **options})
-
-
-def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]:
-    """The cells of one model: unmerged, methods x ratios, the recommended presets (the Simple nodes), hybrid
-    options and IBTM's knobs one at a time. Quick mode adds a second unmerged cell, whose PSNR against the first
-    must be infinite.
-
-    On the UNet the Simple nodes at ratio 0.5 are exactly the ``tome 0.5`` / ``ibtm 0.5`` cells (same config),
-    so they are marked as the presets there; on the DiT the merging cells cover all blocks, and the Simple nodes
-    (IBTM on the middle half of the blocks, SDTM at 0.4) get cells of their own.
-    """
-    from tokenmerge.nodes.importance import TokenMergeImportance
-    from tokenmerge.nodes.sdtm import TokenMergeSDTM
-    from tokenmerge.patching.apply import apply_token_merge
-    from tokenmerge.patching.config import DstMode, Match
-
-    def merged(method: str, ratio: float, **options) -> Callable[[Any], Any]:
-        config = _config(method, ratio, **options)  # validated here, before any sampling
-        return lambda model: apply_token_merge(model, config)
-
-    dit = family == "sd3"
-    extra = {"block_range": (0.0, 1.0)} if dit else {}
-    cells = [Cell("unmerged", "unmerged", 0.0, lambda m: m)]
-    if quick:
-        cells.append(Cell("unmerged (repeat)", "unmerged", 0.0, lambda m: m))
-    for ratio in ratios:
-        preset = not dit and ratio == 0.5
-        cells.append(
-            Cell(f"tome {ratio}", "tome", ratio, merged("tome", ratio, prune_until=0.0, **extra), preset=preset)
-        )
-        cells.append(Cell(f"ibtm {ratio}", "ibtm", ratio, merged("importance", ratio, **extra), preset=preset))
-        if dit:
-            # SDTM's ratio is the centre of its schedule: the deviation shrinks near the ceiling (1 - 1/4 windows).
-            deviation = round(min(0.2, ratio, 0.75 - ratio), 2)
-            cells.append(
-                Cell(
-                    f"sdtm {ratio}", "sdtm", ratio, merged("sdtm", ratio, deviation=deviation, prune_until=0.0, **extra)
-                )
-            )
-    if quick:
-        return cells
-    cells.append(Cell("ibtm 0.5 dst top_k", "ibtm", 0.5, merged("importance", 0.5, dst_mode=DstMode.TOP_K, **extra)))
-    cells.append(Cell("ibtm 0.5 no prune", "ibtm", 0.5, merged("importance", 0.5, prune_until=0.0, **extra)))
-    # Where IBTM trails spatial ToMe: its knobs one at a time at ratio 0.5, on either side of MergeConfig's defaults.
-    for option, value in (
-        ("pool_factor", 1.0),
-        ("pool_factor", 2.0),
-        ("dst_fraction", 0.1),
-        ("dst_fraction", 0.4),
-        ("prune_until", 0.3),
-    ):
-        cells.append(
-            Cell(f"ibtm 0.5 {option} {value}", "ibtm", 0.5, merged("importance", 0.5, **{option: value}, **extra))
-        )
-    # What a source matches on (issue 30): the features layer-normalised, and (IBTM) the nearest destination.
-    for method in ("tome", "importance", *(("sdtm",) if dit else ())):
-        label = "ibtm" if method == "importance" else method
-        cells.append(
-            Cell(
-                f"{label} 0.5 match normalized",
-                label,
-                0.5,
-                merged(
-                    method,
-                    0.5,
-                    match=Match.NORMALIZED,
-                    **{"prune_until": 0.0} if method != "importance" else {},
-                    **extra,
-                ),
-            )
-        )
-    cells.append(Cell("ibtm 0.5 match position", "ibtm", 0.5, merged("importance", 0.5, match=Match.POSITION, **extra)))
-    cells.append(
-        Cell(
-            "ibtm 0.5 match position, pool_factor 1.0",
-            "ibtm",
-            0.5,
-            merged("importance", 0.5, match=Match.POSITION, pool_factor=1.0, **extra),
-        )
-    )
-    if not dit:  # the 8x8 blocks too (max_downsample 2): 64 more tokens per block merged
-        cells.append(
-            Cell("tome 0.5 max_downsample 2", "tome", 0.5, merged("tome", 0.5, prune_until=0.0, max_downsample=2))
-        )
-        cells.append(Cell("ibtm 0.5 max_downsample 2", "ibtm", 0.5, merged("importance", 0.5, max_downsample=2)))
-    if dit:
-        cells.append(
-            Cell(
-                "ibtm preset (Simple node, 0.5)",
-                "ibtm",
-                0.5,
-                lambda m: TokenMergeImportance.execute(m, 0.5).result[0],
-                preset=True,
-            )
-        )
-        cells.append(
-            Cell(
-                "sdtm preset (Simple node, 0.4)",
-                "sdtm",
-                0.4,
-                lambda m: TokenMergeSDTM.execute(m, 0.4).result[0],
-                preset=True,
-            )
-        )
-        for options, label in (
-            ({"proportional_attention": True}, "proportional attention"),
-            ({"prompt_scale_structure": 1.5}, "prompt scale 1.5 structure"),
-            ({"prompt_scale_structure": 1.5, "prompt_scale_detail": 1.2}, "prompt scale 1.5 / 1.2"),
-        ):
-            cells.append(
-                Cell(
-                    f"sdtm 0.4 {label}",
-                    "sdtm",
-                    0.4,
-                    merged("sdtm", 0.4, deviation=0.2, prune_until=0.0, **extra, **options),
-                )
-            )
-    return cells
 
 
 @dataclass
@@ -204,7 +66,7 @@ def load_family(family: str) -> Loaded:
     import comfy.sd
     import comfy.utils
 
-    from devkit.shapes import train_denoiser, train_vae
+    from devkit.shapes_training import train_denoiser, train_vae
 
     unet_file, vae_file, scheduler = {
         "sd15": (train_denoiser.UNET_FILE, train_vae.VAE_FILE, "normal"),
@@ -264,7 +126,7 @@ def decode(loaded: Loaded, latents: torch.Tensor) -> torch.Tensor:
 
 def object_masks(scenes_batch: list, side: int) -> torch.Tensor:
     """Union of the prompted objects' masks on a side x side grid [B, side, side] (bool)."""
-    from devkit.shapes import scenes
+    from devkit.shapes_training import scenes
 
     _, masks = scenes.render(scenes_batch)
     union = masks.amax(1, keepdim=True)
@@ -288,9 +150,9 @@ def run_family(
     log: Callable[[str], None],
     only: list[str] | None = None,
 ) -> dict:
-    from devkit.shapes import classifier as shapes_classifier
-    from devkit.shapes import scenes
-    from devkit.shapes.training import EVAL_SEED
+    from devkit.shapes_training import classifier as shapes_classifier
+    from devkit.shapes_training import scenes
+    from devkit.shapes_training.training import EVAL_SEED
 
     loaded = load_family(family)
     cells = cells_for(family, ratios, quick)
@@ -389,174 +251,6 @@ def run_family(
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return sum(kept) / len(kept) if kept else math.nan
-
-
-# ------------------------------------------------------------------------------------------- report
-def _fmt(value: float, digits: int = 2) -> str:
-    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
-
-
-def verdict(rows: list[dict], method: str) -> list[str]:
-    """IBTM (or SDTM) against spatial ToMe, at equal ratio and at equal measured speed-up (ToMe interpolated)."""
-
-    def plain(r: dict) -> bool:  # the method x ratio cells (not the hybrids)
-        return r["cell"] == f"{r['method']} {r['ratio']}"
-
-    tome = sorted((r for r in rows if r["method"] == "tome" and plain(r)), key=lambda r: r["speedup"])
-    lines = []
-    for row in (r for r in rows if r["method"] == method and plain(r)):
-        same_ratio = next((t for t in tome if t["ratio"] == row["ratio"]), None)
-        if same_ratio is None:
-            continue
-
-        def at_speed(key: str, speed: float) -> float:
-            points = [(t["speedup"], t[key]) for t in tome]
-            if speed <= points[0][0]:
-                return points[0][1]
-            for (s0, v0), (s1, v1) in itertools.pairwise(points):
-                if s0 <= speed <= s1:
-                    return v0 + (v1 - v0) * (speed - s0) / max(s1 - s0, 1e-9)
-            return points[-1][1]
-
-        lines.append(
-            f"| {row['ratio']} | {_fmt(row['psnr'])} vs {_fmt(same_ratio['psnr'])} | "
-            f"{_fmt(row['accuracy'], 3)} vs {_fmt(same_ratio['accuracy'], 3)} | {_fmt(row['speedup'])} vs "
-            f"{_fmt(same_ratio['speedup'])} | {_fmt(row['psnr'])} vs {_fmt(at_speed('psnr', row['speedup']))} | "
-            f"{_fmt(row['accuracy'], 3)} vs {_fmt(at_speed('accuracy', row['speedup']), 3)} |"
-        )
-    return lines
-
-
-def write_figures(result: dict, stem: Path) -> list[str]:
-    """Quality-vs-speed curves, localisation per step and an example grid; returns the file names."""
-    import matplotlib as mpl
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt
-    from tokenmerge.merging.heatmap import colorize, normalize
-
-    family, rows = result["family"], result["rows"]
-    names = []
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for method, colour in (("tome", "tab:blue"), ("ibtm", "tab:red"), ("sdtm", "tab:green")):
-        points = sorted(
-            (r["speedup"], r["accuracy"], r["psnr"], r["ratio"])
-            for r in rows
-            if r["method"] == method and r["cell"] == f"{method} {r['ratio']}"
-        )
-        if not points:
-            continue
-        axes[0].plot([p[0] for p in points], [p[1] for p in points], "o-", color=colour, label=method)
-        axes[1].plot([p[0] for p in points], [p[2] for p in points], "o-", color=colour, label=method)
-        for p in points:
-            axes[0].annotate(str(p[3]), (p[0], p[1]), fontsize=7)
-    axes[0].axhline(result["real_accuracy"], ls=":", color="grey", label="real renders")
-    axes[0].axhline(result["no_cfg_accuracy"], ls="--", color="grey", label="unmerged, no CFG")
-    unmerged = next(r for r in rows if r["cell"] == "unmerged")
-    axes[0].plot([1.0], [unmerged["accuracy"]], "k*", label="unmerged")
-    axes[0].set(xlabel="measured speed-up", ylabel="classifier accuracy", title=f"{family}: prompt fidelity")
-    axes[1].set(xlabel="measured speed-up", ylabel="PSNR vs unmerged (dB)", title=f"{family}: fidelity")
-    axes[2].plot(range(1, len(result["auc_by_step"]) + 1), result["auc_by_step"], "o-", label="ROC AUC")
-    axes[2].plot(range(1, len(result["iou_by_step"]) + 1), result["iou_by_step"], "s-", label="top-k IoU")
-    axes[2].set(xlabel="step", ylim=(0, 1), title=f"{family}: CFG importance vs object masks")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    names.append(f"{stem.name}-{family}-curves.png")
-    fig.savefig(stem.parent / names[-1], dpi=110)
-    plt.close(fig)
-
-    columns = ["real render", "unmerged", "tome 0.5", "ibtm 0.5"] + (["sdtm 0.4"] if family == "sd3" else [])
-    columns = [c for c in columns if c == "real render" or c in result["examples"]]
-    fig, axes = plt.subplots(
-        len(result["prompts"]), len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 2.3 * len(result["prompts"]))
-    )
-    for i, text in enumerate(result["prompts"]):
-        for j, name in enumerate(columns):
-            image = result["real_examples"][i] if name == "real render" else result["examples"][name][i]
-            axes[i][j].imshow(image.permute(1, 2, 0).numpy())
-            axes[i][j].set_title(name, fontsize=8)
-        importance = result.get("example_importance")
-        heat = colorize(normalize(importance[i : i + 1]))[0] if importance is not None else None
-        if heat is not None:
-            axes[i][-1].imshow(heat.numpy(), interpolation="nearest")
-            axes[i][-1].set_title("CFG importance", fontsize=8)
-        axes[i][0].set_ylabel(text.replace(" and ", "\nand ").replace(" on a", "\non a"), fontsize=6)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    names.append(f"{stem.name}-{family}-examples.png")
-    fig.savefig(stem.parent / names[-1], dpi=100)
-    plt.close(fig)
-    return names
-
-
-def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str:
-    lines = [
-        f"# Quality benchmark{' (quick mode)' if args.quick else ''}, {dt.datetime.now(dt.UTC).date().isoformat()}",
-        "",
-        (
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-            f"{torch.__version__}, CPU. Command: `python -m benchmarks.quality {' '.join(sys.argv[1:])}`. "
-            f"Wall time {seconds / 60:.1f} min."
-        ),
-        "",
-        (
-            f"Held-out prompts x 1 seed per cell ({', '.join(f'{f} {n}' for f, n in args.samples.items())}), "
-            f"{SIDE}x{SIDE} px, {args.steps} steps dpmpp_2m, cfg "
-            f"{CFG}, batch {args.batch}. PSNR/SSIM against the unmerged image of the same seed; accuracy: the prompted "
-            "objects our classifier names right (shape and colour at their slot); Frechet: classifier features vs "
-            "renders of the same scenes (lower is better); speed-up: unmerged time / cell time per batch, median "
-            "[quartiles]."
-        ),
-        "",
-    ]
-    for result in results:
-        lines += [
-            f"## {result['family']}",
-            "",
-            (
-                f"Reference points: real renders {result['real_accuracy']:.3f} accuracy; unmerged without CFG (cfg 1) "
-                f"{result['no_cfg_accuracy']:.3f} accuracy, Frechet {result['no_cfg_frechet']:.2f}."
-            ),
-            "",
-            "| cell | ratio | speed-up | s/image | PSNR dB | SSIM | accuracy | Frechet |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['cell']} | {r['ratio']} | {_fmt(r['speedup'])} [{_fmt(r['speedup_q1'])}-"
-            f"{_fmt(r['speedup_q3'])}] | {r['seconds_per_image']:.3f} | {_fmt(r['psnr'])} | "
-            f"{_fmt(r['ssim'], 3)} | {_fmt(r['accuracy'], 3)} | {_fmt(r['frechet'])} |"
-            for r in result["rows"]
-        ]
-        auc = result["auc_by_step"]
-        lines += [
-            "",
-            "CFG importance against the prompted objects' masks (unmerged run), per step: ROC AUC "
-            + ", ".join(_fmt(a) for a in auc)
-            + "; top-k IoU "
-            + ", ".join(_fmt(a) for a in result["iou_by_step"])
-            + ".",
-            "",
-        ]
-        for method in ("ibtm", "sdtm"):
-            verdict_rows = verdict(result["rows"], method)
-            if verdict_rows:
-                lines += [
-                    f"Verdict, {method} vs spatial ToMe (first value {method}):",
-                    "",
-                    (
-                        "| ratio | PSNR, same ratio | accuracy, same ratio | speed-up | PSNR, same speed | "
-                        "accuracy, same speed |"
-                    ),
-                    "|---|---|---|---|---|---|",
-                    *verdict_rows,
-                    "",
-                ]
-        lines += [f"![{name}]({name})" for name in result["figures"]] + [""]
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[list[dict], Path]:

@@ -69,11 +69,15 @@ def comfyui_imported() -> bool:
 
 
 def import_algorithms() -> ModuleType:
-    """The package ``tokenmerge`` without its ``__init__.py`` (which registers the nodes and needs ComfyUI): enough
-    to import the pure modules (``tokenmerge.merging.*``, ``tokenmerge.patching.config``, ...) with torch alone,
-    for the unit tier of the tests. :func:`import_pack` in the same process would find this bare package."""
+    """The package ``tokenmerge`` for its pure modules (``tokenmerge.merging.*``, ``tokenmerge.patching.config``,
+    ``tokenmerge.shapes``, ...): the whole pack (:func:`import_pack`) where ComfyUI is imported, else the package
+    without its ``__init__.py`` (which registers the nodes and needs ComfyUI), with torch alone: the unit tier of
+    the tests, the training kit. A later :func:`import_pack` in the same process would find that bare package, so
+    import ComfyUI first where both are needed."""
     if PACK_MODULE_NAME in sys.modules:
         return sys.modules[PACK_MODULE_NAME]
+    if comfyui_imported():
+        return import_pack()
     spec = importlib.util.spec_from_loader(PACK_MODULE_NAME, loader=None, is_package=True)
     module = importlib.util.module_from_spec(spec)
     module.__path__ = [str(REPO_ROOT)]

@@ -368,7 +368,7 @@ def write_comparison(server: ComfyServer) -> None:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from devkit.shapes.training import link_demo_models
+    from devkit.shapes_training.training import link_demo_models
 
     parser = argparse.ArgumentParser(description="Thumbnails of the examples and the README screenshots.")
     parser.add_argument(

@@ -2,8 +2,8 @@
 
 The maps are IBTM's importance signal (Wu et al., arXiv 2411.16720, section 3: mean_C |cond - uncond|
 of classifier-free guidance per latent position) and the token partition of a merge plan
-(``plan.py``: destination / merged / independent). Pure torch: a piecewise-linear colormap, alpha
-overlay on the decoded image, and a grid of tiles over steps, each with a label drawn in a built-in
+(``plan.py``: destination / merged / independent, :func:`plan_categories`). Pure torch: a piecewise-linear
+colormap, alpha overlay on the decoded image, and a grid of tiles over steps, each with a label drawn in a built-in
 3x5 pixel font (no matplotlib, no PIL), and a legend of the colours. The grid is shaped for the step count
 (:func:`grid_shape`: square or a little wider, rows filled evenly) and readable (:func:`tile_size`: tiles of at
 least 192 pixels on the long side, at most 256 when several steps share the grid; :func:`label_scale`: text at
@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .plan import MergePlan
 
 # 10 evenly spaced samples of each colormap (0 = low importance); values in between are interpolated.
 COLORMAPS: dict[str, tuple[int, ...]] = {
@@ -105,6 +109,16 @@ def colorize(values: torch.Tensor, colormap: str = "inferno") -> torch.Tensor:
     low = position.floor().long().clamp(max=len(stops) - 2)
     frac = (position - low).unsqueeze(-1)  # [..., 1]
     return stops[low] * (1 - frac) + stops[low + 1] * frac  # [..., 3]
+
+
+def plan_categories(plan: MergePlan, samples: int, frames: int, h: int, w: int) -> torch.Tensor:
+    """A merge plan of ``samples * frames`` grids -> [samples, h, w] uint8 categories of each sample's first frame."""
+    categories = torch.zeros(
+        plan.keep_idx.shape[0], plan.num_tokens, dtype=torch.uint8, device=plan.keep_idx.device
+    )  # [S * T, n], all independent
+    categories.scatter_(1, plan.src_idx, MERGED)
+    categories.scatter_(1, plan.dst_idx, DESTINATION)
+    return categories.view(samples, frames, h, w)[:, 0].cpu()  # [S * T, n] -> [S, h, w] of frame 0
 
 
 def assignment_rgb(categories: torch.Tensor) -> torch.Tensor:

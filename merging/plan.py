@@ -165,3 +165,10 @@ def take_tokens(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     sizes = list(t.shape)
     sizes[dim] = M
     return t.gather(dim, idx.view(view).expand(sizes))  # [B, ..., L, ...] -> [B, ..., M, ...]
+
+
+def splice(t: torch.Tensor, start: int, end: int, middle: torch.Tensor) -> torch.Tensor:
+    """``t`` [B or 1, L, ...] with tokens ``start:end`` replaced by ``middle`` [B, M, ...] -> [B, L - (end - start)
+    + M, ...]; a batch of 1 is broadcast."""
+    outer = t.expand(middle.shape[0], *t.shape[1:])
+    return torch.cat([outer[:, :start], middle, outer[:, end:]], dim=1)

@@ -8,30 +8,18 @@ import comfy.patcher_extension
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
+from . import dit, live, unet
 from .capture import ImportanceCapture
-from .config import DetailDestination, MergeConfig, Method
-from .dit import (
-    BLOCK_MODULES,
-    DIT_CLASSES,
-    DiTMerger,
-    block_keys,
-    dit_family,
-    ignored_attention_options,
-    image_first,
-    merged_sublayer_names,
-    selected_blocks,
-    spatial_patch,
-)
+from .chain import PREVIOUS, unchained
+from .config import MergeConfig, Method
+from .dit_families import DIT_CLASSES, dit_family, ignored_attention_options
 from .model_call import LEADING_REFERENCE, model_call
 from .state import MergeState
-from .sublayers import sublayer_paths
-from .unet import UNetMerger, attention_downsamples, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_KEY = "tokenmerge"
 STATE_ATTACHMENT = "tokenmerge_state"
-PREVIOUS = "tokenmerge_previous"  # on our chained replaces and object patches: what they call (None: the block)
 
 
 def model_family(model) -> str:
@@ -45,7 +33,7 @@ def model_family(model) -> str:
 
 def default_max_downsample(model) -> int:
     """The finest UNet level that has attention: 1 for SD1.x/SD2.x, 2 for SDXL (no attention at full size)."""
-    levels = attention_downsamples(model.model.diffusion_model)
+    levels = unet.attention_downsamples(model.model.diffusion_model)
     return levels[0] if levels else 1
 
 
@@ -79,7 +67,7 @@ def _run_wrapper(state: MergeState):
     return outer_sample
 
 
-def _call_wrapper(state: MergeState, config: MergeConfig, merger: UNetMerger | DiTMerger):
+def _call_wrapper(state: MergeState, config: MergeConfig, merger: unet.UNetMerger | dit.DiTMerger):
     """APPLY_MODEL wrapper: decides the call's merging once (``model_call.py``), outside the diffusion model and
     so outside any graph TorchCompileModel compiles, and hands it to the blocks."""
 
@@ -121,80 +109,6 @@ def reference_method(base_model: object, conds: dict) -> str | None:
     return method
 
 
-def _patch_unet(patched, model, config: MergeConfig, state: MergeState) -> None:
-    merger = UNetMerger(
-        config,
-        state,
-        transformer_blocks(model.model.diffusion_model).values(),
-        attention_downsamples(model.model.diffusion_model),
-    )
-    patched.set_model_attn1_patch(merger.attn1_patch)
-    patched.set_model_attn1_output_patch(merger.attn1_output_patch)
-    if config.merge_attn2:
-        patched.set_model_attn2_patch(merger.attn2_patch)
-        patched.set_model_attn2_output_patch(merger.attn2_output_patch)
-    if config.merge_ff:
-        for path, key in transformer_blocks(model.model.diffusion_model).items():
-            name = f"diffusion_model.{path}.ff.forward"
-            previous = patched.get_model_object(name)
-            patched.add_object_patch(name, _chained(merger.feed_forward(previous, key), previous))
-    patched.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state, config, merger)
-    )
-
-
-def _patch_dit(patched, model, family: str, config: MergeConfig, state: MergeState) -> None:
-    diffusion_model = model.model.diffusion_model
-    switch_sigma = None
-    if config.method is Method.SDTM:  # the stage switch, converted to a sigma once
-        switch_sigma = float(model.get_model_object("model_sampling").percent_to_sigma(config.switch_percent))
-    blocks = selected_blocks(block_keys(diffusion_model, family), config.block_range)
-    merger = DiTMerger(
-        config,
-        state,
-        family,
-        spatial_patch(diffusion_model),
-        blocks,
-        switch_sigma,
-        getattr(diffusion_model, "pad_tokens_multiple", None),
-        image_first=image_first(diffusion_model),
-    )
-    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for key in blocks:
-        if family in BLOCK_MODULES:  # no replace point: an object patch on the block's forward
-            name = f"diffusion_model.{BLOCK_MODULES[family]}.{key[1]}.forward"
-            previous = patched.get_model_object(name)
-            patched.add_object_patch(name, _chained(merger.block_forward(previous, key), previous))
-        else:
-            previous = existing.get(key)
-            patched.set_model_patch_replace(_chained(merger.block_replace(key, previous), previous), "dit", *key)
-        merged = merged_sublayer_names(family, config)
-        for sublayer, path in sublayer_paths(family, key).items():
-            if sublayer in merged:
-                name = f"diffusion_model.{path}.forward"
-                previous = patched.get_model_object(name)
-                patched.add_object_patch(name, _chained(merger.sublayer_forward(previous, key, sublayer), previous))
-    patched.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state, config, merger)
-    )
-
-
-def _chained(patch, previous):
-    """Mark ``patch`` as ours, chained to ``previous``, so a later tokenmerge node can take it out again."""
-    setattr(patch, PREVIOUS, previous)
-    return patch
-
-
-def _unchained(patch):
-    """``patch`` without our links in its chain: the foreign patch below them, or ``None`` for the model's own."""
-    while hasattr(patch, PREVIOUS):
-        patch = getattr(patch, PREVIOUS)
-    module = getattr(patch, "__self__", None)  # an nn.Module's own bound forward: no object patch at all
-    if isinstance(module, torch.nn.Module) and getattr(patch, "__func__", None) is type(module).forward:
-        return None
-    return patch
-
-
 def _remove_token_merge(patched) -> None:
     """Take the patches of an earlier tokenmerge node out of ``patched`` (a fresh clone), keeping every foreign
     patch they were chained to or stacked with, so the last tokenmerge node on a model wins."""
@@ -202,12 +116,12 @@ def _remove_token_merge(patched) -> None:
     transformer_options = options["transformer_options"]
     patches = transformer_options.get("patches", {})
     for name, fns in list(patches.items()):
-        patches[name] = [fn for fn in fns if not isinstance(getattr(fn, "__self__", None), UNetMerger)]
+        patches[name] = [fn for fn in fns if not isinstance(getattr(fn, "__self__", None), unet.UNetMerger)]
     for slots in (*transformer_options.get("patches_replace", {}).values(), patched.object_patches):
         for key, patch in list(slots.items()):
             if not hasattr(patch, PREVIOUS):
                 continue
-            previous = _unchained(patch)
+            previous = unchained(patch)
             if previous is None:
                 del slots[key]
             else:
@@ -258,16 +172,16 @@ def apply_token_merge(model, config: MergeConfig, previews: dict[str, str] | Non
         )
         if config.ratio == 0:
             return patched
-    state = MergeState()
+    state = MergeState(publish=live.publish)
     if family == "unet":
-        _patch_unet(patched, model, config, state)
+        merger = unet.install(patched, model, config, state)
     else:
-        _patch_dit(patched, model, family, config, state)
-    merges_by_importance = (
-        config.method is Method.IMPORTANCE or config.detail_destination is DetailDestination.IMPORTANCE
+        merger = dit.install(patched, model, family, config, state)
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _call_wrapper(state, config, merger)
     )
     patched.set_model_sampler_post_cfg_function(
-        ImportanceCapture(state, config.fallback, merges_by_importance=merges_by_importance)
+        ImportanceCapture(state, config.fallback, merges_by_importance=merger.planner.strategy.uses_importance)
     )
     if previews:
         state.recorder.request(previews)

@@ -17,13 +17,14 @@ import torch
 
 from ..merging.importance import cfg_importance
 from .config import Fallback
+from .state import Count, SharedAcrossClones
 from .steps import current_sigma, run_steps, step_position
 
 if TYPE_CHECKING:
     from .state import MergeState
 
 
-class ImportanceCapture:
+class ImportanceCapture(SharedAcrossClones):
     def __init__(self, state: MergeState, fallback: Fallback, *, merges_by_importance: bool) -> None:
         self.state = state
         self.fallback = fallback
@@ -50,7 +51,7 @@ class ImportanceCapture:
         state = self.state
         if args.get("uncond") is not None:
             state.importance = cfg_importance(args["cond_denoised"], args["uncond_denoised"], args["sigma"])
-            state.count("maps_captured")
+            state.count(Count.MAPS_CAPTURED)
             return
         state.no_uncond = True  # the uncond pass was skipped: no CFG importance this step
         if self.fallback is Fallback.X0_CHANGE:
@@ -63,7 +64,7 @@ class ImportanceCapture:
             previous = state.previous_x0
             if previous is not None and previous.shape == denoised.shape:
                 state.importance = cfg_importance(denoised, previous, args["sigma"])
-                state.count("fallback_maps")
+                state.count(Count.FALLBACK_MAPS)
             state.previous_x0 = denoised.detach().clone()
         elif self.merges_by_importance:
             state.warn_once(
@@ -72,6 +73,3 @@ class ImportanceCapture:
                 "importance merging falls back to spatial ToMe at the same ratio",
                 logging.INFO,
             )
-
-    def __deepcopy__(self, memo: dict) -> ImportanceCapture:
-        return self

@@ -1,8 +1,10 @@
-"""One merge plan per block call, for any family: the step's ratio and mode, importance or ToMe partition.
+"""One merge plan per block call, for any family and method: the gating common to every method, then the method's
+partition (``strategies.py``).
 
-The family adapters (``unet.py``, ``dit.py``) find the token grid and hand the block's tokens here;
-this module decides whether to merge, builds the plan on the per-sample mean of the call's rows and
-repeats it for every chunk (cond, uncond, extra conds) so a sample's rows share one partition.
+The family adapters (``unet.py``, ``dit.py``) find the token grid and hand the block's tokens here; this module
+decides whether the call merges (layout, grid size, step window, merge count), builds the matching features from
+the per-sample mean of the call's rows, asks the method's strategy for one partition per sample, and repeats it for
+every chunk (cond, uncond, extra conds) so a sample's rows share one partition.
 
 Everything per step (position in the run, ratio, mode, seed stream, the importance map pooled to each grid) was
 decided by the call wrapper (``model_call.py``); what runs here per block is tensor work on the block's tokens
@@ -18,21 +20,16 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..merging.draws import stream_of
-from ..merging.ibtm import importance_plan
 from ..merging.plan import MergeMode, MergePlan, merge, stack_frames, unmerge
-from ..merging.sdtm import detail_plan, structure_plan, update_last_independent
-from ..merging.similarity import grid_positions
-from ..merging.tome import tome_plan
-from .config import DetailDestination, Match, Method
-from .model_call import grid_importance
-from .recorder import plan_categories
-from .state import StateHolder
+from .config import Match
+from .state import Count, StateHolder
+from .strategies import BlockTokens, strategy_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .config import MergeConfig
-    from .model_call import GridImportance, ModelCall
+    from .model_call import ModelCall
     from .state import MergeState
 
 
@@ -43,8 +40,22 @@ class Planned(NamedTuple):
     text_scale: float = 1.0  # SDTM prompt reweighting of the call's stage (text keys get log(text_scale))
 
 
+class PlanEvent(NamedTuple):
+    """One block call's merge plan, as the planner emits it to the state's plan observers (the heatmap recorder)."""
+
+    step: int  # 0-based index in the run's sigma schedule
+    steps: int  # steps of the run
+    sigma: float
+    key: object  # the block
+    plan: MergePlan  # for samples * frames grids of h x w tokens
+    samples: int
+    frames: int
+    h: int
+    w: int
+
+
 def merged_forward(
-    state: MergeState, key: object, previous: Callable[[torch.Tensor], torch.Tensor], counter: str
+    state: MergeState, key: object, previous: Callable[[torch.Tensor], torch.Tensor], counter: Count
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``forward`` of a block's feed-forward/MLP submodule, chained to ``previous``: it runs on the tokens merged
     by the plan its block handed over in ``state.ff_plans[key]`` (taken once, so never reused stale)."""
@@ -68,13 +79,14 @@ class TokenPlanner(StateHolder):
     def __init__(self, config: MergeConfig, state: MergeState, blocks: Iterable[object] = ()) -> None:
         super().__init__(state)
         self.config = config
+        self.strategy = strategy_for(config, state)
         # Per block, a constant added to the step's seed stream: every block draws its own destinations, and
         # cond and uncond split into separate calls draw the same ones.
         self.salts = {key: block_salt(key) for key in blocks}
 
     def skip(self, reason: str, message: str) -> None:
         self.state.warn_once(reason, f"tokenmerge: {message}; merging skipped for such calls")
-        self.state.count("skipped")
+        self.state.count(Count.SKIPPED)
 
     def plan(self, x: torch.Tensor, h: int, w: int, key: object, frames: int = 1) -> Planned | None:
         """Plan for ``x`` [rows, frames * h * w, C] of one block call of the call in progress, or ``None`` to run
@@ -121,75 +133,19 @@ class TokenPlanner(StateHolder):
         if cfg.match is Match.NORMALIZED:
             metric = torch.nn.functional.layer_norm(metric.float(), (C,))
         seed = None if call.seed is None else call.seed + self.salts.get(key, 0)
-        mlp_only, text_scale = False, 1.0
-        importance = self.importance_grid(call, samples * frames, h, w) if cfg.method is Method.IMPORTANCE else None
-        if cfg.method is Method.SDTM:
-            planned = self._sdtm(call, metric, h, w, r, seed, samples * frames)
-            if planned is None:
-                return None
-            plan, mlp_only, text_scale = planned
-        elif importance is not None:
-            positions = grid_positions(h, w, metric.device) if cfg.match is Match.POSITION else None
-            plan = importance_plan(
-                metric,
-                importance.grid,
-                r,
-                cfg.dst_fraction,
-                cfg.pool_factor,
-                cfg.dst_mode,
-                seed,
-                positions,
-                importance.order,
-            )
-            state.count("importance_calls")
-        else:  # spatial ToMe, and IBTM before the first importance map
-            plan = tome_plan(metric, h, w, r, *cfg.window, seed=seed)
-            if plan is None:
-                return None
-            state.count("tome_calls")
-        if state.recorder.enabled:
-            state.recorder.add_assignment(
-                call.step, call.steps, call.sigma or 0.0, key, plan_categories(plan, samples, frames, h, w)
-            )
+        partition = self.strategy.partition(BlockTokens(call, metric, h, w, r, seed))
+        if partition is None:
+            return None
+        plan = partition.plan
+        observers = [observer for observer in state.plan_observers if observer.wants_plans]
+        if observers:  # the heatmap preview's recorder, when a preview reads this run
+            event = PlanEvent(call.step, call.steps, call.sigma or 0.0, key, plan, samples, frames, h, w)
+            for observer in observers:
+                observer.on_plan(event)
         plan = stack_frames(plan, frames)
-        state.count("merged_calls")
+        state.count(Count.MERGED_CALLS)
         if call.mode is MergeMode.PRUNE:
-            state.count("prune_calls")
-        state.count("tokens_in", N)
-        state.count("tokens_out", plan.num_out)
-        return Planned(plan.rows(chunks), call.mode, mlp_only, text_scale)
-
-    def importance_grid(self, call: ModelCall, rows: int, h: int, w: int) -> GridImportance | None:
-        """The previous step's importance map on the h x w grid for ``rows`` = S * frames grids, or ``None``
-        (before the first map, or where the map does not fit the call)."""
-        pooled = call.importance.get((h, w))
-        if pooled is None and call.importance:  # the map fits the call, on a grid the wrapper did not foresee
-            pooled = grid_importance(self.state.importance.reshape(rows, *call.latent_shape[-2:]), h, w)
-        if pooled is None or pooled.grid.shape[0] != rows:
-            return None
-        return pooled
-
-    def _sdtm(
-        self, call: ModelCall, metric: torch.Tensor, h: int, w: int, r: int, seed: torch.Tensor | None, rows: int
-    ) -> tuple[MergePlan, bool, float] | None:
-        cfg, state = self.config, self.state
-        last = state.last_independent
-        if last is None or last.shape != metric.shape[:2] or last.device != metric.device:
-            last = torch.zeros(metric.shape[:2], dtype=torch.long, device=metric.device)
-        if call.structure:
-            plan = structure_plan(metric, h, w, r, cfg.window, last, cfg.similarity_weight, seed)
-            if plan is not None:
-                state.count("structure_calls")
-        else:
-            priority = None
-            if cfg.detail_destination is DetailDestination.IMPORTANCE:
-                importance = self.importance_grid(call, rows, h, w)
-                priority = None if importance is None else importance.grid
-            plan = detail_plan(metric, h, w, r, cfg.window, last if priority is None else priority, seed)
-            if plan is not None:
-                state.count("detail_calls")
-        if plan is None:
-            return None
-        state.last_independent = update_last_independent(last, plan)
-        text_scale = cfg.prompt_scale_structure if call.structure else cfg.prompt_scale_detail
-        return plan, not call.structure and cfg.detail_mlp_only, text_scale
+            state.count(Count.PRUNE_CALLS)
+        state.count(Count.TOKENS_IN, N)
+        state.count(Count.TOKENS_OUT, plan.num_out)
+        return Planned(plan.rows(chunks), call.mode, partition.mlp_only, partition.text_scale)

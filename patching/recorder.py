@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..merging.heatmap import DESTINATION, MERGED
+from ..merging.heatmap import plan_categories
 from ..merging.importance import to_token_grid
-from .live import publish
 
 if TYPE_CHECKING:
-    from ..merging.plan import MergePlan
+    from collections.abc import Callable
+
+    from .planner import PlanEvent
 
 MAX_STEPS = 32
 MAX_SIDE = 64
@@ -51,20 +52,12 @@ def shrink(maps: torch.Tensor) -> torch.Tensor:
     return to_token_grid(maps.float(), h, w).reshape(-1, h, w)  # [B, h * w] -> [B, h, w]
 
 
-def plan_categories(plan: MergePlan, samples: int, frames: int, h: int, w: int) -> torch.Tensor:
-    """A merge plan of ``samples * frames`` grids -> [samples, h, w] uint8 categories of each sample's first frame."""
-    categories = torch.zeros(
-        plan.keep_idx.shape[0], plan.num_tokens, dtype=torch.uint8, device=plan.keep_idx.device
-    )  # [S * T, n], all independent
-    categories.scatter_(1, plan.src_idx, MERGED)
-    categories.scatter_(1, plan.dst_idx, DESTINATION)
-    return categories.view(samples, frames, h, w)[:, 0].cpu()  # [S * T, n] -> [S, h, w] of frame 0
-
-
 class HeatmapRecorder:
-    """Owned by a :class:`MergeState`; each new importance record is published to the target previews."""
+    """Owned by a :class:`MergeState`; each new importance record goes to ``publish`` (handed in at install: the
+    live view of ``live.py``, or nothing outside a server) with the target previews."""
 
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[dict[str, str], StepRecord], None] | None = None) -> None:
+        self.publish = publish
         self.enabled = False
         self.targets: dict[str, str] = {}  # preview node id -> colormap of its live view
         self.records: dict[int, StepRecord] = {}
@@ -109,8 +102,18 @@ class HeatmapRecorder:
             importance = importance.float().mean(1)  # [B, T, H, W] -> [B, H, W]
         record = self._record(step, steps, sigma)
         record.importance = shrink(importance.detach()).to("cpu", torch.float16)
-        if self.targets:
-            publish(self.targets, record)
+        if self.targets and self.publish is not None:
+            self.publish(self.targets, record)
+
+    @property
+    def wants_plans(self) -> bool:
+        """Whether :meth:`on_plan` should get the plans of this run (a preview asked for them)."""
+        return self.enabled
+
+    def on_plan(self, event: PlanEvent) -> None:
+        """Keep the merge assignment of one block call (the first frame of each sample)."""
+        categories = plan_categories(event.plan, event.samples, event.frames, event.h, event.w)
+        self.add_assignment(event.step, event.steps, event.sigma, event.key, categories)
 
     def add_assignment(self, step: int, steps: int, sigma: float, key: object, categories: torch.Tensor) -> None:
         """``categories`` [B, h, w] uint8 of one block call, at the block's token grid."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,36 +14,41 @@ import torch
 from .recorder import HeatmapRecorder
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..merging.plan import MergePlan
     from .model_call import ModelCall
+    from .recorder import StepRecord
     from .sublayers import SublayerCall
 
 logger = logging.getLogger(__name__)
 
 
-# What a run counts (the end-of-run log and the tests read them).
-COUNTER_NAMES = (
-    "merged_calls",
-    "importance_calls",
-    "tome_calls",
-    "structure_calls",
-    "detail_calls",
-    "prune_calls",
-    "tokens_in",
-    "tokens_out",
-    "skipped",
-    "maps_captured",
-    "fallback_maps",
-    "protected_calls",
-    "fused_calls",
-    "biased_calls",
-    "ff_calls",
-    "attn_calls",
-    "cross_attn_calls",
-    "mlp_calls",
-    "cache_peak_bytes",
-)
-COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
+class Count(str, Enum):
+    """What a run counts; the end-of-run log and the tests read the counts by these names."""
+
+    MERGED_CALLS = "merged_calls"
+    IMPORTANCE_CALLS = "importance_calls"
+    TOME_CALLS = "tome_calls"
+    STRUCTURE_CALLS = "structure_calls"
+    DETAIL_CALLS = "detail_calls"
+    PRUNE_CALLS = "prune_calls"
+    TOKENS_IN = "tokens_in"
+    TOKENS_OUT = "tokens_out"
+    SKIPPED = "skipped"
+    MAPS_CAPTURED = "maps_captured"
+    FALLBACK_MAPS = "fallback_maps"
+    PROTECTED_CALLS = "protected_calls"
+    FUSED_CALLS = "fused_calls"
+    BIASED_CALLS = "biased_calls"
+    FF_CALLS = "ff_calls"
+    ATTN_CALLS = "attn_calls"
+    CROSS_ATTN_CALLS = "cross_attn_calls"
+    MLP_CALLS = "mlp_calls"
+    CACHE_PEAK_BYTES = "cache_peak_bytes"
+
+
+COUNTER_INDEX = {name: i for i, name in enumerate(Count)}
 
 
 class RunCounters:
@@ -51,23 +57,24 @@ class RunCounters:
     outside a model call stay on the host. Reading them (``snapshot``) costs one copy per device."""
 
     def __init__(self) -> None:
-        self.host: Counter[str] = Counter()
+        self.host: Counter[Count] = Counter()
         self.by_device: dict[torch.device, torch.Tensor] = {}
 
     def device_counts(self, device: torch.device) -> torch.Tensor:
         counts = self.by_device.get(device)
         if counts is None:
-            counts = self.by_device[device] = torch.zeros(len(COUNTER_NAMES), dtype=torch.int64, device=device)
+            counts = self.by_device[device] = torch.zeros(len(Count), dtype=torch.int64, device=device)
         return counts
 
     def snapshot(self) -> Counter[str]:
-        totals = Counter(self.host)
+        """The counts by name (the values of :class:`Count`)."""
+        totals = Counter({name.value: value for name, value in self.host.items()})
         for counts in self.by_device.values():
-            for name, value in zip(COUNTER_NAMES, counts.tolist(), strict=True):
-                if name == "cache_peak_bytes":
-                    totals[name] = max(totals[name], value)
+            for name, value in zip(Count, counts.tolist(), strict=True):
+                if name is Count.CACHE_PEAK_BYTES:
+                    totals[name.value] = max(totals[name.value], value)
                 elif value:
-                    totals[name] += value
+                    totals[name.value] += value
         return +totals
 
 
@@ -91,7 +98,19 @@ class _CurrentState(threading.local):
 _CURRENT = _CurrentState()
 
 
-class StateHolder:
+class SharedAcrossClones:
+    """Base of the pack's objects that ComfyUI's ``model_options`` hold (patch callables, the post-CFG capture,
+    the state): ComfyUI 0.3.75 deep-copies ``model_options`` on every clone, newer releases share its leaves.
+    ``__deepcopy__`` returns ``self``, so both behave the same: a clone (a downstream LoRA) and its source share one
+    patch and one state."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict) -> SharedAcrossClones:
+        return self
+
+
+class StateHolder(SharedAcrossClones):
     """Base of the objects whose patches ComfyUI reaches through ``transformer_options`` (the UNet attention patches,
     the DiT block replaces). A compiled graph guards on what it reads from the state (the call's decisions);
     ComfyUI's TorchCompileModel (0.33 and later) drops every guard whose source passes through
@@ -107,12 +126,11 @@ class StateHolder:
         return current if current is self._own_state else self._own_state
 
 
-class MergeState:
+class MergeState(SharedAcrossClones):
     """Owned by one patched clone (captured by its patches); ``reset()`` at the start of every sampling run.
 
-    ComfyUI 0.3.75 deep-copies ``model_options`` on every clone, the newest version shares leaves:
-    ``__deepcopy__`` returns ``self`` so both behave the same (a downstream LoRA clone keeps this state).
-    The call in progress (``call``, ``ff_plans``, ``sublayer_calls``) is per thread.
+    Shared by every clone of the patched model (:class:`SharedAcrossClones`). The call in progress (``call``,
+    ``ff_plans``, ``sublayer_calls``) is per thread.
     """
 
     __slots__ = (
@@ -121,6 +139,7 @@ class MergeState:
         "last_independent",
         "local",
         "no_uncond",
+        "plan_observers",
         "pooled_importance",
         "previous_x0",
         "recorder",
@@ -128,8 +147,11 @@ class MergeState:
         "warned",
     )
 
-    def __init__(self) -> None:
-        self.recorder = HeatmapRecorder()  # outlives runs: a preview's request holds until it stops reading
+    def __init__(self, publish: Callable[[dict[str, str], StepRecord], None] | None = None) -> None:
+        # ``publish``: where each new importance record goes (the live view; handed in at install)
+        self.recorder = HeatmapRecorder(publish)  # outlives runs: a preview's request holds until it stops reading
+        # what the planner emits each block call's plan to (``PlanEvent``), each while its ``wants_plans``
+        self.plan_observers: tuple[HeatmapRecorder, ...] = (self.recorder,)
         self.reset()
 
     def reset(self) -> None:
@@ -161,7 +183,7 @@ class MergeState:
         """The run's counts so far (a copy; reading it waits for the device)."""
         return self.run_counters.snapshot()
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: Count, n: int = 1) -> None:
         """Add ``n`` to counter ``name``: on the device inside a model call, on the host outside one."""
         counts = self.local.counts
         if counts is None:
@@ -169,7 +191,7 @@ class MergeState:
         else:
             counts[COUNTER_INDEX[name]] += n
 
-    def count_peak(self, name: str, value: int) -> None:
+    def count_peak(self, name: Count, value: int) -> None:
         """Raise counter ``name`` to ``value`` if it is below."""
         counts = self.local.counts
         if counts is None:
@@ -194,9 +216,6 @@ class MergeState:
         if key not in self.warned:
             self.warned.add(key)
             logger.log(level, message)
-
-    def __deepcopy__(self, memo: dict) -> MergeState:
-        return self
 
     def __repr__(self) -> str:
         shape = None if self.importance is None else tuple(self.importance.shape)

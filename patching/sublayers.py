@@ -16,6 +16,7 @@ import torch
 
 from ..merging.plan import merge, unmerge
 from . import update_cache
+from .state import Count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +35,9 @@ SUBLAYER_PATHS = {
     "hunyuan": {"mlp": "double_blocks.{i}.img_mlp"},  # Flux's blocks
 }
 FUSED_SINGLE_BLOCKS = {"flux", "hunyuan"}  # single blocks that fuse the MLP with attention: no sub-layer
+
+
+SUBLAYER_COUNTS = {"attn": Count.ATTN_CALLS, "cross_attn": Count.CROSS_ATTN_CALLS, "mlp": Count.MLP_CALLS}
 
 
 def sublayer_paths(family: str, key: tuple[str, int]) -> dict[str, str]:
@@ -62,6 +66,8 @@ def sublayer_forward(
     """``forward`` of sub-layer ``name`` of block ``key``, chained to ``previous``. Its first argument is the
     sub-layer's token input [rows, N, C] (queries, for a cross-attention); the others pass through."""
 
+    counter = SUBLAYER_COUNTS[name]
+
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         call = state.sublayer_calls.get(key)
         if call is None:
@@ -80,7 +86,7 @@ def sublayer_forward(
             or (x.shape[0], n) != (planned.plan.dst_idx.shape[0], planned.plan.num_tokens)
         ):
             return previous(x, *args, **kwargs)
-        state.count(f"{name}_calls")
+        state.count(counter)
         merged = merge(x[:, :n] if trailing else x, planned.plan, planned.mode)
         out = previous(torch.cat([merged, x[:, n:]], dim=1) if trailing else merged, *args, **kwargs)
         image = unmerge(out[:, : merged.shape[1]] if trailing else out, planned.plan)

@@ -15,13 +15,14 @@ list-style patch points, which stack with other packs' patches.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..merging.plan import merge, unmerge
+from .chain import chain_object_patch
 from .planner import Planned, TokenPlanner, merged_forward
-from .state import StateHolder
+from .state import Count, StateHolder
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -70,9 +71,6 @@ class UNetMerger(StateHolder):
         """(1, h, w) of every merged level's token grid for a latent of ``latent_shape``, for the call wrapper."""
         H, W = latent_shape[-2:]
         return [(1, math.ceil(H / d), math.ceil(W / d)) for d in self.levels]
-
-    def __deepcopy__(self, memo: dict) -> UNetMerger:
-        return self
 
     def _plan(self, n: torch.Tensor, extra: dict) -> Planned | None:
         original_shape = extra.get("original_shape")
@@ -128,7 +126,7 @@ class UNetMerger(StateHolder):
 
     def feed_forward(self, previous, key: tuple):
         """``ff.forward`` replacement for the block ``key``, chained to ``previous`` (the current forward)."""
-        return merged_forward(self.state, key, previous, "ff_calls")
+        return merged_forward(self.state, key, previous, Count.FF_CALLS)
 
 
 def transformer_blocks(diffusion_model: torch.nn.Module) -> dict[str, tuple]:
@@ -155,3 +153,23 @@ def attention_downsamples(diffusion_model: torch.nn.Module) -> list[int]:
             elif type(layer).__name__ == "SpatialTransformer":
                 levels.add(downsample)
     return sorted(levels)
+
+
+def install(patched: Any, model: Any, config: MergeConfig, state: MergeState) -> UNetMerger:
+    """Install the block patches of a UNet on ``patched`` (a clone of ``model``): attention patches on every
+    transformer block and, with ``merge_ff``, chained object patches on their feed-forward."""
+    blocks = transformer_blocks(model.model.diffusion_model)
+    merger = UNetMerger(config, state, blocks.values(), attention_downsamples(model.model.diffusion_model))
+    patched.set_model_attn1_patch(merger.attn1_patch)
+    patched.set_model_attn1_output_patch(merger.attn1_output_patch)
+    if config.merge_attn2:
+        patched.set_model_attn2_patch(merger.attn2_patch)
+        patched.set_model_attn2_output_patch(merger.attn2_output_patch)
+    if config.merge_ff:
+        for path, key in blocks.items():
+            chain_object_patch(
+                patched,
+                f"diffusion_model.{path}.ff.forward",
+                lambda previous, key=key: merger.feed_forward(previous, key),
+            )
+    return merger

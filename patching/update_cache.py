@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .state import Count
+
 if TYPE_CHECKING:
     from ..merging.plan import MergePlan
     from .config import MergeConfig
@@ -41,7 +43,7 @@ def store(state: MergeState, config: MergeConfig, computation: str, key: object,
         )
         return
     state.block_cache[entry] = update
-    state.count_peak("cache_peak_bytes", state.cache_bytes)
+    state.count_peak(Count.CACHE_PEAK_BYTES, state.cache_bytes)
 
 
 def drop(state: MergeState, computation: str, key: object, rows: int) -> None:

@@ -3,7 +3,7 @@
 Run through ``make demo`` (which sets the environment up first). Steps:
 
 1. link the pack's small trained shapes models (``demo_models/``: the SD3-family DiT the workflow samples, its
-   TAESD-format VAE and the SD1.x-family UNet, see ``devkit/shapes``) into the server's models folder;
+   TAESD-format VAE and the SD1.x-family UNet, see ``devkit/shapes_training``) into the server's models folder;
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
 3. convert ``example_workflows/01 Demo on the shapes model.json`` to API format and queue it: the same prompt and
    seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
@@ -30,7 +30,7 @@ from devkit import REPO_ROOT, comfy_env
 from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
 from devkit.example_workflows import DEMO, EXAMPLES_DIR
 from devkit.server_events import ServerEvents
-from devkit.shapes.training import link_demo_models
+from devkit.shapes_training.training import link_demo_models
 from devkit.workflow_api import ui_to_api
 
 DEMO_WORKFLOW = EXAMPLES_DIR / f"{DEMO}.json"

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devkit import comfy_env, tiny_models
+from devkit import comfy_env, standin_files, tiny_models
 from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def enter_call(
     ``latent_shape`` at ``sigma`` of the run ``sample_sigmas``; ``call_info`` is what the wrapper reads from the
     call's conditioning (``text_tokens``, ``reference_method``)."""
     import torch
+
     from tokenmerge.patching.model_call import model_call
 
     options = {
@@ -212,9 +213,9 @@ def state_of(patched):
 def standin_models() -> Path:
     """The folder of model files a server loads: the random stand-ins (written once, then reused) and links to the
     committed, trained shapes demo models."""
-    from devkit.shapes.training import link_demo_models
+    from devkit.shapes_training.training import link_demo_models
 
-    tiny_models.write_standin_models(str(STANDIN_MODELS_DIR))
+    standin_files.write_standin_models(str(STANDIN_MODELS_DIR))
     link_demo_models(STANDIN_MODELS_DIR)
     return STANDIN_MODELS_DIR
 

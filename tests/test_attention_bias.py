@@ -22,6 +22,7 @@ def test_the_override_biases_each_token_sequence_once_and_chains(pack):
     """Wan-like block: self-attention over the merged image, then cross-attention over as many text tokens.
     Only the first is biased; a foreign override already in the options still runs for both."""
     from comfy.ldm.modules import attention
+
     from tokenmerge.patching.attention_override import with_key_bias
 
     g = torch.Generator().manual_seed(0)
@@ -290,7 +291,7 @@ def test_hunyuan_video_duplicate_tokens_merged_with_proportional_attention_give_
     merged with proportional attention give the unmerged double and single block outputs, also under the key mask a
     text attention mask becomes ([1, 1, L], one padded text token masked out); without it the text gets too much
     attention mass."""
-    from tokenmerge.patching.dit import image_first
+    from tokenmerge.patching.dit_families import image_first
 
     model = tiny_models.build_patcher("hunyuan_video", seed=0).model.diffusion_model
     flipped = image_first(model)

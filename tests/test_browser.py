@@ -16,17 +16,17 @@ import pytest
 from devkit import ENV_DIR, REPO_ROOT
 from devkit.browser import focus_node, load_api_prompt, load_workflow, node_state, node_types, open_frontend
 from devkit.comfy_server import PACK_DIR_NAME, ComfyServer
+from devkit.example_standins import standin_prompt
 from devkit.example_workflows import (
     DEMO,
     DEMOS,
     EXAMPLES,
-    IMAGE_AREA,
     PIXART,
     SD15_PREVIEW,
     load_example,
-    standin_prompt,
 )
 from devkit.screenshots import SIDE as THUMBNAIL_SIDE
+from devkit.workflow_graph import IMAGE_AREA
 
 ARTIFACTS = REPO_ROOT / "test_artifacts" / "browser"
 LATEST_FRONTEND = ENV_DIR / "frontend-latest" / "comfyui_frontend_package" / "static"

@@ -140,9 +140,7 @@ def test_flux_positions_of_kept_tokens_are_gathered_after_the_text(pack, referen
     """pe rows are [text, image, reference images]: the image rows are gathered for the kept tokens, the text and
     reference rows stay where they are."""
     from tokenmerge.merging.plan import MergePlan, kept_order
-    from tokenmerge.patching.config import MergeConfig, Method
-    from tokenmerge.patching.dit import DiTMerger
-    from tokenmerge.patching.state import MergeState
+    from tokenmerge.patching.dit_layout import gather_positions
 
     txt, img = 3, 6
     total = txt + img + references
@@ -154,8 +152,7 @@ def test_flux_positions_of_kept_tokens_are_gathered_after_the_text(pack, referen
         src_to_dst=torch.tensor([[0, 1], [0, 0]]),
         num_tokens=img,
     )
-    merger = DiTMerger(MergeConfig(Method.TOME, ratio=0.5, max_downsample=1), MergeState(), "flux", (1, 2, 2))
-    gathered = merger._gather_positions(pe, plan, references).flatten(1)
+    gathered = gather_positions("flux", pe, plan, references).flatten(1)
     expected = torch.cat(
         [
             pe[:, 0, :txt, 0, 0, 0],
@@ -326,11 +323,10 @@ def test_zimage_twin_tokens_after_a_reference_image_keep_their_modulation(pack, 
     and modulates them by token range (``timestep_zero_index``): the reference with the zero timestep's row of
     ``adaln``, captions and image with the real one. The image and its pads are the tail, so the ranges still hold
     after merging: twins merged with proportional attention give the unmerged layer output."""
+    from devkit import EXPECTED_COMFYUI, ZIMAGE_REFERENCE_RELEASES
     from tokenmerge.patching.config import MergeConfig, Method
     from tokenmerge.patching.dit import DiTMerger
     from tokenmerge.patching.state import MergeState
-
-    from devkit import EXPECTED_COMFYUI, ZIMAGE_REFERENCE_RELEASES
 
     if EXPECTED_COMFYUI not in ZIMAGE_REFERENCE_RELEASES:
         pytest.skip(f"ComfyUI {EXPECTED_COMFYUI}'s Z-Image takes no reference images (Z-Image Omni came later)")
@@ -388,7 +384,7 @@ def test_reference_latents_merge_the_image_and_pass_the_references_through(nodes
     with no warning; the SDTM detail stage merges the MLP with the references trailing; deterministic and finite.
     That the reference tokens pass through untouched is checked by hand in test_dit_residual.py."""
     from tokenmerge.nodes import sdtm
-    from tokenmerge.patching.dit import block_keys, dit_family, selected_blocks
+    from tokenmerge.patching.dit_families import block_keys, dit_family, selected_blocks
 
     family = tiny_models.FAMILIES[name]
     height, width = sizes(family)

@@ -85,7 +85,7 @@ def with_zero_updates(name: str, model):
     """A clone of ``model`` whose blocks change no token (patched the ComfyUI way, below the merging node): replace
     families get a block replace that returns its input, Lumina 2 / Z-Image layers an identity forward, and PixArt
     (merged per sub-layer) attention, cross-attention and MLP patches that return zeros."""
-    from tokenmerge.patching.dit import block_keys, dit_family
+    from tokenmerge.patching.dit_families import block_keys, dit_family
 
     base = model.clone()
     diffusion_model = base.model.diffusion_model
@@ -106,7 +106,7 @@ def with_zero_updates(name: str, model):
 
 def with_zero_mlps(model):
     """A clone of ``model`` whose image MLPs return zeros (its attention still updates every token)."""
-    from tokenmerge.patching.dit import block_keys, dit_family
+    from tokenmerge.patching.dit_families import block_keys, dit_family
     from tokenmerge.patching.sublayers import sublayer_paths
 
     base = model.clone()
@@ -193,7 +193,7 @@ def hand_merger(family: str, method: str = "tome", **call_info):
     state = MergeState()
     merger = DiTMerger(MergeConfig(Method(method), ratio=0.5, max_downsample=1), state, family, (1, 2, 2))
     enter_call(merger, [1, 16, 4, 4], **call_info)
-    merger._plan = lambda _img, _key: hand_planned()  # the hand-made partition instead of a planned one
+    merger.plan_block = lambda _img, _key: hand_planned()  # the hand-made partition instead of a planned one
     return merger
 
 
@@ -354,7 +354,7 @@ def test_sdtm_blends_the_cached_update_into_the_merged_tokens_only(pack, switch_
         Method.SDTM, ratio=0.4, max_downsample=1, protect_every=2, cache_weight=0.25, detail_mlp_only=False
     )
     merger = DiTMerger(config, state, "sd3", (1, 2, 2), switch_sigma=switch_sigma)
-    merger._plan = lambda _img, _key: hand_planned()
+    merger.plan_block = lambda _img, _key: hand_planned()
     block = merger.block_replace(("double_block", 0))
     cached = torch.tensor([[[0.1, 0.2], [0.3, -0.4], [0.5, 0.6], [-0.7, 0.8]]])
 

@@ -1,5 +1,5 @@
 """Every workflow of ``example_workflows/`` runs on the real server, on stand-ins of the model files it names
-(``devkit.example_workflows.STANDINS`` documents each substitution), and the heatmap preview streams live."""
+(``devkit.example_standins.STANDINS`` documents each substitution), and the heatmap preview streams live."""
 
 from __future__ import annotations
 
@@ -13,16 +13,8 @@ from conftest import png_size
 
 from devkit import REPO_ROOT
 from devkit.comfy_server import PACK_DIR_NAME
-from devkit.example_workflows import (
-    DEMO,
-    DEMOS,
-    EXAMPLES,
-    SD15_PREVIEW,
-    STANDINS,
-    TEST_STEPS,
-    load_example,
-    substitute_standins,
-)
+from devkit.example_standins import STANDINS, TEST_STEPS, substitute_standins
+from devkit.example_workflows import DEMO, DEMOS, EXAMPLES, SD15_PREVIEW, load_example
 from devkit.server_events import ServerEvents
 from devkit.workflow_api import ui_to_api
 

@@ -263,18 +263,3 @@ def test_assignment_block_out_of_range_names_the_input(nodes, sd15):
     blocks = len(state_of(patched).recorder.block_order)
     with pytest.raises(ValueError, match=rf"block=99 is out of range: allowed 0 to {blocks - 1}"):
         run_preview(preview, patched, torch.rand(1, 64, 64, 3), view="merge assignment", block=99)
-
-
-def test_assignment_categories_match_the_plan(pack):
-    from tokenmerge.merging.heatmap import DESTINATION, INDEPENDENT, MERGED
-    from tokenmerge.merging.plan import MergePlan
-    from tokenmerge.patching.recorder import plan_categories
-
-    plan = MergePlan(
-        keep_idx=torch.tensor([[0, 3]]),
-        dst_idx=torch.tensor([[1]]),
-        src_idx=torch.tensor([[2]]),
-        src_to_dst=torch.tensor([[0]]),
-        num_tokens=4,
-    )
-    assert plan_categories(plan, 1, 1, 2, 2).tolist() == [[[INDEPENDENT, DESTINATION], [MERGED, INDEPENDENT]]]

@@ -52,6 +52,7 @@ def expected_accounting(
 ):
     """What the patch must do at each model evaluation, from ComfyUI's own schedule (independent of the patch)."""
     import comfy.samplers
+
     from tokenmerge.merging.sdtm import cosine_ratio
 
     model_sampling = model.get_model_object("model_sampling")

@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devkit.shapes import scenes
-from devkit.shapes.training import DEMO_FILES, DEMO_MODELS, EVAL_SEED
-from shapes import prompt  # the module devkit.shapes uses (the pack's copy is tokenmerge.shapes.prompt)
+from devkit.shapes_training import scenes
+from devkit.shapes_training.training import DEMO_FILES, DEMO_MODELS, EVAL_SEED
+from tokenmerge.shapes import prompt
 
 # ------------------------------------------------------------------------------------------- dataset
 
@@ -148,16 +148,16 @@ def test_committed_demo_models_fit_the_budget():
 
 
 def test_the_classifier_names_held_out_scenes():
-    from devkit.shapes import classifier
+    from devkit.shapes_training import classifier
 
     assert classifier.accuracy(classifier.load(), count=256) >= 0.95
 
 
 def test_the_classifier_names_scenes_sent_through_the_demo_vae(pack):
     """The judge of the samples must read what the VAE can show: it was trained on VAE round trips too."""
-    from devkit.shapes import classifier
-    from devkit.shapes.latents import load_vae
-    from devkit.shapes.train_vae import VAE_FILE
+    from devkit.shapes_training import classifier
+    from devkit.shapes_training.latents import load_vae
+    from devkit.shapes_training.train_vae import VAE_FILE
 
     assert classifier.accuracy(classifier.load(), count=128, vae=load_vae(VAE_FILE)) >= 0.85
 
@@ -225,7 +225,7 @@ def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_s
 @pytest.mark.server
 @pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
 def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet, vae, latent):
-    from devkit.shapes import classifier
+    from devkit.shapes_training import classifier
 
     images = sample_on_server(comfy_server, unet, vae, latent, "a large yellow square at center on a plain background")
     with torch.no_grad():
@@ -288,13 +288,13 @@ def test_quality_benchmark_takes_a_sample_count_per_model_and_refuses_bad_ones(c
 
 
 def test_eval_scenes_are_held_out_from_training():
-    from devkit.shapes import latents
+    from devkit.shapes_training import latents
 
     assert latents.scene_seed(10**6) < EVAL_SEED  # training chunk seeds stay far below the evaluation seed
 
 
 def test_the_sanity_rates_count_prompted_objects_by_hand():
-    from devkit.shapes.sanity import rates
+    from devkit.shapes_training.sanity import rates
 
     colours = len(scenes.COLOURS)
 
@@ -315,7 +315,7 @@ def test_the_sanity_rates_count_prompted_objects_by_hand():
 def test_the_dit_position_table_encodes_column_then_row_in_its_two_halves():
     """The demo DiT's position table (ComfyUI's MMDiT keeps it as an untrained buffer): tokens in rows-first
     order, the first half of the channels a function of the column only, the second of the row only."""
-    from devkit.shapes.train_denoiser import sincos_position_table
+    from devkit.shapes_training.train_denoiser import sincos_position_table
 
     table = sincos_position_table(4, 8)[0].view(4, 4, 8)  # [row, column, channel]
     assert torch.allclose(table[0, 2, :4], table[3, 2, :4])  # same column, other row: first half equal
@@ -340,7 +340,7 @@ def test_the_dit_position_table_encodes_column_then_row_in_its_two_halves():
 def test_a_fresh_clone_continues_training_from_the_committed_export(tmp_path, monkeypatch):
     """Checkpoints stay out of git, so a new chunk starts from the export the log records, with a fresh optimiser
     whose warm-up counts from there."""
-    from devkit.shapes import training
+    from devkit.shapes_training import training
 
     monkeypatch.setattr(training, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(training, "CHECKPOINTS", tmp_path / "checkpoints")
@@ -375,7 +375,7 @@ def test_the_vae_decoder_goes_on_training_from_the_committed_file_with_the_encod
     latent space the denoisers were trained in."""
     import safetensors.torch
 
-    from devkit.shapes import train_vae, training
+    from devkit.shapes_training import train_vae, training
 
     monkeypatch.setattr(training, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(training, "CHECKPOINTS", tmp_path / "checkpoints")
@@ -399,7 +399,7 @@ def test_fp8_aware_training_takes_the_gradient_at_the_rounded_weights_and_steps_
     """``train_denoiser.py --fp8-aware``: inside the context the layer computes with the weight its fp8 file will hold;
     the optimiser then moves the exact weight. By hand: 0.3 lies between the e4m3 values 0.28125 and 0.3125 and
     rounds to 0.3125; the bias (1-D) stays fp16-stored, so it is not rounded."""
-    from devkit.shapes.train_denoiser import fp8_rounded_weights
+    from devkit.shapes_training.train_denoiser import fp8_rounded_weights
 
     layer = torch.nn.Linear(1, 1)
     with torch.no_grad():
@@ -419,7 +419,7 @@ def test_fp8_aware_training_takes_the_gradient_at_the_rounded_weights_and_steps_
 def test_bf16_training_computes_in_bfloat16_and_keeps_fp32_weights_and_gradients():
     """``train_denoiser.py --bf16``: under the autocast the layers compute in bfloat16 while the parameters and their
     gradients stay fp32 for the optimiser; without the flag nothing changes."""
-    from devkit.shapes.train_denoiser import mixed_precision
+    from devkit.shapes_training.train_denoiser import mixed_precision
 
     layer = torch.nn.Linear(3, 2)
     x = torch.randn(4, 3)
@@ -438,7 +438,7 @@ def test_the_unets_timestep_draw_by_hand_and_weighted_timesteps_keep_the_v_loss_
     for sqrt(U) < 1/4, 1 up to 3/4, 2 above, so 1/16, 1/2 and 7/16. Weighted, each index is drawn sqrt(1 + sigma^2)
     times more and weighs sqrt(1 + sigma^2) (not 1 + sigma^2), so draw x weight is the plain draw x (1 + sigma^2):
     the same v-weighted loss in expectation."""
-    from devkit.shapes.train_denoiser import unet_timestep_probabilities
+    from devkit.shapes_training.train_denoiser import unet_timestep_probabilities
 
     sigmas = torch.tensor([0.0, 1.0, 7.0])
     plain = unet_timestep_probabilities(sigmas)
@@ -455,7 +455,7 @@ def test_the_unets_timestep_draw_by_hand_and_weighted_timesteps_keep_the_v_loss_
 def test_weighted_timesteps_draw_more_of_the_batch_at_high_noise(pack, capsys):
     """On the UNet's own schedule, ``--weighted-timesteps`` puts about two thirds of the draws at sigma >= 5 (the
     plain draw about a third), weighs each by sqrt(1 + sigma^2), and needs ``--v-weighting``."""
-    from devkit.shapes.train_denoiser import build, main, model_inputs, unet_timestep_probabilities
+    from devkit.shapes_training.train_denoiser import build, main, model_inputs, unet_timestep_probabilities
 
     student = build("sd15")
     sigmas = student.model_sampling.sigmas
@@ -474,7 +474,7 @@ def test_weighted_timesteps_draw_more_of_the_batch_at_high_noise(pack, capsys):
 
 
 def test_the_unet_export_stores_its_matrices_in_fp8_and_the_rest_in_fp16():
-    from devkit.shapes.train_denoiser import export_dtype
+    from devkit.shapes_training.train_denoiser import export_dtype
 
     kernel, bias = torch.tensor([[0.3, 1000.0, -1000.0]]), torch.tensor([0.3])
     stored = export_dtype("sd15", kernel)
@@ -502,8 +502,8 @@ def test_the_dit_teacher_maps_the_unets_noisy_latent_onto_rectified_flow_and_bac
     dividing by 1 + k sigma. A teacher predicting v = 0 returns its input as the clean estimate, so by hand the
     estimate is ((k noisy + b) / (1 + k sigma) - b) / k, and the eps target (noisy - estimate) / sigma from
     sigma = 1 on; below it the true noise stays."""
-    from devkit.shapes.teacher import MIN_SIGMA, DitTeacher
-    from devkit.shapes.train_denoiser import build, model_inputs
+    from devkit.shapes_training.teacher import MIN_SIGMA, DitTeacher
+    from devkit.shapes_training.train_denoiser import build, model_inputs
 
     student = build("sd15")
     teacher = DitTeacher(student, build("sd3"))
@@ -537,7 +537,7 @@ def test_denoise_errors_split_the_error_into_objects_and_layout_by_hand():
     """``denoise_errors.py``: an estimate off by +1 on the top-left 4x4 tile of one channel of two: a mean square of
     1/2 on those 16 of 64 pixels, so 1/8 over the latent and 1/4 over the top half (the objects); pooled 4x4, the
     error is +1 in one of 2 x 2 x 2 cells: 1/8."""
-    from devkit.shapes.denoise_errors import squared_errors
+    from devkit.shapes_training.denoise_errors import squared_errors
 
     clean = torch.zeros(1, 2, 8, 8)
     estimate = clean.clone()
@@ -553,8 +553,8 @@ def test_denoise_errors_of_the_committed_models_fall_with_the_noise(pack):
     and at sigma 0.1 far better than the dataset's spread (about 0.6)."""
     import safetensors.torch
 
-    from devkit.shapes.denoise_errors import denoise_errors
-    from devkit.shapes.train_denoiser import UNET_FILE
+    from devkit.shapes_training.denoise_errors import denoise_errors
+    from devkit.shapes_training.train_denoiser import UNET_FILE
 
     rows = denoise_errors(safetensors.torch.load_file(str(UNET_FILE)), samples=4, seed=3_000_001)
     assert [row["sigma"] for row in rows] == sorted((row["sigma"] for row in rows), reverse=True)

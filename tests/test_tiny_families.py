@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import sample
 
-from devkit import tiny_models
+from devkit import standin_files, tiny_models
 
 EXPECTED_MODEL_CLASS = {
     "sd15": "BaseModel",
@@ -67,7 +67,7 @@ def test_sdxl_tiny_has_attention_only_below_full_resolution(patchers):
 def test_loader_detects_the_standin_files_as_their_family(kind, config_class):
     import comfy.sd
 
-    patcher = comfy.sd.load_diffusion_model_state_dict(tiny_models.loader_state_dict(kind))
+    patcher = comfy.sd.load_diffusion_model_state_dict(standin_files.loader_state_dict(kind))
     assert type(patcher.model.model_config).__name__ == config_class
 
 

@@ -56,13 +56,15 @@ def test_a_bad_value_is_refused_naming_the_input_the_value_and_the_range(cfg, me
 
 
 @settings(max_examples=60, deadline=None)
-@given(ratio=st.floats(0.0, 1.0), dst_fraction=st.floats(0.05, 0.95), method=st.sampled_from(["IMPORTANCE", "TOME"]))
-def test_a_config_is_accepted_exactly_up_to_max_ratio(pack, ratio, dst_fraction, method):
+@given(ratio=st.floats(0.0, 1.0), dst_fraction=st.floats(0.05, 0.9), method=st.sampled_from(["IMPORTANCE", "TOME"]))
+def test_a_config_is_accepted_exactly_within_the_ratio_range_and_up_to_max_ratio(pack, ratio, dst_fraction, method):
     from tokenmerge.patching.config import MergeConfig, Method, max_ratio
+    from tokenmerge.patching.settings import SETTINGS
 
     ratio, dst_fraction = round(ratio, 3), round(dst_fraction, 2)
     values = MergeConfig(Method.IMPORTANCE, ratio=0.0, max_downsample=1, dst_fraction=dst_fraction).input_values()
-    allowed = ratio <= max_ratio(Method[method], {**values, "ratio": ratio})
+    within_range = SETTINGS["ratio"].problem("ratio", ratio) is None
+    allowed = within_range and ratio <= max_ratio(Method[method], {**values, "ratio": ratio})
     try:
         MergeConfig(Method[method], ratio=ratio, max_downsample=1, dst_fraction=dst_fraction)
         accepted = True

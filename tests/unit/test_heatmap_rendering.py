@@ -274,3 +274,18 @@ def test_render_steps_tiles_shrink_to_256_when_several_steps_share_the_grid(heat
 def test_video_images_overlay_the_first_frame_of_each_sample(heatmap):
     frames = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 4, 4, 3) / 6  # 2 samples x 3 frames
     assert torch.equal(heatmap.image_of_sample(frames, 1, 2), frames[3])
+
+
+def test_assignment_categories_match_the_plan(heatmap):
+    from tokenmerge.merging.plan import MergePlan
+
+    INDEPENDENT, MERGED, DESTINATION = heatmap.INDEPENDENT, heatmap.MERGED, heatmap.DESTINATION
+
+    plan = MergePlan(
+        keep_idx=torch.tensor([[0, 3]]),
+        dst_idx=torch.tensor([[1]]),
+        src_idx=torch.tensor([[2]]),
+        src_to_dst=torch.tensor([[0]]),
+        num_tokens=4,
+    )
+    assert heatmap.plan_categories(plan, 1, 1, 2, 2).tolist() == [[[INDEPENDENT, DESTINATION], [MERGED, INDEPENDENT]]]

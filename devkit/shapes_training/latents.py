@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from devkit import REPO_ROOT, comfy_env
-from devkit.shapes import scenes
-from devkit.shapes.training import TRAIN_SEED
+from devkit.shapes_training import scenes
+from devkit.shapes_training.training import TRAIN_SEED
 
 CACHE = REPO_ROOT / ".comfyui" / "shapes_cache" / "latents.pt"
 CHUNK = 64
@@ -55,7 +55,7 @@ def scene_seed(index: int) -> int:
 
 
 def build_cache(count: int) -> dict:
-    from devkit.shapes.train_vae import VAE_FILE
+    from devkit.shapes_training.train_vae import VAE_FILE
 
     vae = load_vae(VAE_FILE)
     latents, prompts = [], []

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from shapes.prompt import BACKGROUNDS, COLOURS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES, ObjectPhrase, ScenePrompt
+from tokenmerge.shapes.prompt import (
+    BACKGROUNDS,
+    COLOURS,
+    MAX_OBJECTS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ObjectPhrase,
+    ScenePrompt,
+)
 
 SIDE = 128
 # Slot centres as fractions of the side (x, y).

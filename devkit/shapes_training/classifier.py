@@ -3,7 +3,7 @@
 Input: images [B, 3, H, W] in [0, 1] (any size; resized to 64x64). Output: logits [B, 5, SLOT_CLASSES]
 (class 0 = empty slot, else shape x colour, see :mod:`.scenes`). Its 256-wide penultimate features serve
 the quality benchmark's FID-like distance. Trained on freshly rendered scenes with blur and noise, so
-VAE-decoded images (slightly soft) are in its distribution. ``python -m devkit.shapes.classifier``
+VAE-decoded images (slightly soft) are in its distribution. ``python -m devkit.shapes_training.classifier``
 trains it and writes ``demo_models/classifier/tokenmerge_shapes_classifier.safetensors``.
 """
 
@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 from torch import nn
 
-from devkit.shapes import scenes
-from devkit.shapes.training import DEMO_MODELS, EVAL_SEED, Run
-from shapes.prompt import POSITIONS
+from devkit.shapes_training import scenes
+from devkit.shapes_training.training import DEMO_MODELS, EVAL_SEED, Run
+from tokenmerge.shapes.prompt import POSITIONS
 
 CLASSIFIER_FILE = DEMO_MODELS / "classifier" / "tokenmerge_shapes_classifier.safetensors"
 SIDE = 64
@@ -104,8 +104,8 @@ def train(steps: int, batch: int, lr: float = 2e-3, through_vae: bool = False) -
     vae = None
     if through_vae:
         from devkit import comfy_env
-        from devkit.shapes.latents import load_vae
-        from devkit.shapes.train_vae import VAE_FILE
+        from devkit.shapes_training.latents import load_vae
+        from devkit.shapes_training.train_vae import VAE_FILE
 
         comfy_env.bootstrap_comfyui()
         vae = load_vae(VAE_FILE)

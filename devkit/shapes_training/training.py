@@ -4,7 +4,7 @@ Every training runs in chunks: ``--steps`` is the total, a checkpoint (model, op
 seconds) is written to ``.comfyui/shapes_checkpoints/`` every ``save_every`` steps, and a rerun continues
 from it. The checkpoints are not committed (they are several times the weights' size), so a fresh clone
 continues from the committed export instead (:meth:`Run.start_from`), with a fresh optimiser. The log
-(``devkit/shapes/logs/<name>.log``, committed) records the loss and the accumulated wall time, so the training
+(``devkit/shapes_training/logs/<name>.log``, committed) records the loss and the accumulated wall time, so the training
 budget is on record.
 """
 
@@ -140,7 +140,7 @@ def link_demo_models(models_dir: Path) -> list[Path]:
         for name in names:
             source, link = DEMO_MODELS / sub / name, Path(models_dir) / sub / name
             if not source.exists():
-                raise FileNotFoundError(f"demo model {source} is missing (see devkit/shapes/README.md)")
+                raise FileNotFoundError(f"demo model {source} is missing (see devkit/shapes_training/README.md)")
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 link.symlink_to(source)

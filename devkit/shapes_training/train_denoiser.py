@@ -6,7 +6,7 @@
   (``FP8_FAMILIES``; ``--fp8-aware`` trains with that rounding in the loop). eps prediction on SD1.x's
   discrete schedule; the residual branches start at zero, as SD's own init does. With ``--teacher`` and
   ``--v-weighting`` it learns from the trained DiT at high noise, weighted as v-prediction would be
-  (:mod:`devkit.shapes.teacher`): 25 times dearer per sample than the DiT on this CPU, it cannot average the
+  (:mod:`devkit.shapes_training.teacher`): 25 times dearer per sample than the DiT on this CPU, it cannot average the
   scenes' own randomness out of an eps target at high noise, where the layout is drawn.
 * ``sd3``: a small MMDiT (``mmdit.OpenAISignatureMMDITWrapper``) that ComfyUI sizes from its tensors:
   depth 3 (hidden 192, 3 heads), patch size 2 (64 image tokens on a 16x16 latent; ComfyUI's
@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from devkit import comfy_env
-from devkit.shapes.teacher import MIN_SIGMA, DitTeacher
-from devkit.shapes.training import DEMO_MODELS, Run
-from shapes import prompt as shapes_prompt
+from devkit.shapes_training.teacher import MIN_SIGMA, DitTeacher
+from devkit.shapes_training.training import DEMO_MODELS, Run
+from tokenmerge.shapes import prompt as shapes_prompt
 
 UNET_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd15.safetensors"
 DIT_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd3.safetensors"
@@ -54,7 +54,7 @@ def unet_config() -> dict:
     ``input_blocks.3`` and ``output_blocks.0``, and at 16x16 (256 tokens) in ``output_blocks.2``.
     A second level is what lets an SD1.x UNet, which has no position embedding, learn where it is (from the zero
     padding of its 8x8 convolutions)."""
-    from devkit.tiny_models import SD15_LOADABLE
+    from devkit.standin_files import SD15_LOADABLE
 
     return {
         **SD15_LOADABLE,
@@ -225,8 +225,8 @@ def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
     """Per-latent-pixel loss weights [count, 1, side, side] for the cached scenes: 1 on the background,
     1 + ``object_weight`` inside the objects. The backgrounds' textures dominate a plain MSE, yet the objects are
     what the prompt (and the classifier) is about."""
-    from devkit.shapes import latents as latent_cache
-    from devkit.shapes import scenes
+    from devkit.shapes_training import latents as latent_cache
+    from devkit.shapes_training import scenes
 
     masks = []
     for start in range(0, count, latent_cache.CHUNK):
@@ -259,7 +259,7 @@ def train(
     weighted_timesteps: bool = False,
     save_every: int = 50,
 ) -> None:
-    from devkit.shapes import latents as latent_cache
+    from devkit.shapes_training import latents as latent_cache
 
     model = build(family)
     net = model.diffusion_model
@@ -277,7 +277,7 @@ def train(
     cache = latent_cache.load_cache()
     raw_all = cache["latents"]
     if family == "sd3":
-        from devkit.shapes.train_vae import VAE3_FILE, VAE_FILE
+        from devkit.shapes_training.train_vae import VAE3_FILE, VAE_FILE
 
         raw_all = latent_cache.to_sd3_raw(raw_all, VAE_FILE, VAE3_FILE)
     weights = loss_weights(raw_all.shape[0], raw_all.shape[-1], object_weight)
@@ -357,7 +357,7 @@ def export_dtype(family: str, tensor: torch.Tensor) -> torch.Tensor:
 def checkpoint_weights(family: str) -> tuple[int, dict[str, torch.Tensor]]:
     """(step, EMA weights) of ``family``'s training checkpoint, in the dtypes the export would write (fp8 kernels for
     the UNet), so that a figure measured on them is the file's."""
-    from devkit.shapes.training import CHECKPOINTS
+    from devkit.shapes_training.training import CHECKPOINTS
 
     state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
     return state["step"], {k: export_dtype(family, v) for k, v in state["ema"].items()}
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher",
         action="store_true",
         help=f"sd15: at sigma >= {MIN_SIGMA}, learn the noise implied by the trained DiT's clean "
-        "estimate instead of the scene's own (distillation; see devkit/shapes/teacher.py)",
+        "estimate instead of the scene's own (distillation; see devkit/shapes_training/teacher.py)",
     )
     parser.add_argument(
         "--v-weighting",

@@ -4,11 +4,11 @@ For held-out scenes (encoded with the demo VAE) and one fixed noise draw, each d
 from ``x0 + sigma * eps`` at a ladder of SD1.x sigmas, under the scene's own prompt. The table gives the mean square
 error of each estimate: over the whole latent, inside the prompted objects, and after 4x4 average pooling (the
 layout: where the objects are and what colour, without their edges and the background's texture). The DiT sees the
-same noisy latent through :class:`devkit.shapes.teacher.DitTeacher`. A ratio far above 1 at high sigma means the UNet
-draws a worse layout than its teacher; near 1 at low sigma, it finishes as well. Far steadier than the sanity bar's
-48 prompts for comparing two checkpoints::
+same noisy latent through :class:`devkit.shapes_training.teacher.DitTeacher`. A ratio far above 1 at high sigma
+means the UNet draws a worse layout than its teacher; near 1 at low sigma, it finishes as well. Far steadier than
+the sanity bar's 48 prompts for comparing two checkpoints::
 
-    .comfyui/venv/bin/python devkit/shapes/denoise_errors.py [--checkpoint] [--samples 64] [--seed 3000001]
+    .comfyui/venv/bin/python devkit/shapes_training/denoise_errors.py [--checkpoint] [--samples 64] [--seed 3000001]
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def squared_errors(estimate: torch.Tensor, clean: torch.Tensor, objects: torch.T
 @torch.no_grad()
 def denoise_errors(unet_weights: dict[str, torch.Tensor], samples: int, seed: int) -> list[dict]:
     """Per sigma of SIGMAS: the UNet's (from ``unet_weights``) and the DiT's clean-estimate errors."""
-    from devkit.shapes import latents as latent_cache
-    from devkit.shapes import scenes, train_denoiser
-    from devkit.shapes.train_vae import VAE_FILE
-    from shapes import prompt as shapes_prompt
+    from devkit.shapes_training import latents as latent_cache
+    from devkit.shapes_training import scenes, train_denoiser
+    from devkit.shapes_training.train_vae import VAE_FILE
+    from tokenmerge.shapes import prompt as shapes_prompt
 
     unet = train_denoiser.build("sd15")
     unet.diffusion_model.load_state_dict(unet_weights)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     comfy_env.bootstrap_comfyui()
     import safetensors.torch
 
-    from devkit.shapes import train_denoiser
+    from devkit.shapes_training import train_denoiser
 
     if args.checkpoint:
         step, weights = train_denoiser.checkpoint_weights("sd15")

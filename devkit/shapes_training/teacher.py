@@ -32,8 +32,8 @@ class DitTeacher:
 
     def __init__(self, student, teacher) -> None:
         """``student`` and ``teacher``: the ``model_base`` objects of the UNet and of the trained DiT."""
-        from devkit.shapes import latents as latent_cache
-        from devkit.shapes.train_vae import VAE3_FILE, VAE_FILE
+        from devkit.shapes_training import latents as latent_cache
+        from devkit.shapes_training.train_vae import VAE3_FILE, VAE_FILE
 
         self.sampling = teacher.model_sampling  # rectified flow's (SD3's) time and denoised-latent conversions
         self.net = teacher.diffusion_model.requires_grad_(requires_grad=False)

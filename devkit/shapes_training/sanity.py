@@ -6,7 +6,7 @@ The bar (issue 7): at least 90 % with CFG, clearly less without. The colour-only
 which half is missing. ``--checkpoint`` judges the EMA weights of the training checkpoint (stored as the export would
 store them) instead of the committed file, so a run can be checked mid-way without an export::
 
-    .comfyui/venv/bin/python devkit/shapes/sanity.py sd15 [--checkpoint] [--samples 48] [--grid out.png]
+    .comfyui/venv/bin/python devkit/shapes_training/sanity.py sd15 [--checkpoint] [--samples 48] [--grid out.png]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def checkpoint_model(family: str):
     """The ModelPatcher of the EMA weights in ``family``'s training checkpoint."""
     import comfy.sd
 
-    from devkit.shapes.train_denoiser import checkpoint_weights
+    from devkit.shapes_training.train_denoiser import checkpoint_weights
 
     step, weights = checkpoint_weights(family)
     print(f"[sanity] {family} checkpoint at step {step}", flush=True)
@@ -38,7 +38,7 @@ def checkpoint_model(family: str):
 def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Shares of the prompted objects (occupied slots of ``labels`` [B, 5]) whose slot the classifier's ``predicted``
     labels [B, 5] name right: shape and colour, colour alone, shape alone (an empty prediction is wrong in all)."""
-    from devkit.shapes import scenes
+    from devkit.shapes_training import scenes
 
     occupied = labels > 0
     want, got = labels[occupied] - 1, predicted[occupied] - 1  # class - 1 = shape * colours + colour; -1 is empty
@@ -62,8 +62,8 @@ def sanity(
     seed: int | None = None,
 ) -> dict[str, dict[str, float]]:
     from benchmarks import quality
-    from devkit.shapes import classifier, scenes
-    from devkit.shapes.training import EVAL_SEED
+    from devkit.shapes_training import classifier, scenes
+    from devkit.shapes_training.training import EVAL_SEED
 
     loaded = quality.load_family(family)  # the committed files, as the benchmark samples them
     if checkpoint:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from devkit import comfy_env
-from devkit.shapes import scenes
-from devkit.shapes.training import DEMO_MODELS, TRAIN_SEED, Run
+from devkit.shapes_training import scenes
+from devkit.shapes_training.training import DEMO_MODELS, TRAIN_SEED, Run
 
 SD15_SCALE = 0.18215
 SD3_SCALE, SD3_SHIFT = 1.5305, 0.0609
