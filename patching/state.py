@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -126,6 +127,19 @@ class StateHolder(SharedAcrossClones):
         return current if current is self._own_state else self._own_state
 
 
+@dataclass
+class SDTMRunState:
+    """SDTM's data of one run (``strategies.SDTMStrategy``, ``protected_steps.py``, ``update_cache.py``). It lives in
+    the :class:`MergeState`, where a compiled model call reads it through the per-thread current state."""
+
+    last_independent: torch.Tensor | None = None  # [S * frames, n]: merge calls since each token was independent
+    cache: dict[tuple, torch.Tensor] = field(default_factory=dict)  # updates of the last protected step
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.cache.values())
+
+
 class MergeState(SharedAcrossClones):
     """Owned by one patched clone (captured by its patches); ``reset()`` at the start of every sampling run.
 
@@ -134,9 +148,7 @@ class MergeState(SharedAcrossClones):
     """
 
     __slots__ = (
-        "block_cache",
         "importance",
-        "last_independent",
         "local",
         "no_uncond",
         "plan_observers",
@@ -144,6 +156,7 @@ class MergeState(SharedAcrossClones):
         "previous_x0",
         "recorder",
         "run_counters",
+        "sdtm",
         "warned",
     )
 
@@ -163,8 +176,7 @@ class MergeState(SharedAcrossClones):
         self.local = CallState()
         self.run_counters = RunCounters()
         self.warned: set[str] = set()
-        self.last_independent: torch.Tensor | None = None  # SDTM: merge calls since each token was independent
-        self.block_cache: dict[tuple, torch.Tensor] = {}  # SDTM: updates of the last protected step (update_cache)
+        self.sdtm = SDTMRunState()
 
     @property
     def call(self) -> ModelCall | None:
@@ -206,10 +218,6 @@ class MergeState(SharedAcrossClones):
     @property
     def sublayer_calls(self) -> dict[tuple, SublayerCall]:
         return self.local.sublayer_calls
-
-    @property
-    def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.block_cache.values())
 
     def warn_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
         """Log ``message`` the first time ``key`` comes up in this run."""

@@ -6,7 +6,7 @@
 * :class:`ToMeStrategy` (ToMeSD): one random destination per window, the most similar destination for the rest.
 * :class:`SDTMStrategy`: the structure stage collapses the most uniform windows, the detail stage keeps one anchor
   per window (the token kept dependent the longest, or the most important); both count, per token, the merge calls
-  since it was last independent (``MergeState.last_independent``, reset every run). The stage's prompt scale and
+  since it was last independent (``SDTMRunState.last_independent``, reset every run). The stage's prompt scale and
   whether the detail stage merges only the MLP travel with the partition; the protected steps and the cache their
   merged steps blend with are ``protected_steps.py``.
 
@@ -121,7 +121,7 @@ class SDTMStrategy(MergeStrategy):
     def partition(self, tokens: BlockTokens) -> Partition | None:
         cfg, state, call = self.config, self.state, tokens.call
         metric, h, w, r = tokens.metric, tokens.h, tokens.w, tokens.r
-        last = state.last_independent
+        last = state.sdtm.last_independent
         if last is None or last.shape != metric.shape[:2] or last.device != metric.device:
             last = torch.zeros(metric.shape[:2], dtype=torch.long, device=metric.device)
         if call.structure:
@@ -137,7 +137,7 @@ class SDTMStrategy(MergeStrategy):
         if plan is None:
             return None
         state.count(counter)
-        state.last_independent = update_last_independent(last, plan)
+        state.sdtm.last_independent = update_last_independent(last, plan)
         text_scale = cfg.prompt_scale_structure if call.structure else cfg.prompt_scale_detail
         return Partition(plan, not call.structure and cfg.detail_mlp_only, text_scale)
 

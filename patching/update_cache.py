@@ -32,27 +32,27 @@ def cache_key(state: MergeState, computation: str, key: object, rows: int) -> tu
 def store(state: MergeState, config: MergeConfig, computation: str, key: object, update: torch.Tensor) -> None:
     """Keep ``update`` [rows, N, C] of an unmerged (protected) call, unless the cache would exceed its limit."""
     entry = cache_key(state, computation, key, update.shape[0])
-    state.block_cache.pop(entry, None)
+    state.sdtm.cache.pop(entry, None)
     update = update.detach()
     limit = config.cache_limit_mb * 2**20
-    if state.cache_bytes + update.numel() * update.element_size() > limit:
+    if state.sdtm.cache_bytes + update.numel() * update.element_size() > limit:
         state.warn_once(
             "cache_limit",
             f"tokenmerge: the SDTM cache reached cache_limit_mb={config.cache_limit_mb}; "
             "further blocks run without cache fusion",
         )
         return
-    state.block_cache[entry] = update
-    state.count_peak(Count.CACHE_PEAK_BYTES, state.cache_bytes)
+    state.sdtm.cache[entry] = update
+    state.count_peak(Count.CACHE_PEAK_BYTES, state.sdtm.cache_bytes)
 
 
 def drop(state: MergeState, computation: str, key: object, rows: int) -> None:
-    state.block_cache.pop(cache_key(state, computation, key, rows), None)
+    state.sdtm.cache.pop(cache_key(state, computation, key, rows), None)
 
 
 def lookup(state: MergeState, computation: str, key: object, rows: int) -> torch.Tensor | None:
     """The cached update of ``computation`` in block ``key`` for calls of ``rows`` rows, if any."""
-    return state.block_cache.get(cache_key(state, computation, key, rows))
+    return state.sdtm.cache.get(cache_key(state, computation, key, rows))
 
 
 def blend(

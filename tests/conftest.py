@@ -117,6 +117,30 @@ def merge_with(model, method: str, ratio: float = 0.5, **advanced):
     return importance.TokenMergeImportanceAdvanced.execute(model, ratio, **settings)[0]
 
 
+SDTM_ADVANCED_DEFAULTS = {
+    "deviation": 0.2,
+    "switch_percent": 0.4,
+    "window_y": 2,
+    "window_x": 2,
+    "similarity_weight": 0.05,
+    "detail_destination": "dependent",
+    "detail_mlp_only": True,
+    "protect_every": 3,
+    "cache_weight": 0.2,
+    "cache_limit_mb": 2048,
+    "start_percent": 0.0,
+    "end_percent": 1.0,
+    "seed": 0,
+}
+
+
+def sdtm_advanced(model, ratio: float = 0.4, **overrides):
+    """``model`` through Token Merge (SDTM), Advanced, at its defaults with ``overrides`` changed."""
+    from tokenmerge.nodes.sdtm import TokenMergeSDTMAdvanced
+
+    return TokenMergeSDTMAdvanced.execute(model, ratio, **{**SDTM_ADVANCED_DEFAULTS, **overrides})[0]
+
+
 def sample(
     patcher,
     family: tiny_models.TinyFamily,

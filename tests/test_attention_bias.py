@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import enter_call, sample, state_of
+from conftest import enter_call, sample, sdtm_advanced, state_of
 
 from devkit import tiny_models
 
@@ -165,27 +165,9 @@ def test_flux_duplicate_tokens_merged_with_proportional_attention_give_the_unmer
 
 
 def sdtm(model, prompt_scale_structure=1.0, prompt_scale_detail=1.0, **overrides):
-    from tokenmerge.nodes.sdtm import TokenMergeSDTMAdvanced
-
-    settings = {
-        "deviation": 0.2,
-        "switch_percent": 0.4,
-        "window_y": 2,
-        "window_x": 2,
-        "similarity_weight": 0.05,
-        "detail_destination": "dependent",
-        "detail_mlp_only": True,
-        "protect_every": 3,
-        "cache_weight": 0.2,
-        "cache_limit_mb": 2048,
-        "start_percent": 0.0,
-        "end_percent": 1.0,
-        "seed": 0,
-        **overrides,
-    }
-    return TokenMergeSDTMAdvanced.execute(
-        model, 0.4, prompt_scale_structure=prompt_scale_structure, prompt_scale_detail=prompt_scale_detail, **settings
-    )[0]
+    return sdtm_advanced(
+        model, prompt_scale_structure=prompt_scale_structure, prompt_scale_detail=prompt_scale_detail, **overrides
+    )
 
 
 @pytest.mark.parametrize("name", ["flux", "chroma", "flux2", "qwen_image", "lumina2", "zimage", "sd3", "hunyuan_video"])

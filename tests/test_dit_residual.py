@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import enter_call, sample, state_of
+from conftest import enter_call, merge_with, sample, sdtm_advanced, state_of
 
 from devkit import tiny_models
 
@@ -41,44 +41,15 @@ METHODS = [
 
 
 def merging_node(name: str, model, settings: dict):
-    from tokenmerge.nodes import importance, sdtm
-
     if name == "TokenMergeImportanceAdvanced":
-        values = {
-            "max_downsample": "auto",
-            "dst_fraction": 0.25,
-            "pool_factor": 1.4,
-            "dst_mode": "random",
-            "merge_cross_attention": False,
-            "merge_feed_forward": False,
-            "prune_until": 0.1,
-            "start_percent": 0.0,
-            "end_percent": 1.0,
-            "seed": 0,
-            "block_start": 0.0,
-            "block_end": 1.0,
-        }
-        return importance.TokenMergeImportanceAdvanced.execute(model, 0.5, **{**values, **settings})[0]
+        return merge_with(model, "importance", 0.5, block_start=0.0, block_end=1.0, **settings)
     if name == "TokenMergeSpatialToMe":
+        from tokenmerge.nodes import importance
+
         return importance.TokenMergeSpatialToMe.execute(
             model, 0.5, "auto", 2, 2, merge_cross_attention=False, merge_feed_forward=False, seed=0, block_start=0.0
         )[0]
-    values = {
-        "deviation": 0.2,
-        "switch_percent": 0.4,
-        "window_y": 2,
-        "window_x": 2,
-        "similarity_weight": 0.05,
-        "detail_destination": "dependent",
-        "detail_mlp_only": True,
-        "protect_every": 2,
-        "cache_weight": 0.2,
-        "cache_limit_mb": 2048,
-        "start_percent": 0.0,
-        "end_percent": 1.0,
-        "seed": 0,
-    }
-    return sdtm.TokenMergeSDTMAdvanced.execute(model, 0.4, **{**values, **settings})[0]
+    return sdtm_advanced(model, 0.4, **{"protect_every": 2, **settings})
 
 
 def with_zero_updates(name: str, model):

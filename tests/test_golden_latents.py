@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import merge_with, sample
+from conftest import merge_with, sample, sdtm_advanced
 from safetensors.torch import load_file, save_file
 
 from devkit import EXPECTED_COMFYUI, tiny_models
@@ -106,24 +106,7 @@ def merged_model(family: tiny_models.TinyFamily, method: str, settings: dict, dt
     base = tiny_models.build_patcher(family, seed=0, scale=0.5, dtype=dtype)
     if method != "sdtm_advanced":
         return merge_with(base, method, ratio=0.5, **settings)
-    from tokenmerge.nodes.sdtm import TokenMergeSDTMAdvanced
-
-    values = {
-        "deviation": 0.2,
-        "switch_percent": 0.4,
-        "window_y": 2,
-        "window_x": 2,
-        "similarity_weight": 0.05,
-        "detail_destination": "dependent",
-        "detail_mlp_only": True,
-        "protect_every": 3,
-        "cache_weight": 0.2,
-        "cache_limit_mb": 2048,
-        "start_percent": 0.0,
-        "end_percent": 1.0,
-        "seed": 0,
-    }
-    return TokenMergeSDTMAdvanced.execute(base, 0.4, **{**values, **settings})[0]
+    return sdtm_advanced(base, 0.4, **settings)
 
 
 def sample_case(family_name: str, method: str, settings: dict, dtype: torch.dtype) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import sample, state_of
+from conftest import sample, sdtm_advanced, state_of
 
 from devkit import tiny_models
 
@@ -28,23 +28,7 @@ def nodes(pack):
 
 
 def advanced(nodes, model, ratio=0.4, **overrides):
-    settings = {
-        "deviation": 0.2,
-        "switch_percent": 0.4,
-        "window_y": 2,
-        "window_x": 2,
-        "similarity_weight": 0.05,
-        "detail_destination": "dependent",
-        "detail_mlp_only": True,
-        "protect_every": 3,
-        "cache_weight": 0.2,
-        "cache_limit_mb": 2048,
-        "start_percent": 0.0,
-        "end_percent": 1.0,
-        "seed": 0,
-        **overrides,
-    }
-    return nodes.TokenMergeSDTMAdvanced.execute(model, ratio, **settings)[0]
+    return sdtm_advanced(model, ratio, **overrides)
 
 
 def expected_accounting(
@@ -102,13 +86,13 @@ def test_protected_steps_refresh_a_bounded_cache(nodes, sd3, caplog):
     assert state.counters["protected_calls"] == 2 * 3  # steps 0, 2, 4 on both blocks
     # each protected step keeps only what the merged step after it blends with: the block update before a
     # structure-stage step, the MLP output before a detail-stage step (the last protected step, 4, is one)
-    assert state.cache_bytes == 2 * rows * tokens * hidden * 4
-    assert {entry[0] for entry in state.block_cache} == {"mlp"}
-    assert state.counters["cache_peak_bytes"] == state.cache_bytes
+    assert state.sdtm.cache_bytes == 2 * rows * tokens * hidden * 4
+    assert {entry[0] for entry in state.sdtm.cache} == {"mlp"}
+    assert state.counters["cache_peak_bytes"] == state.sdtm.cache_bytes
     tight = advanced(nodes, sd3, protect_every=2, cache_limit_mb=0)
     with caplog.at_level(logging.WARNING, logger="tokenmerge"):
         sample(tight, SD3, steps=6, batch=2, height=128, width=96)
-    assert state_of(tight).cache_bytes == 0
+    assert state_of(tight).sdtm.cache_bytes == 0
     assert state_of(tight).counters["fused_calls"] == 0
     assert len([r for r in caplog.records if "cache_limit_mb=0" in r.getMessage()]) == 1
 
@@ -119,7 +103,7 @@ def test_flux_cache_holds_the_block_update_although_flux_blocks_add_in_place(nod
     flux = tiny_models.build_patcher("flux", seed=0)
     patched = advanced(nodes, flux, switch_percent=1.0)  # the whole run is the structure stage
     sample(patched, tiny_models.FAMILIES["flux"], steps=5, height=64, width=64)  # step 3 protects step 4
-    cache = state_of(patched).block_cache
+    cache = state_of(patched).sdtm.cache
     blocks = [update for entry, update in cache.items() if entry[0] == "block"]
     assert len(blocks) == 2  # the double and the single block
     assert all(update.abs().amax() > 0 for update in blocks)

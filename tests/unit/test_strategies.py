@@ -67,7 +67,7 @@ def test_sdtm_stages_carry_their_mlp_flag_and_prompt_scale_and_count_dependent_t
     structure = strategy.partition(tokens(s, s.model_call.ModelCall((1, 4, 4, 4), structure=True), r=4))
     assert (structure.mlp_only, structure.text_scale) == (False, 1.5)
     assert state.counters["structure_calls"] == 1
-    after_structure = state.last_independent.clone()
+    after_structure = state.sdtm.last_independent.clone()
     assert after_structure.shape == (1, 16)
     merged = structure.plan.src_idx[0]
     assert (after_structure[0, merged] == 1).all()  # merged once since last independent
