@@ -8,7 +8,11 @@ take turns on every batch, so the speed-ups are ratios from the same run.
 
 Metrics per cell (see :mod:`.quality_metrics`):
 
-* fidelity to the unmerged output of the same seed: PSNR and SSIM;
+* fidelity to the unmerged output of the same seed: PSNR and SSIM over the whole image, and inside and outside
+  the prompted objects (the scene's object masks, widened by 3 px, since a sample's object may sit a little off
+  the place the prompt gives it), each a mean over the prompts with its standard error, and paired against
+  spatial ToMe at the same ratio (the difference of each prompt's values, its mean and standard error);
+* a per-image perceptual distance to the unmerged image in the classifier's features;
 * prompt fidelity: our classifier's accuracy on the prompted objects (shape and colour at their slot);
 * distribution quality: Frechet distance of the classifier's features against renders of the same scenes;
 * speed-up: unmerged sampling time / the cell's, the median over batches (with the spread).
@@ -98,11 +102,14 @@ class ImportanceProbe:
         return args["denoised"]
 
 
-def sample_batch(loaded: Loaded, model, seeds: list[int], prompts: list, steps: int, cfg: float) -> torch.Tensor:
-    """Latents of one batch (one seed per image, as a batch of single-seed samplings would give)."""
+def sample_batch(
+    loaded: Loaded, model, seeds: list[int], prompts: list, steps: int, cfg: float, side: int = SIDE
+) -> torch.Tensor:
+    """Latents [B, C, side / 8, side / 8] of one batch of ``side`` px samples (one seed per image, as a batch of
+    single-seed samplings would give)."""
     import comfy.sample
 
-    latent = torch.zeros(len(seeds), model.model.latent_format.latent_channels, SIDE // 8, SIDE // 8)
+    latent = torch.zeros(len(seeds), model.model.latent_format.latent_channels, side // 8, side // 8)
     noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
     positive, negative = conditioning(prompts)
     return comfy.sample.sample(
@@ -122,6 +129,15 @@ def sample_batch(loaded: Loaded, model, seeds: list[int], prompts: list, steps: 
 
 def decode(loaded: Loaded, latents: torch.Tensor) -> torch.Tensor:
     return loaded.vae.decode(latents).float().movedim(-1, 1).clamp(0, 1)  # [B, H, W, 3] -> [B, 3, H, W]
+
+
+def object_pixels(scenes_batch: list, widen: int = 3) -> torch.Tensor:
+    """Pixels of the prompted objects [B, SIDE, SIDE] (bool): the union of their masks, widened by ``widen``."""
+    from devkit.shapes_training import scenes
+
+    _, masks = scenes.render(scenes_batch, SIDE)
+    union = masks.amax(1, keepdim=True) > 0.5  # [B, 1, SIDE, SIDE]
+    return torch.nn.functional.max_pool2d(union.float(), 2 * widen + 1, stride=1, padding=widen).squeeze(1) > 0
 
 
 def object_masks(scenes_batch: list, side: int) -> torch.Tensor:
@@ -208,11 +224,20 @@ def run_family(
     real_accuracy, real_features = judged(real)
     no_cfg_accuracy, no_cfg_features = judged(torch.cat(no_cfg))
     reference = torch.cat(results["unmerged"].images)
+    _, reference_features = judged(reference)
+    inside = object_pixels(held_out)
     base_seconds = results["unmerged"].seconds
     rows = []
     for cell in cells:
         images = torch.cat(results[cell.name].images)
         accuracy, features = judged(images)
+        per_image = {  # a value per prompt, for the standard errors and the paired differences of the report
+            "psnr_in": qm.psnr(images, reference, inside),
+            "psnr_out": qm.psnr(images, reference, ~inside),
+            "ssim_in": qm.ssim(images, reference, inside),
+            "ssim_out": qm.ssim(images, reference, ~inside),
+            "feature_distance": qm.feature_distance(features, reference_features),
+        }
         speedups = [b / s for b, s in zip(base_seconds, results[cell.name].seconds, strict=True)]
         quartiles = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else [speedups[0]] * 3
         psnr = qm.psnr(images, reference)
@@ -230,6 +255,12 @@ def run_family(
                 "ssim": qm.ssim(images, reference).mean().item(),
                 "accuracy": accuracy,
                 "frechet": qm.frechet_distance(features, real_features),
+                **{
+                    f"{name}{suffix}": value
+                    for name, values in per_image.items()
+                    for suffix, value in zip(("", "_se"), qm.mean_and_error(values), strict=True)
+                },
+                "per_image": {name: values.tolist() for name, values in per_image.items()},
             }
         )
     examples = {name: torch.cat(results[name].images)[:4] for name in results}

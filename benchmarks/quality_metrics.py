@@ -1,7 +1,12 @@
 """Image-quality metrics of the quality benchmark, in pure torch.
 
 * PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, on each RGB
-  channel, averaged) of a merged sample against the unmerged sample of the same seed.
+  channel, averaged) of a merged sample against the unmerged sample of the same seed, over the whole image or
+  only the pixels of a mask (SSIM: the windows centred on them), so that what merging does inside the prompted
+  objects and outside them can be told apart.
+* A per-image perceptual distance: the Euclidean distance between the unit-length feature vectors of two images
+  (here our classifier's features), 0 for the same features, at most 2.
+* The mean of per-image values with its standard error, and of paired differences, for the sampling error.
 * A FID-like Frechet distance between two sets of features (here our classifier's, not Inception's):
   |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
 * ROC AUC of a score map against a binary mask (Mann-Whitney U, ties counted half), and the IoU of the
@@ -16,9 +21,15 @@ import math
 import torch
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB [B]; ``inf`` where the images are identical."""
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image PSNR in dB [B]; ``inf`` where the images (or their masked pixels) are identical. ``mask``
+    [B, H, W] (bool) keeps the error of its pixels only; NaN for an image whose mask is empty."""
+    error = (a.double() - b.double()).pow(2).mean(1)  # [B, H, W], channels averaged
+    if mask is None:
+        mse = error.flatten(1).mean(1)
+    else:
+        mask = mask.to(error.dtype)
+        mse = (error * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)  # 0 / 0 = NaN
     return 10 * torch.log10(1.0 / mse)  # log10(1 / 0) = inf
 
 
@@ -42,8 +53,9 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return planes.view(batch, channels, height - size + 1, width - size + 1)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image mean SSIM [B] (valid windows only, channels averaged)."""
+def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean SSIM [B] (valid windows only, channels averaged); with ``mask`` [B, H, W] (bool), the mean
+    over the windows centred on its pixels (NaN where none is)."""
     c1, c2 = 0.01**2, 0.03**2
     a, b = a.double(), b.double()
     # One blur for the five local statistics: [5B, C, H, W] -> [5, B, C, H - 10, W - 10]
@@ -52,7 +64,28 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     var_b = bb - mu_b**2
     cov = ab - mu_a * mu_b
     value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return value.flatten(1).mean(1)
+    if mask is None:
+        return value.flatten(1).mean(1)
+    half = (len(_gaussian_kernel()) - 1) // 2
+    centres = mask[:, half:-half, half:-half].to(value.dtype)  # [B, H - 10, W - 10]: each valid window's centre
+    return (value.mean(1) * centres).flatten(1).sum(1) / centres.flatten(1).sum(1)
+
+
+def feature_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
+    """Per-row distance [N] between the unit-length feature vectors of two sets [N, D] of paired images."""
+    a = torch.nn.functional.normalize(features_a.double(), dim=1)
+    b = torch.nn.functional.normalize(features_b.double(), dim=1)
+    return (a - b).norm(dim=1)
+
+
+def mean_and_error(values: torch.Tensor) -> tuple[float, float]:
+    """Mean of the values [N] that are not NaN (an empty mask) and its standard error (sample standard deviation
+    / sqrt(n)); NaN for none. An infinite value (an identical image) makes the mean infinite and the error NaN."""
+    kept = values.double()[~values.isnan()]
+    if len(kept) == 0:
+        return math.nan, math.nan
+    error = (kept.std() / math.sqrt(len(kept))).item() if len(kept) > 1 and kept.isfinite().all() else math.nan
+    return kept.mean().item(), error
 
 
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:

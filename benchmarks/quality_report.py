@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.quality_cells import CFG, SIDE
+from benchmarks.quality_metrics import mean_and_error
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -48,6 +49,47 @@ def verdict(rows: list[dict], method: str) -> list[str]:
             f"{_fmt(same_ratio['speedup'])} | {_fmt(row['psnr'])} vs {_fmt(at_speed('psnr', row['speedup']))} | "
             f"{_fmt(row['accuracy'], 3)} vs {_fmt(at_speed('accuracy', row['speedup']), 3)} |"
         )
+    return lines
+
+
+def _pm(mean: float, error: float, digits: int = 2) -> str:
+    return f"{_fmt(mean, digits)} ± {_fmt(error, digits)}"
+
+
+def object_table(rows: list[dict]) -> list[str]:
+    """Each merged cell's fidelity inside and outside the prompted objects, mean ± standard error over the prompts."""
+    lines = [
+        "| cell | PSNR in objects | PSNR outside | SSIM in objects | SSIM outside | feature distance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["method"] == "unmerged":
+            continue
+        lines.append(
+            f"| {r['cell']} | {_pm(r['psnr_in'], r['psnr_in_se'])} | {_pm(r['psnr_out'], r['psnr_out_se'])} | "
+            f"{_pm(r['ssim_in'], r['ssim_in_se'], 3)} | {_pm(r['ssim_out'], r['ssim_out_se'], 3)} | "
+            f"{_pm(r['feature_distance'], r['feature_distance_se'], 3)} |"
+        )
+    return lines
+
+
+def paired_lines(rows: list[dict], method: str) -> list[str]:
+    """``method`` minus spatial ToMe at each ratio both ran, prompt by prompt (the same seeds), as mean ± standard
+    error of the differences: a difference beyond about twice its error is outside the sampling error."""
+    by_cell = {r["cell"]: r for r in rows}
+    lines = []
+    for row in rows:
+        tome = by_cell.get(f"tome {row['ratio']}")
+        if row["method"] != method or row["cell"] != f"{method} {row['ratio']}" or tome is None:
+            continue
+        cells = []
+        for key, digits in (("psnr_in", 2), ("psnr_out", 2), ("ssim_in", 3), ("ssim_out", 3), ("feature_distance", 3)):
+            difference = torch.tensor(row["per_image"][key], dtype=torch.float64) - torch.tensor(
+                tome["per_image"][key], dtype=torch.float64
+            )
+            mean, error = mean_and_error(difference[difference.isfinite()])  # both finite: a prompt of both
+            cells.append(f"{mean:+.{digits}f} ± {error:.{digits}f}")
+        lines.append(f"| {row['ratio']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -156,6 +198,30 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
             f"{_fmt(r['ssim'], 3)} | {_fmt(r['accuracy'], 3)} | {_fmt(r['frechet'])} |"
             for r in result["rows"]
         ]
+        lines += [
+            "",
+            (
+                "Inside and outside the prompted objects (each image against the unmerged one of its seed; objects: "
+                "the scene's masks widened by 3 px), mean ± standard error over the prompts; feature distance: "
+                "unit-length classifier features, 0 = the unmerged image's, lower is better:"
+            ),
+            "",
+            *object_table(result["rows"]),
+        ]
+        for method in ("ibtm", "sdtm"):
+            paired = paired_lines(result["rows"], method)
+            if paired:
+                lines += [
+                    "",
+                    (
+                        f"Paired, {method} minus spatial ToMe at the same ratio (prompt by prompt, same seeds; mean "
+                        f"± standard error; higher PSNR/SSIM and lower feature distance are better for {method}):"
+                    ),
+                    "",
+                    "| ratio | PSNR in objects | PSNR outside | SSIM in objects | SSIM outside | feature distance |",
+                    "|---|---|---|---|---|---|",
+                    *paired,
+                ]
         auc = result["auc_by_step"]
         lines += [
             "",

@@ -54,9 +54,17 @@ KONTEXT = "10 Flux Kontext image editing, SDTM"
 ZIMAGE = "11 Z-Image Turbo, SDTM"
 WAN22 = "12 Wan 2.2 14B video, two experts, IBTM"
 
+# The importance previews show two steps of a 20-step run over the first image, early and last: two 192-pixel tiles
+# side by side with their labels and the colour bar, 388 x 228 px, drawn at about 0.83 of its size in a 330-pixel
+# column (the frontends' image area: the node's width less 8 px, at least 224 px high), its labels still readable.
+# Four steps (a 2 x 2 grid) would make the demo too tall for the editor to draw its text when fitted to a 1600x900
+# window.
+PREVIEW_STEPS = "5,20"
+PREVIEW_WIDTH = 330
+
 
 def sd15_preview() -> Graph:
-    g = Graph(SINGLE_COLUMNS)
+    g = Graph((*SINGLE_COLUMNS[:3], PREVIEW_WIDTH))  # the preview's column as wide as the comparisons' preview
     g.note(
         0,
         "Recommended settings",
@@ -64,9 +72,9 @@ def sd15_preview() -> Graph:
         (
             "Token Merge (Importance) on SD1.5: ratio 0.5 (0.3 cautious, 0.7 for drafts). It merges the "
             "full-resolution level, and the gain grows with the image: the README's CPU benchmark measured 1.16x per "
-            "step at 512x512 and 1.35x at 768x768. The preview shows the CFG importance of every step, live while "
-            "sampling runs: bright = prompt-relevant, merged last. Set view to 'merge assignment' to see which tokens "
-            "one block kept, merged or used as destinations."
+            "step at 512x512 and 1.35x at 768x768. The preview shows the CFG importance of each step live while "
+            "sampling runs, then of two steps over the first image: bright = prompt-relevant, merged last. Set "
+            "view to 'merge assignment' to see which tokens one block kept, merged or used as destinations."
         ),
     )
     g.group("Model and merging")
@@ -100,7 +108,7 @@ def sd15_preview() -> Graph:
         3,
         model=merged,
         images=decoded,
-        steps="all",
+        steps=PREVIEW_STEPS,
         colormap="inferno",
         overlay_alpha=0.6,
         view="importance",
@@ -149,7 +157,7 @@ def sdxl() -> Graph:
     return g
 
 
-COMPARISON_COLUMNS = (250, 290, 260, 260, 260)
+COMPARISON_COLUMNS = (250, PREVIEW_WIDTH, 260, 260, 260)  # the merging nodes above the preview in column 1
 
 
 def _branches(
@@ -290,7 +298,7 @@ def shapes_demo() -> Graph:
         baseline="unmerged",
         prefix="tokenmerge_demo_",
         save_height=300,
-        preview_steps="1,4,8,12,16,20",
+        preview_steps=PREVIEW_STEPS,
         seed=7,
         steps=20,
         cfg=3.0,

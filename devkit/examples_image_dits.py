@@ -231,7 +231,7 @@ def kontext_editing() -> Graph:
     )
     referenced = g.add("ReferenceLatent", 2, conditioning=instruction, latent=encoded)
     positive = g.add("FluxGuidance", 2, conditioning=referenced, guidance=2.5)
-    negative = g.add("CLIPTextEncode", 2, "Negative (unused at cfg 1)", 100, clip=clip, text="")
+    negative = g.add("CLIPTextEncode", 2, "Negative (unused)", 100, clip=clip, text="")
     sample_group(
         g,
         merged,

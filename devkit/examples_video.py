@@ -127,7 +127,7 @@ def wan22_experts() -> Graph:
     first = g.add(
         "KSamplerAdvanced",
         2,
-        "High-noise steps 0-10",
+        "High-noise expert",
         model=merged_high,
         latent_image=latent,
         add_noise="enable",
@@ -140,7 +140,7 @@ def wan22_experts() -> Graph:
     second = g.add(
         "KSamplerAdvanced",
         3,
-        "Low-noise steps 10-20",
+        "Low-noise expert",
         model=merged_low,
         latent_image=first,
         add_noise="disable",

@@ -329,7 +329,7 @@ COMPARISON_GROUPS = ["Token merging", "Unmerged", "Spatial ToMe", "IBTM", "Impor
 LIVE_STEPS = 30  # on the shapes UNet: long enough to catch the live map mid-run
 
 
-VIEWPORT = {"width": 1600, "height": 1300}
+VIEWPORT = {"width": 1600, "height": 1400}  # the demo whole below the menus (it is 1176 px high)
 
 
 def write_live_heatmap(server: ComfyServer) -> None:
@@ -378,12 +378,18 @@ def main(argv: list[str] | None = None) -> None:
         choices=list(THUMBNAILS),
         help="write only the thumbnails of these examples (no screenshots)",
     )
+    parser.add_argument(
+        "--screenshots-only",
+        action="store_true",
+        help="write only the README screenshots (committed thumbnails stay as they are: every version is kept)",
+    )
     args = parser.parse_args(argv)
     comfy_env.bootstrap_comfyui()
     link_demo_models(STANDIN_MODELS_DIR)
     DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
-        write_thumbnails(server, args.thumbnails)
+        if not args.screenshots_only:
+            write_thumbnails(server, args.thumbnails)
         if args.thumbnails:
             return
         write_live_heatmap(server)

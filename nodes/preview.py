@@ -15,8 +15,8 @@ import torch
 from ..merging.heatmap import COLORMAPS, render_steps
 from ..patching.apply import STATE_ATTACHMENT
 from ..patching.graph import DEFAULT_COLORMAP, PREVIEW_NODE_ID
-from ._comfy_api import ADVANCED, io, ui
-from .common import CATEGORY
+from ._comfy_api import io, ui
+from .common import CATEGORY, float_input, int_input
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ def step_label(step: int, steps: int, sigma: float) -> str:
 
 
 def _shown(node: type[io.ComfyNode], images) -> io.NodeOutput:
-    """``images`` as the node's output and in-node preview."""
-    return io.NodeOutput(images, ui=ui.PreviewImage(images, cls=node))
+    """``images`` as the node's output; the node itself shows the first sample's, so that its tiles and labels stay
+    readable at the node's width (a batch of grids side by side would shrink each to a few dozen pixels)."""
+    return io.NodeOutput(images, ui=ui.PreviewImage(images[:1], cls=node))
 
 
 class TokenMergeHeatmapPreview(io.ComfyNode):
@@ -73,7 +74,8 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
             category=CATEGORY,
             description="Shows the CFG importance maps that drive token merging (where the prompt-relevant content "
             "is), or which tokens a block kept, merged or used as destinations, step by step. Live "
-            "during sampling; recording costs nothing when no preview is connected.",
+            "during sampling; recording costs nothing when no preview is connected. The node shows the first "
+            "sample; its IMAGE output holds a grid for every sample.",
             inputs=[
                 io.Model.Input(
                     "model",
@@ -97,13 +99,10 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
                     default=DEFAULT_COLORMAP,
                     tooltip="Colours from low to high importance.",
                 ),
-                io.Float.Input(
+                float_input(
                     "overlay_alpha",
-                    default=0.6,
-                    min=0.0,
-                    max=1.0,
-                    step=0.05,
-                    tooltip="Weight of the heatmap over the image: 0 shows the image, 1 only the map.",
+                    "Weight of the heatmap over the image: 0 shows the image, 1 only the map.",
+                    advanced=False,
                 ),
                 io.Combo.Input(
                     "view",
@@ -112,20 +111,16 @@ class TokenMergeHeatmapPreview(io.ComfyNode):
                     tooltip="importance: |cond - uncond| of each step. merge assignment: the tokens "
                     "of one block, kept (grey), merged away (blue) or destination (orange).",
                 ),
-                io.Int.Input(
+                int_input(
                     "block",
-                    default=0,
-                    min=0,
-                    max=255,
-                    **ADVANCED,
-                    tooltip="Merge assignment view: which merged block to show, in the order the "
-                    "blocks first merged (0 = the first).",
+                    "Merge assignment view: which merged block to show, in the order the blocks first merged "
+                    "(0 = the first).",
                 ),
             ],
             outputs=[
                 io.Image.Output(
-                    tooltip="The heatmap grid, one image per sample: a labelled tile per step, "
-                    "and a legend of the colours."
+                    tooltip="The heatmap grid, one image per sample: a labelled tile per step, and a legend of "
+                    "the colours. The node shows the first sample's; connect a Preview Image to see them all."
                 )
             ],
             hidden=[io.Hidden.unique_id],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..merging.ibtm import DstMode
-from .settings import SETTINGS
+from .settings import SETTINGS, TOLERANCE
 
 
 class Method(str, Enum):
@@ -116,10 +116,13 @@ def max_ratio(method: Method, values: Mapping[str, float]) -> float:
 def cross_field_problems(method: Method, values: Mapping[str, float]) -> list[tuple[frozenset[str], str]]:
     """What is wrong between inputs that are each within their own range, as (the inputs involved, message): the
     ratio against dst_fraction or the windows, the deviation against the ratio, the order of the step window and
-    of the block range. ``values`` are named as the nodes' inputs (see :meth:`MergeConfig.input_values`)."""
+    of the block range. ``values`` are named as the nodes' inputs (see :meth:`MergeConfig.input_values`). Ratio 0
+    returns the model unpatched, so nothing else constrains it."""
     v = values
+    if v["ratio"] == 0:
+        return []
     problems = []
-    if method is Method.SDTM and v["deviation"] > v["ratio"]:
+    if method is Method.SDTM and v["deviation"] > v["ratio"] + TOLERANCE:
         problems.append(
             (
                 frozenset({"deviation", "ratio"}),
@@ -134,7 +137,7 @@ def cross_field_problems(method: Method, values: Mapping[str, float]) -> list[tu
     }
     depends, why = bound[method]
     highest = max_ratio(method, v)
-    if v["ratio"] > highest:
+    if v["ratio"] > highest + TOLERANCE:
         problems.append(
             (
                 frozenset({"ratio", *depends}),

@@ -1,4 +1,4 @@
-"""One table of the range and default of every numeric merging setting.
+"""One table of the range and default of every numeric input of the pack's nodes.
 
 The node schemas build their sliders from it and :class:`~.config.MergeConfig` checks its fields against it, so a
 slider can never offer a value the config refuses (each range used to be written twice, and drifted). Per-node
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 INT_MAX = 2**31 - 1  # ComfyUI's seed widgets stop here too
+# Slack of every range check: a frontend with its float rounding turned off sends 0.7000000000000001 for 0.7.
+TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Setting:
 
     def problem(self, name: str, value: float) -> str | None:
         """``None`` when ``value`` is within ``low``..``high``, else the message naming the input and the range."""
-        if self.low <= value <= self.high:
+        if self.low - TOLERANCE <= value <= self.high + TOLERANCE:
             return None
         return f"{name}={value} is out of range: allowed {self.low} to {self.high}"
 
@@ -61,6 +63,9 @@ SETTINGS: dict[str, Setting] = {
     "cache_limit_mb": Setting(2048, 0, 1 << 20),
     "prompt_scale_structure": Setting(1.0, 0.1, 10.0, 0.05),
     "prompt_scale_detail": Setting(1.0, 0.1, 10.0, 0.05),
+    # the heatmap preview
+    "overlay_alpha": Setting(0.6, 0.0, 1.0, 0.05),
+    "block": Setting(0, 0, 255),
 }
 
 # The most a plan can merge with one destination per window_y x window_x window (ToMe and SDTM) or with

@@ -9,8 +9,12 @@ Run through ``make demo`` (which sets the environment up first). Steps:
    seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
 4. write into the output folder (default ``demo_output/``): ``unmerged.png``, ``spatial_tome.png``,
    ``ibtm.png`` (4 samples each), ``side_by_side.png`` (a row per method), ``heatmap.png`` (the importance
-   of chosen steps over the IBTM images) and ``timing.txt`` (each sampler's seconds, from the server's
-   execution events).
+   of chosen steps over the first IBTM image) and ``timing.txt`` (each sampler's seconds, from the server's
+   execution events);
+5. the shapes DiT has 64 image tokens, too few for merging to pay, so time the same three conditions on a
+   real-size model with random weights (``benchmarks/real_size.py``: SD3-medium's width at 1024², 2 of its 24
+   blocks, about 1.5 min on a 2-core CPU) and add its seconds per step to ``timing.txt``, each figure labelled
+   with the model it comes from.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import io
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,9 +71,36 @@ def sampler_of(prompt: dict, method: str) -> str:
     return decode["inputs"]["samples"][0]
 
 
+def real_size_lines(out: Path, model: str, steps: int, rounds: int) -> list[str]:
+    """Time the demo's three conditions on a real-size model (``benchmarks/real_size.py``, its own process: the
+    attention backend is fixed when ComfyUI is imported) and describe its figures."""
+    print(f"[demo] timing a real-size model with random weights ({model}), {rounds} rounds of {steps} steps")
+    path = out / "real_size.json"
+    command = [sys.executable, "-m", "benchmarks.real_size", "--model", model, "--steps", str(steps)]
+    subprocess.run([*command, "--rounds", str(rounds), "--json", str(path)], cwd=REPO_ROOT, check=True)
+    timed = json.loads(path.read_text())
+    lines = [
+        (
+            f"real-size model, random weights: {timed['model']} ({timed['cut']}), batch 1, cfg 5, PyTorch attention, "
+            f"median seconds per step of {timed['rounds']} alternating runs of {timed['steps']} steps (min-max):"
+        )
+    ]
+    for row in timed["rows"]:
+        spread = f"{min(row['seconds_per_step']):.2f}-{max(row['seconds_per_step']):.2f}"
+        lines.append(f"  {row['name']}: {row['median']:.2f} s/step ({spread}), {row['speedup']:.2f}x vs unmerged")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output", help="output folder")
+    parser.add_argument(
+        "--real-size-model",
+        default="sd3-1024",
+        help="the speed benchmark's model timed after the demo (benchmarks/speed_models.py; 'smoke' for a test)",
+    )
+    parser.add_argument("--real-size-steps", type=int, default=2, help="steps per timed run of it")
+    parser.add_argument("--real-size-rounds", type=int, default=2, help="timed runs of it per condition")
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -98,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     model = next(node for node in prompt.values() if node["class_type"] == "UNETLoader")["inputs"]["unet_name"]
     lines = [
         (
-            f"tokenmerge demo: {model}, 128x128, batch 4, {settings['steps']} steps "
+            f"tokenmerge demo: {model} (8x8 = 64 image tokens), 128x128, batch 4, {settings['steps']} steps "
             f"{settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler (server events):"
         )
     ]
@@ -108,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         base = base or took
         ratio = f", {base / took:.2f}x vs unmerged" if took and base else ""
         lines.append(f"  {LABELS[method]}: {took:.2f} s{ratio}" if took else f"  {LABELS[method]}: not measured")
+    lines.append(
+        "  (64 image tokens are too few for merging to pay: its own work costs more than the compute it removes)"
+    )
+    lines += real_size_lines(out, args.real_size_model, args.real_size_steps, args.real_size_rounds)
     (out / "timing.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(f"[demo] {line}" for line in lines))
     print(
         f"[demo] files in {out}: side_by_side.png, unmerged.png, spatial_tome.png, ibtm.png, heatmap.png, "
-        "timing.txt, workflow_api.json, server/server.log"
+        "timing.txt, real_size.json, workflow_api.json, server/server.log"
     )
     return 0
 

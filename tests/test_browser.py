@@ -219,6 +219,10 @@ def test_the_demo_runs_from_the_editor_and_its_images_move_nothing(frontend_serv
         layout = page.evaluate(LAYOUT)
         assert {node["id"]: node["size"] for node in layout["nodes"]} == before
         assert_readable(DEMO, layout, workflow)
+        # The preview shows one grid (the first sample's), so its tiles are not shrunk to a quarter.
+        preview = next(node for node in workflow["nodes"] if node["type"] == "TokenMergeHeatmapPreview")
+        assert page.evaluate("(id) => window.app.graph.getNodeById(id).imgs.length", preview["id"]) == 1
+        assert preview["size"][0] >= 330
         assert not page.errors, page.errors
 
 

@@ -48,6 +48,16 @@ def test_every_example_is_committed_with_a_thumbnail_and_a_settings_note():
             assert (image.format, image.width) == ("JPEG", image.height), path.name
 
 
+def test_no_title_carries_a_value_that_could_go_stale():
+    """Titles name a node's or group's role; the values are in the widgets (a title like "IBTM 0.5" stays when
+    the ratio moves to 0.8)."""
+    for name in [*DEMOS, *EXAMPLES]:
+        workflow = load_example(name)
+        titles = [n["title"] for n in workflow["nodes"] if "title" in n] + [g["title"] for g in workflow["groups"]]
+        assert titles, name
+        assert not [t for t in titles if any(c.isdigit() for c in t)], name
+
+
 def test_every_public_model_file_an_example_names_can_be_downloaded_from_the_editor():
     """Each loader declares the files it names in ``properties.models`` (name, url, directory), which the graph
     editor offers to download when a file is missing: the name the widget holds, a Hugging Face URL, the folder the
@@ -98,9 +108,11 @@ def test_committed_examples_match_their_generator(comfy_server):
 
 
 def expected_preview_size(inputs: dict, side: int, steps: int) -> tuple[int, int]:
-    from tokenmerge.merging.heatmap import GAP, GLYPH_H, label_scale, tile_size
+    from tokenmerge.merging.heatmap import GAP, GLYPH_H, grid_shape, label_scale, tile_size
+    from tokenmerge.nodes.preview import select_steps
 
-    shown = steps if inputs["steps"] == "all" else 1
+    shown = len(select_steps(inputs["steps"], list(range(steps))))  # the chosen steps a short run recorded
+    assert grid_shape(shown)[0] == 1, "a test run this short shows one row of tiles"
     height, width = tile_size((1, 1), (side, side), shown)
     label = len(f"step {steps}/{steps} sigma 00.00")
     strip = (GLYPH_H + 2) * label_scale(width, label) + 2

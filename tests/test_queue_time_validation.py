@@ -133,6 +133,24 @@ CROSS_FIELD = [
         {"ratio", "deviation"},
         r"deviation=0.3 is out of range: allowed 0.0 to ratio=0.2",
     ),
+    (
+        "TokenMergeSDTMAdvanced",
+        {"start_percent": 0.5, "end_percent": 0.5},
+        {"start_percent", "end_percent"},
+        r"start_percent=0.5 must be below end_percent=0.5",
+    ),
+    (
+        "TokenMergeSDTMAdvanced",
+        {"block_start": 0.6, "block_end": 0.4},
+        {"block_start", "block_end"},
+        r"block_start=0.6 must be below block_end=0.4",
+    ),
+    (
+        "TokenMergeSpatialToMe",
+        {"block_start": 0.75, "block_end": 0.25},
+        {"block_start", "block_end"},
+        r"block_start=0.75 must be below block_end=0.25",
+    ),
 ]
 
 
@@ -158,6 +176,9 @@ def test_the_extremes_each_node_accepts_pass_queue_time_validation(comfy_server,
         ("TokenMergeSpatialToMe", {"ratio": 0.75}),
         ("TokenMergeSDTMAdvanced", {"ratio": 0.55}),
         ("TokenMergeSDTMAdvanced", {"ratio": 0.75, "deviation": 0.0}),
+        # ratio 0 returns the model unpatched: the SDTM default deviation 0.2 no longer exceeds anything
+        ("TokenMergeSDTMAdvanced", {"ratio": 0.0}),
+        ("TokenMergeImportanceAdvanced", {"ratio": 0.0, "dst_fraction": 0.9}),
     ]
     for node_id, overrides in accepted:
         assert queue_errors(comfy_server, node_id, widget_defaults(nodes[node_id]) | overrides) is None, node_id
@@ -204,18 +225,24 @@ def test_the_simple_sdtm_schedule_narrows_near_the_ends(pack):
 
 
 def test_every_range_comes_from_the_one_settings_table(pack):
-    """Each numeric input's default and range are the table's (the ratio and block range may be a node's variant:
-    a narrower slider or another default, never a wider range)."""
+    """Each numeric input of every node (the heatmap preview's too) has the table's default, range and slider step
+    (the ratio and block range may be a node's variant: a narrower slider or another default, never a wider
+    range)."""
+    from tokenmerge.nodes import preview
     from tokenmerge.patching.settings import SETTINGS
 
-    for node in merging_nodes().values():
+    checked = set()
+    for node in (*merging_nodes().values(), *preview.NODES):
         for inp in ranged(node):
             setting = SETTINGS[inp.id]
+            assert getattr(inp, "step", None) == setting.step, (node, inp.id)
             if inp.id in ("ratio", "block_start", "block_end"):
                 assert setting.low <= inp.min, (node, inp.id)
                 assert inp.max <= setting.high, (node, inp.id)
             else:
                 assert (inp.default, inp.min, inp.max) == (setting.default, setting.low, setting.high), inp.id
+            checked.add(inp.id)
+    assert checked == set(SETTINGS)  # every entry of the table is some node's input
 
 
 def test_the_merge_seed_keeps_its_control_widget(pack):

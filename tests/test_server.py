@@ -70,7 +70,7 @@ def test_prompt_with_a_bad_model_name_is_refused(comfy_server):
 def test_make_demo_produces_its_files(tmp_path, standin_models):
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--out", str(out)],
+        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--out", str(out), "--real-size-model", "smoke"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -86,7 +86,12 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     for label in ("unmerged", "spatial ToMe 0.5", "IBTM 0.5"):
         assert re.search(rf"{label}: \d+\.\d\d s", timing), timing
     assert re.search(r"IBTM 0.5: .*\d\.\d\dx vs unmerged", timing)
-    heatmap = png_size((out / "heatmap.png").read_bytes())  # six labelled steps over the IBTM images
+    # then the real-size timing (here the speed benchmark's smoke model), each figure under the model it is of
+    shapes, real = timing.split("real-size model, random weights: ")
+    assert "tokenmerge_shapes_sd3" in shapes
+    for label in ("unmerged", "spatial ToMe 0.5", "IBTM 0.5"):
+        assert re.search(rf"  {label}: \d+\.\d\d s/step \(\d+\.\d\d-\d+\.\d\d\), \d\.\d\dx vs unmerged", real)
+    heatmap = png_size((out / "heatmap.png").read_bytes())  # two labelled steps over the first IBTM image
     assert heatmap[0] > 256
     assert heatmap[1] > 128
     assert f"files in {out}" in done.stdout

@@ -55,6 +55,22 @@ def test_a_bad_value_is_refused_naming_the_input_the_value_and_the_range(cfg, me
         cfg.config.MergeConfig(cfg.config.Method[method], **values)
 
 
+def test_ratio_0_is_accepted_whatever_else_is_set_since_it_returns_the_model_unpatched(cfg):
+    MergeConfig, Method = cfg.config.MergeConfig, cfg.config.Method
+    config = MergeConfig(Method.SDTM, ratio=0.0, max_downsample=1, deviation=0.2, start_percent=0.6, end_percent=0.4)
+    assert config.ratio == 0.0
+    assert cfg.config.cross_field_problems(Method.SDTM, config.input_values()) == []
+
+
+def test_a_value_off_by_float_noise_is_accepted(cfg):
+    """A frontend with its float rounding turned off sends 0.7500000000000001 for the slider's 0.75."""
+    MergeConfig, Method = cfg.config.MergeConfig, cfg.config.Method
+    assert MergeConfig(Method.TOME, ratio=0.75 + 1e-16, max_downsample=1).ratio > 0.75
+    assert MergeConfig(Method.SDTM, ratio=0.55 + 1e-16, max_downsample=1, deviation=0.2).ratio > 0.55
+    with pytest.raises(ValueError, match=r"allowed 0\.0 to 0\.75"):
+        MergeConfig(Method.TOME, ratio=0.7501, max_downsample=1)
+
+
 @settings(max_examples=60, deadline=None)
 @given(ratio=st.floats(0.0, 1.0), dst_fraction=st.floats(0.05, 0.9), method=st.sampled_from(["IMPORTANCE", "TOME"]))
 def test_a_config_is_accepted_exactly_within_the_ratio_range_and_up_to_max_ratio(pack, ratio, dst_fraction, method):

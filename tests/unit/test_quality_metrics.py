@@ -21,6 +21,43 @@ def test_psnr_of_a_uniform_error_of_a_tenth_is_20_db_and_of_identical_images_inf
     assert math.isinf(qm.psnr(a, b)[1].item())
 
 
+def test_masked_psnr_counts_only_the_masked_pixels_and_is_nan_for_an_empty_mask():
+    a = torch.full((2, 3, 16, 16), 0.5)
+    b = a.clone()
+    b[:, :, :8] += 0.1  # the top half of each image is off by a tenth (20 dB there), the bottom exact
+    top = torch.zeros(2, 16, 16, dtype=torch.bool)
+    top[:, :8] = True
+    assert qm.psnr(a, b, top).tolist() == pytest.approx([20.0, 20.0])
+    assert math.isinf(qm.psnr(a, b, ~top)[0].item())
+    assert qm.psnr(a, b)[0].item() == pytest.approx(10 * math.log10(1 / 0.005))  # half the pixels: mse 0.005
+    assert math.isnan(qm.psnr(a, b, torch.zeros_like(top))[0].item())
+
+
+def test_masked_ssim_averages_the_windows_centred_in_the_mask():
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(1, 3, 24, 24, generator=gen)
+    b = a.clone()
+    b[:, :, :, 12:] = torch.rand(1, 3, 24, 12, generator=gen)  # the right half differs
+    left = torch.zeros(1, 24, 24, dtype=torch.bool)
+    left[:, :, :7] = True  # windows centred in columns 5 and 6 reach column 11 at most: identical there
+    assert qm.ssim(a, b, left).item() == pytest.approx(1.0)
+    right = ~left
+    assert qm.ssim(a, b, right).item() < qm.ssim(a, b).item() < 1.0
+    assert math.isnan(qm.ssim(a, b, torch.zeros_like(left)).item())
+
+
+def test_the_feature_distance_is_that_of_unit_vectors_and_the_error_is_the_standard_error():
+    a = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 5.0], [2.0, 2.0]])  # orthogonal: sqrt(2); same direction: 0
+    assert qm.feature_distance(a, b).tolist() == pytest.approx([math.sqrt(2), 0.0])
+    mean, error = qm.mean_and_error(torch.tensor([1.0, 2.0, 3.0, 4.0, math.nan]))  # NaN: an empty mask
+    assert mean == pytest.approx(2.5)
+    assert error == pytest.approx(math.sqrt(5 / 3) / 2)  # sample sd sqrt(5/3) over sqrt(4)
+    mean, error = qm.mean_and_error(torch.tensor([math.inf, 20.0]))  # an identical image: infinite PSNR
+    assert math.isinf(mean)
+    assert math.isnan(error)
+
+
 def test_ssim_of_two_flat_images_is_the_luminance_term_alone():
     """Flat images have no variance or covariance, so SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1)."""
     a, b = torch.full((1, 3, 16, 16), 0.5), torch.full((1, 3, 16, 16), 0.25)
