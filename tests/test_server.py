@@ -90,7 +90,7 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     shapes, real = timing.split("real-size model, random weights: ")
     assert "tokenmerge_shapes_sd3" in shapes
     for label in ("unmerged", "spatial ToMe 0.5", "IBTM 0.5"):
-        assert re.search(rf"  {label}: \d+\.\d\d s/step \(\d+\.\d\d-\d+\.\d\d\), \d\.\d\dx vs unmerged", real)
+        assert re.search(rf"  {label}: \d+\.\d\d s/step, \d\.\d\dx vs unmerged", real)
     heatmap = png_size((out / "heatmap.png").read_bytes())  # two labelled steps over the first IBTM image
     assert heatmap[0] > 256
     assert heatmap[1] > 128
