@@ -248,7 +248,14 @@ def test_quality_benchmark_quick_mode_checks_its_invariants(tmp_path, pack):
         rows = {row["cell"]: row for row in result["rows"]}
         assert math.isinf(rows["unmerged (repeat)"]["psnr"])  # the same seed gives the same image
         assert rows["unmerged (repeat)"]["ssim"] == pytest.approx(1.0)
+        assert math.isinf(rows["unmerged (repeat)"]["psnr_in"])  # inside and outside the objects alike
+        assert rows["unmerged (repeat)"]["ssim_out"] == pytest.approx(1.0)
+        assert rows["unmerged (repeat)"]["feature_distance"] == pytest.approx(0.0, abs=1e-6)
         assert {"tome 0.5", "ibtm 0.5"} <= set(rows)
+        merged = rows["ibtm 0.5"]
+        assert len(merged["per_image"]["psnr_in"]) == 8  # a value per prompt
+        assert 0 < merged["psnr_in_se"] < merged["psnr_in"]
+        assert 0 <= merged["feature_distance"] <= 2
         for row in result["rows"]:
             assert row["psnr"] > 0
             assert -1 <= row["ssim"] <= 1
@@ -261,6 +268,9 @@ def test_quality_benchmark_quick_mode_checks_its_invariants(tmp_path, pack):
         for figure in result["figures"]:
             assert (tmp_path / figure).stat().st_size > 5000
     assert "sdtm 0.5" in {row["cell"] for row in results[1]["rows"]}
+    text = report.read_text()
+    assert "| tome 0.5 | " in text.split("Inside and outside the prompted objects")[1]
+    assert re.search(r"Paired, ibtm minus spatial ToMe .*\n\n.*\n.*\n\| 0\.5 \| [+-]\d+\.\d\d ± \d+\.\d\d \|", text)
 
 
 def test_the_full_benchmark_cells_are_valid_configs_with_unique_names(pack):
@@ -563,3 +573,207 @@ def test_denoise_errors_of_the_committed_models_fall_with_the_noise(pack):
         assert all(0 < e < 2 for e in errors)
         assert errors[-1] < errors[0] / 10
         assert errors[-1] < 0.05
+
+
+# ------------------------------------------------------------------------------------------ the 256 px DiT
+def test_256_px_scenes_draw_the_same_objects_twice_as_large_at_the_same_places():
+    """``scenes.render(..., 256)``: a scene's geometry is in fractions of its side, so each object of a 256 px render
+    covers four times the pixels of its 128 px render (twice the size each way), centred at the same fraction of the
+    side; slots and labels do not depend on the side."""
+    batch = scenes.sample_scenes(11, 12)
+    _, small = scenes.render(batch)
+    images, large = scenes.render(batch, 256)
+    assert images.shape == (12, 3, 256, 256)
+    assert large.shape == (12, scenes.MAX_OBJECTS, 256, 256)
+
+    def centre(mask: torch.Tensor) -> torch.Tensor:
+        """The centre of mass (x, y) of ``mask`` [side, side], in fractions of the side."""
+        coords = (torch.arange(mask.shape[-1]) + 0.5) / mask.shape[-1]
+        return torch.stack([(mask.sum(0) * coords).sum(), (mask.sum(1) * coords).sum()]) / mask.sum()
+
+    for i, scene in enumerate(batch):
+        for j in range(len(scene.objects)):
+            assert large[i, j].sum().item() == pytest.approx(4 * small[i, j].sum().item(), rel=0.03)
+            # The same centre, within half a pixel of the 128 px render.
+            assert torch.allclose(centre(large[i, j]), centre(small[i, j]), atol=0.5 / 128)
+        assert large[i, len(scene.objects) :].sum() == 0
+
+
+def test_the_sanity_check_judges_256_px_samples_downscaled_to_what_the_classifier_knows():
+    """``sanity.py --side 256`` area-downscales its samples to 128 px before the classifier (trained on 128 px
+    renders) names them: on 256 px renders of held-out scenes it names the objects as it does at 128 px."""
+    from devkit.shapes_training import classifier
+    from devkit.shapes_training.sanity import judged_view, rates
+
+    batch = scenes.sample_scenes(EVAL_SEED, 32)
+    images, _ = scenes.render(batch, 256)
+    view = judged_view(images)
+    assert view.shape == (32, 3, 128, 128)
+    small, _ = scenes.render(batch)
+    assert torch.allclose(judged_view(small), small, atol=1e-6)  # a 128 px sample is judged as it is
+    labels = torch.stack([scene.slot_labels() for scene in batch])
+    with torch.no_grad():
+        predicted = classifier.load()(view).argmax(-1)  # [32, 5 slots]
+    assert rates(predicted, labels)["object"] >= 0.9
+
+
+def test_side_128_keeps_every_file_name_and_256_gets_its_own():
+    """The 128 px models' cache, run (checkpoint and log) and file keep their names; the 256 px DiT's differ, so
+    neither side's run overwrites the other's."""
+    from devkit.shapes_training import latents, train_denoiser, training
+
+    assert train_denoiser.weights_file("sd3") == train_denoiser.DIT_FILE
+    assert train_denoiser.weights_file("sd15") == train_denoiser.UNET_FILE
+    assert train_denoiser.weights_file("sd3", 256) == train_denoiser.DIT_FILE.with_name(
+        "tokenmerge_shapes_sd3_256.safetensors"
+    )
+    assert [train_denoiser.run_name("sd3"), train_denoiser.run_name("sd15"), train_denoiser.run_name("sd3", 256)] == [
+        "sd3",
+        "sd15",
+        "sd3-256",
+    ]
+    assert latents.cache_path().name == "latents.pt"
+    assert latents.cache_path(256) == latents.cache_path().with_name("latents-256.pt")
+    assert training.IN_PROGRESS_FILES == {"diffusion_models": ("tokenmerge_shapes_sd3_256.safetensors",)}
+    assert not set(training.IN_PROGRESS_FILES["diffusion_models"]) & set(DEMO_FILES["diffusion_models"])
+
+
+def test_the_256_px_dit_is_linked_for_the_server_once_it_is_exported(tmp_path, monkeypatch):
+    """``link_demo_models`` links the committed files, and the 256 px DiT only once its file exists."""
+    from devkit.shapes_training import training
+
+    demo = tmp_path / "demo_models"
+    for sub, names in DEMO_FILES.items():
+        (demo / sub).mkdir(parents=True)
+        for name in names:
+            (demo / sub / name).write_bytes(b"")
+    monkeypatch.setattr(training, "DEMO_MODELS", demo)
+    committed = sum(len(names) for names in DEMO_FILES.values())
+    link = tmp_path / "models" / "diffusion_models" / "tokenmerge_shapes_sd3_256.safetensors"
+    assert len(training.link_demo_models(tmp_path / "models")) == committed
+    assert not link.is_symlink()
+    (demo / "diffusion_models" / link.name).write_bytes(b"")
+    assert len(training.link_demo_models(tmp_path / "models")) == committed + 1
+    assert link.resolve() == (demo / "diffusion_models" / link.name).resolve()
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["sd15", "--side", "256"], "--side is for sd3 only"),
+        (["sd15", "--side", "256", "--export"], "--side is for sd3 only"),
+        (["sd3", "--side", "200"], "a multiple of 16"),
+        (["sd3", "--side", "512"], "up to 256"),
+    ],
+)
+def test_train_denoiser_refuses_a_side_its_model_has_no_run_for(argv, named, capsys):
+    """The UNet is trained at 128 px only; the DiT's side must be whole tokens (16 px) within its 16x16 position
+    table."""
+    from devkit.shapes_training.train_denoiser import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert named in capsys.readouterr().err
+
+
+def test_the_sanity_check_refuses_a_side_without_a_model(tmp_path, monkeypatch, capsys, pack):
+    """``sanity.py --side 256`` needs the 256 px DiT: refused for the UNet, and for the DiT until it is exported
+    (its checkpoint can be judged before, with ``--checkpoint``)."""
+    from devkit.shapes_training import sanity, train_denoiser
+
+    monkeypatch.setattr(train_denoiser, "DEMO_MODELS", tmp_path)  # no 256 px export there
+    for argv, named in (
+        (["sd15", "--side", "256"], "--side is for sd3 only"),
+        (["sd3", "--side", "256"], "not exported"),
+    ):
+        with pytest.raises(SystemExit):
+            sanity.main(argv)
+        assert named in capsys.readouterr().err
+
+
+def _small_cache(tmp_path, monkeypatch, side: int) -> dict:
+    """A latent cache of 4 training scenes rendered at ``side`` px, in ``tmp_path`` (chunks of 2 scenes instead of 64,
+    for speed; the loss weights read the same chunks)."""
+    from devkit.shapes_training import latents
+
+    monkeypatch.setattr(latents, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(latents, "CHUNK", 2)
+    latents.build_cache(4, side)
+    return latents.load_cache(side)
+
+
+def test_256_px_training_batches_are_32x32_latents_that_the_committed_dit_reads_as_256_tokens(
+    tmp_path, monkeypatch, pack
+):
+    """The 256 px cache holds 32x32 latents, its loss weights mask the objects at 32x32, and the committed 128 px DiT
+    runs on them unchanged: 256 image tokens per block, the whole of its 16x16 position table (a 16x16 latent reads
+    the centre 8x8 of it), and an output of the input's shape."""
+    import safetensors.torch
+
+    from devkit.shapes_training import latents
+    from devkit.shapes_training.train_denoiser import DIT_FILE, build, forward, loss_weights, model_inputs
+    from devkit.shapes_training.train_vae import VAE3_FILE, VAE_FILE
+
+    cache = _small_cache(tmp_path, monkeypatch, 256)
+    assert latents.cache_path(256).exists()
+    assert cache["latents"].shape == (4, 4, 32, 32)
+    raw = latents.to_sd3_raw(cache["latents"], VAE_FILE, VAE3_FILE)  # [4, 16, 32, 32]
+    weights = loss_weights(4, raw.shape[-1], object_weight=2.0)
+    assert weights.shape == (4, 1, 32, 32)
+    assert (weights.min().item(), weights.max().item()) == (1.0, 3.0)  # the background, inside the objects
+    model = build("sd3")
+    net = model.diffusion_model
+    net.load_state_dict(safetensors.torch.load_file(str(DIT_FILE)))
+    x, timestep, target, _ = model_inputs("sd3", model, raw, torch.Generator().manual_seed(0))
+    assert x.shape == target.shape == (4, 16, 32, 32)
+    tokens = []
+    net.x_embedder.register_forward_hook(lambda _module, _inputs, output: tokens.append(tuple(output.shape)))
+    context, pooled = prompt.encode_batch([prompt.parse(text) for text in cache["prompts"]])
+    with torch.no_grad():
+        prediction = forward("sd3", net, x, timestep, context, pooled)
+    assert prediction.shape == (4, 16, 32, 32)
+    assert tokens == [(4, 256, 192)]
+    table = net.pos_embed.view(1, 16, 16, -1)  # [1, row, column, width]
+    assert torch.equal(net.cropped_pos_embed((32, 32)), net.pos_embed)
+    assert torch.equal(net.cropped_pos_embed((16, 16)), table[:, 4:12, 4:12].reshape(1, 64, -1))
+
+
+def test_the_256_px_run_fine_tunes_the_committed_128_px_dit_and_exports_under_its_own_names(
+    tmp_path, monkeypatch, pack
+):
+    """``train_denoiser.py sd3 --side 256 --from-export``: with no 256 px export yet, the run ``sd3-256`` starts at step
+    0 from the committed 128 px file; ``--export`` writes ``tokenmerge_shapes_sd3_256.safetensors`` (an SD3 model to
+    the stock loader), from which a fresh clone's ``--from-export`` continues at the step the log records. Only the
+    256 px run's checkpoint and log are written."""
+    import comfy.sd
+    import safetensors.torch
+
+    from devkit.shapes_training import train_denoiser, training
+
+    _small_cache(tmp_path, monkeypatch, 256)
+    files = tmp_path / "demo_models" / "diffusion_models"
+    files.mkdir(parents=True)
+    (files / train_denoiser.DIT_FILE.name).symlink_to(train_denoiser.DIT_FILE)
+    monkeypatch.setattr(train_denoiser, "DEMO_MODELS", tmp_path / "demo_models")
+    monkeypatch.setattr(training, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(training, "CHECKPOINTS", tmp_path / "checkpoints")
+
+    train_denoiser.train("sd3", steps=1, batch=2, lr=1e-4, object_weight=2.0, from_export=True, side=256)
+    log = tmp_path / "logs" / "sd3-256.log"
+    assert "started from tokenmerge_shapes_sd3.safetensors at step 0" in log.read_text()
+    checkpoint = torch.load(tmp_path / "checkpoints" / "sd3-256.pt", weights_only=True)
+    assert checkpoint["step"] == 1
+    committed = safetensors.torch.load_file(str(train_denoiser.DIT_FILE))
+    assert torch.equal(checkpoint["net"]["pos_embed"], committed["pos_embed"].float())  # a buffer: never trained
+
+    train_denoiser.export("sd3", 256)
+    exported = files / "tokenmerge_shapes_sd3_256.safetensors"
+    loaded = comfy.sd.load_diffusion_model(str(exported))
+    assert type(loaded.model).__name__ == "SD3"
+    assert tuple(loaded.model.diffusion_model.pos_embed.shape) == (1, 256, 192)
+
+    (tmp_path / "checkpoints" / "sd3-256.pt").unlink()  # a fresh clone: checkpoints are not committed
+    train_denoiser.train("sd3", steps=2, batch=2, lr=1e-4, object_weight=2.0, from_export=True, side=256)
+    assert "started from tokenmerge_shapes_sd3_256.safetensors at step 1" in log.read_text()
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == ["sd3-256.log"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["sd3-256.pt"]

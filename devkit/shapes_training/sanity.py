@@ -4,9 +4,12 @@ Samples held-out prompts (scenes no model trained on) with CFG and without it (c
 demo VAE and asks the classifier, per prompted object, whether its slot holds the prompted shape and colour.
 The bar (issue 7): at least 90 % with CFG, clearly less without. The colour-only and shape-only rates say
 which half is missing. ``--checkpoint`` judges the EMA weights of the training checkpoint (stored as the export would
-store them) instead of the committed file, so a run can be checked mid-way without an export::
+store them) instead of the committed file, so a run can be checked mid-way without an export. ``--side 256`` samples
+the 256 px DiT (its export, or with ``--checkpoint`` its run's checkpoint) at 256x256 and judges the samples
+downscaled to the classifier's 128 px::
 
     .comfyui/venv/bin/python devkit/shapes_training/sanity.py sd15 [--checkpoint] [--samples 48] [--grid out.png]
+    .comfyui/venv/bin/python devkit/shapes_training/sanity.py sd3 --side 256 [--checkpoint]
 """
 
 from __future__ import annotations
@@ -19,20 +22,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
+# The committed models' side (the kit's scenes.SIDE), from a module that imports neither ComfyUI nor the kit: main
+# imports ComfyUI before the kit, so that the kit finds the whole pack.
+from benchmarks.quality_cells import SIDE
 from devkit import comfy_env
 
 BAR = 0.9
 
 
-def checkpoint_model(family: str):
-    """The ModelPatcher of the EMA weights in ``family``'s training checkpoint."""
+def checkpoint_model(family: str, side: int = SIDE):
+    """The ModelPatcher of the EMA weights in the training checkpoint of ``family`` on ``side`` px scenes."""
     import comfy.sd
 
     from devkit.shapes_training.train_denoiser import checkpoint_weights
 
-    step, weights = checkpoint_weights(family)
+    step, weights = checkpoint_weights(family, side)
     print(f"[sanity] {family} checkpoint at step {step}", flush=True)
     return comfy.sd.load_diffusion_model_state_dict(weights)
+
+
+def exported_model(family: str, side: int):
+    """The ModelPatcher of ``family``'s exported file for ``side`` px scenes, loaded as the stock UNETLoader does."""
+    import comfy.sd
+
+    from devkit.shapes_training.train_denoiser import weights_file
+
+    path = weights_file(family, side)
+    print(f"[sanity] {family} at {side} px from {path.name}", flush=True)
+    return comfy.sd.load_diffusion_model(str(path))
+
+
+def judged_view(images: torch.Tensor) -> torch.Tensor:
+    """Samples [B, 3, side, side] as the classifier knows scenes: area-downscaled (each pixel the mean of the square
+    it covers, so antialiased) to the 128 px it was trained on [B, 3, 128, 128]; a 128 px sample is unchanged."""
+    return torch.nn.functional.interpolate(images, size=(SIDE, SIDE), mode="area")
 
 
 def rates(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -60,6 +83,7 @@ def sanity(
     cfg: float,
     grid: Path | None = None,
     seed: int | None = None,
+    side: int = SIDE,
 ) -> dict[str, dict[str, float]]:
     from benchmarks import quality
     from devkit.shapes_training import classifier, scenes
@@ -67,7 +91,9 @@ def sanity(
 
     loaded = quality.load_family(family)  # the committed files, as the benchmark samples them
     if checkpoint:
-        loaded.model = checkpoint_model(family)
+        loaded.model = checkpoint_model(family, side)
+    elif side != SIDE:
+        loaded.model = exported_model(family, side)
     model = loaded.model
     held_out = scenes.sample_scenes(EVAL_SEED if seed is None else seed, samples)
     labels = torch.stack([scene.slot_labels() for scene in held_out])
@@ -77,12 +103,13 @@ def sanity(
             chunk = held_out[start : start + batch]
             seeds = list(range(start, start + len(chunk)))
             for scale, decoded in images.items():
-                latents = quality.sample_batch(loaded, model, seeds, [s.prompt for s in chunk], steps, scale)
+                latents = quality.sample_batch(loaded, model, seeds, [s.prompt for s in chunk], steps, scale, side)
                 decoded.append(quality.decode(loaded, latents))
     judge = classifier.load()
     with torch.no_grad():
         result = {
-            f"cfg {scale:g}": rates(judge(torch.cat(batches)).argmax(-1), labels) for scale, batches in images.items()
+            f"cfg {scale:g}": rates(judge(judged_view(torch.cat(batches))).argmax(-1), labels)
+            for scale, batches in images.items()
         }
     if grid is not None:
         write_grid(grid, torch.cat(images[cfg])[:16], [s.prompt.text() for s in held_out[:16]])
@@ -124,17 +151,36 @@ def main(argv: list[str] | None = None) -> int:
         help="scene seed (default EVAL_SEED; any seed from 10^6 on is held out): "
         "a second held-out set to choose between checkpoints, so the reported one stays unbiased",
     )
+    parser.add_argument(
+        "--side",
+        type=int,
+        default=SIDE,
+        help=f"sd3: sample the model trained on scenes of this side in px (default {SIDE}), judged downscaled",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     comfy_env.bootstrap_comfyui()
     comfy_env.import_pack()  # the benchmark's conditioning reads the pack's prompt encoder
+    from devkit.shapes_training.train_denoiser import side_error, weights_file
+
     if args.seed is not None and args.seed < 1_000_000:
         parser.error(f"--seed must be at least 1000000 (training draws from the seeds below), got {args.seed}")
-    result = sanity(args.family, args.checkpoint, args.samples, args.steps, args.batch, args.cfg, args.grid, args.seed)
-    for name, rates in result.items():
-        print(f"[sanity] {args.family} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()), flush=True)
+    error = side_error(args.family, args.side)
+    if error is not None:
+        parser.error(error)
+    if args.side != SIDE and not args.checkpoint and not weights_file(args.family, args.side).exists():
+        parser.error(
+            f"{weights_file(args.family, args.side).name} is not exported yet: export the run "
+            f"(train_denoiser.py {args.family} --side {args.side} --export) or judge its checkpoint (--checkpoint)"
+        )
+    result = sanity(
+        args.family, args.checkpoint, args.samples, args.steps, args.batch, args.cfg, args.grid, args.seed, args.side
+    )
+    name = args.family if args.side == SIDE else f"{args.family} at {args.side} px"
+    for cell, rates in result.items():
+        print(f"[sanity] {name} {cell}: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()), flush=True)
     met = result[f"cfg {args.cfg:g}"]["object"] >= BAR
     print(f"[sanity] bar ({BAR:.0%} of objects with CFG): {'met' if met else 'not met'}", flush=True)
     return 0

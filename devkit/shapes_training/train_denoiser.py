@@ -11,7 +11,14 @@
 * ``sd3``: a small MMDiT (``mmdit.OpenAISignatureMMDITWrapper``) that ComfyUI sizes from its tensors:
   depth 3 (hidden 192, 3 heads), patch size 2 (64 image tokens on a 16x16 latent; ComfyUI's
   position embedding crop assumes patch 2), 768-wide context and pooled inputs. Rectified flow
-  (v = noise - x0) with SD3's shift of 3.
+  (v = noise - x0) with SD3's shift of 3. ``--side 256`` trains it on 256x256 scenes (a 32x32 latent, 256 image
+  tokens per block, where token merging matters) in a run of its own (``sd3-256``, :func:`run_name`), written to a
+  file of its own (:func:`weights_file`); ``--from-export`` starts that run from the committed 128 px weights.
+  The weights do not depend on the token count, and the position table already spans 256 px: ComfyUI's MMDiT
+  (``mmdit.MMDiT.cropped_pos_embed``) crops the centre of its ``pos_embed_max_size`` x ``pos_embed_max_size``
+  table (16 x 16, ``POS_EMBED_SIDE``) to the token grid, so a 128 px scene's 8x8 tokens read rows and columns 4-11
+  of it and a 256 px scene's 16x16 tokens the whole table (top and left offsets 0), the largest grid it serves.
+  The five slots sit at other table positions at 256 px, which the fine-tune has to learn.
 
 Both use ComfyUI's own ``model_sampling`` objects for the noise, input scaling and timestep conversion, so
 training matches what the samplers do. Conditioning comes from :mod:`shapes.prompt`; 10 % of the samples
@@ -33,12 +40,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from devkit import comfy_env
+from devkit.shapes_training.scenes import SIDE
 from devkit.shapes_training.teacher import MIN_SIGMA, DitTeacher
-from devkit.shapes_training.training import DEMO_MODELS, Run
+from devkit.shapes_training.training import DEMO_MODELS, Run, denoiser_file_name
 from tokenmerge.shapes import prompt as shapes_prompt
 
 UNET_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd15.safetensors"
 DIT_FILE = DEMO_MODELS / "diffusion_models" / "tokenmerge_shapes_sd3.safetensors"
+# The side of the DiT's position table in tokens, and the largest scene it serves: a token is a 2x2 patch of the VAE's
+# 1/8 latent, 16 px of the scene (see the module docstring).
+POS_EMBED_SIDE = 16
+PX_PER_TOKEN = 8 * 2
+MAX_DIT_SIDE = PX_PER_TOKEN * POS_EMBED_SIDE
 COND_DROPOUT = 0.1
 EMA_DECAY = 0.995
 # The families whose file stores its matrices and convolution kernels in fp8 (e4m3, unscaled; the biases and norms in
@@ -75,8 +88,8 @@ def dit_config() -> dict:
         "depth": 3,
         "patch_size": 2,
         "adm_in_channels": width,
-        "pos_embed_max_size": 16,
-        "num_patches": 16 * 16,
+        "pos_embed_max_size": POS_EMBED_SIDE,
+        "num_patches": POS_EMBED_SIDE * POS_EMBED_SIDE,
         "context_embedder_config": {
             "target": "torch.nn.Linear",
             "params": {"in_features": width, "out_features": 64 * 3},
@@ -84,9 +97,26 @@ def dit_config() -> dict:
     }
 
 
-def weights_file(family: str) -> Path:
-    """The committed UNETLoader file of ``family``."""
-    return UNET_FILE if family == "sd15" else DIT_FILE
+def weights_file(family: str, side: int = SIDE) -> Path:
+    """The UNETLoader file of ``family`` trained on ``side`` px scenes: the committed file at 128 px
+    (``UNET_FILE``, ``DIT_FILE``), a file of its own at another side."""
+    return DEMO_MODELS / "diffusion_models" / denoiser_file_name(family, side)
+
+
+def run_name(family: str, side: int = SIDE) -> str:
+    """The training run (checkpoint and log) of ``family`` on ``side`` px scenes: ``sd3`` at 128 px, ``sd3-256``
+    at 256, so that the runs of two sides never share a checkpoint."""
+    return family if side == SIDE else f"{family}-{side}"
+
+
+def export_to_start_from(run: Run, family: str, side: int) -> tuple[Path, int, float]:
+    """(file, step, elapsed seconds) that ``--from-export`` continues ``run`` from: ``family``'s export at ``side``,
+    at the step its log records; at a side other than 128 px that has no export yet, the committed 128 px file,
+    from step 0 of the new run (a fine-tune: the weights fit any token grid the position table covers)."""
+    path = weights_file(family, side)
+    if side != SIDE and not path.exists():
+        return weights_file(family), 0, 0.0
+    return path, *run.last_export()
 
 
 def build(family: str):
@@ -221,26 +251,30 @@ def forward(family: str, net: torch.nn.Module, x, timestep, context, pooled):
     return net(x, timestep, context=context, y=pooled)
 
 
-def loss_weights(count: int, side: int, object_weight: float) -> torch.Tensor:
-    """Per-latent-pixel loss weights [count, 1, side, side] for the cached scenes: 1 on the background,
+def loss_weights(count: int, latent_side: int, object_weight: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights [count, 1, latent_side, latent_side] for the cached scenes: 1 on the background,
     1 + ``object_weight`` inside the objects. The backgrounds' textures dominate a plain MSE, yet the objects are
-    what the prompt (and the classifier) is about."""
+    what the prompt (and the classifier) is about. A scene's geometry is in fractions of its side, so the masks are
+    rendered at the latent's side, whatever side the cache's scenes were rendered at (16 for 128 px, 32 for 256)."""
     from devkit.shapes_training import latents as latent_cache
     from devkit.shapes_training import scenes
 
     masks = []
     for start in range(0, count, latent_cache.CHUNK):
-        _, chunk_masks = scenes.render(scenes.sample_scenes(latent_cache.scene_seed(start), latent_cache.CHUNK), side)
-        masks.append(chunk_masks.amax(1, keepdim=True))  # union of the objects [CHUNK, 1, side, side]
+        chunk = scenes.sample_scenes(latent_cache.scene_seed(start), latent_cache.CHUNK)
+        _, chunk_masks = scenes.render(chunk, latent_side)
+        masks.append(chunk_masks.amax(1, keepdim=True))  # union of the objects [CHUNK, 1, latent_side, latent_side]
     return 1 + object_weight * torch.cat(masks)[:count]
 
 
-def load_teacher(student) -> DitTeacher:
-    """The committed DiT (``DIT_FILE``) as the UNet's teacher."""
+def load_teacher(student, side: int = SIDE) -> DitTeacher:
+    """The exported DiT of ``side`` px scenes (``DIT_FILE`` at 128) as the UNet's teacher, or as the DiT that
+    ``denoise_errors.py`` compares the UNet with."""
     import safetensors.torch
 
     dit = build("sd3")
-    dit.diffusion_model.load_state_dict(safetensors.torch.load_file(str(DIT_FILE)))  # fp16 into fp32 parameters
+    path = weights_file("sd3", side)
+    dit.diffusion_model.load_state_dict(safetensors.torch.load_file(str(path)))  # fp16 into fp32 parameters
     return DitTeacher(student, dit)
 
 
@@ -258,23 +292,26 @@ def train(
     bf16: bool = False,
     weighted_timesteps: bool = False,
     save_every: int = 50,
+    side: int = SIDE,
 ) -> None:
+    """Train ``family`` to ``steps`` in total on the cached latents of ``side`` px scenes (the arguments are the
+    command line's flags), resuming its run's checkpoint."""
     from devkit.shapes_training import latents as latent_cache
 
     model = build(family)
     net = model.diffusion_model
     ema = copy.deepcopy(net).requires_grad_(requires_grad=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    run = Run(family, {"net": net, "ema": ema}, optimizer)
+    run = Run(run_name(family, side), {"net": net, "ema": ema}, optimizer)
     if from_export and not run.resumed:
         import safetensors.torch
 
-        path = weights_file(family)
+        path, step, elapsed = export_to_start_from(run, family, side)
         exported = safetensors.torch.load_file(str(path))  # the EMA weights, fp16 or fp8
         net.load_state_dict(exported)  # copied into the fp32 parameters
         ema.load_state_dict(exported)
-        run.start_from(*run.last_export(), source=path.name)
-    cache = latent_cache.load_cache()
+        run.start_from(step, elapsed, source=path.name)
+    cache = latent_cache.load_cache(side)
     raw_all = cache["latents"]
     if family == "sd3":
         from devkit.shapes_training.train_vae import VAE3_FILE, VAE_FILE
@@ -354,25 +391,41 @@ def export_dtype(family: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.half().contiguous()
 
 
-def checkpoint_weights(family: str) -> tuple[int, dict[str, torch.Tensor]]:
-    """(step, EMA weights) of ``family``'s training checkpoint, in the dtypes the export would write (fp8 kernels for
-    the UNet), so that a figure measured on them is the file's."""
+def checkpoint_weights(family: str, side: int = SIDE) -> tuple[int, dict[str, torch.Tensor]]:
+    """(step, EMA weights) of the training checkpoint of ``family`` on ``side`` px scenes, in the dtypes the export
+    would write (fp8 kernels for the UNet), so that a figure measured on them is the file's."""
     from devkit.shapes_training.training import CHECKPOINTS
 
-    state = torch.load(CHECKPOINTS / f"{family}.pt", weights_only=True)
+    state = torch.load(CHECKPOINTS / f"{run_name(family, side)}.pt", weights_only=True)
     return state["step"], {k: export_dtype(family, v) for k, v in state["ema"].items()}
 
 
-def export(family: str) -> None:
+def export(family: str, side: int = SIDE) -> None:
+    """Write the EMA weights of the checkpoint of ``family`` on ``side`` px scenes to its UNETLoader file."""
     import safetensors.torch
 
     model = build(family)
     ema = copy.deepcopy(model.diffusion_model)
-    run = Run(family, {"net": model.diffusion_model, "ema": ema}, torch.optim.AdamW(model.parameters()))
-    path = weights_file(family)
+    run = Run(run_name(family, side), {"net": model.diffusion_model, "ema": ema}, torch.optim.AdamW(model.parameters()))
+    path = weights_file(family, side)
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: export_dtype(family, v) for k, v in ema.state_dict().items()}, path)
     run.log(f"exported the EMA weights of step {run.step} to {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def side_error(family: str, side: int) -> str | None:
+    """Why ``family`` has no run on ``side`` px scenes, or None if it has: the UNet is trained at 128 px only; the
+    DiT's side must be a whole number of tokens within its position table."""
+    if side == SIDE:
+        return None
+    if family != "sd3":
+        return f"--side is for sd3 only ({family} is trained on {SIDE} px scenes), got --side {side} for {family}"
+    if side % PX_PER_TOKEN or not PX_PER_TOKEN <= side <= MAX_DIT_SIDE:
+        return (
+            f"--side for sd3 must be a multiple of {PX_PER_TOKEN} (px per token) up to {MAX_DIT_SIDE} (its "
+            f"{POS_EMBED_SIDE}x{POS_EMBED_SIDE} position table), got {side}"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-export",
         action="store_true",
-        help="without a checkpoint, continue from the committed weights (step from the log)",
+        help="without a checkpoint, continue from the committed weights (step from the log); at a --side with no "
+        f"export yet, fine-tune the {SIDE} px file from step 0",
+    )
+    parser.add_argument(
+        "--side",
+        type=int,
+        default=SIDE,
+        help=f"sd3: train on scenes of this side in px (its own latent cache, run and file; default {SIDE})",
     )
     parser.add_argument(
         "--ema-decay",
@@ -430,11 +490,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export", action="store_true", help="write the UNETLoader file from the checkpoint")
     args = parser.parse_args(argv)
+    error = side_error(args.family, args.side)
+    if error is not None:
+        parser.error(error)
     if args.threads:
         torch.set_num_threads(args.threads)
     comfy_env.bootstrap_comfyui()
     if args.export:
-        export(args.family)
+        export(args.family, args.side)
     else:
         if not 0.0 <= args.ema_decay < 1.0:
             parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
@@ -457,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             args.v_weighting,
             args.bf16,
             args.weighted_timesteps,
+            side=args.side,
         )
     return 0
 

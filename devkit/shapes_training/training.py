@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from devkit import REPO_ROOT
+from devkit.shapes_training.scenes import SIDE
 
 DEMO_MODELS = REPO_ROOT / "demo_models"
 CHECKPOINTS = REPO_ROOT / ".comfyui" / "shapes_checkpoints"
@@ -59,15 +60,8 @@ class Run:
         self.log(f"started from {source} at step {step} ({elapsed / 60:.1f} min so far), fresh optimiser")
 
     def last_export(self) -> tuple[int, float]:
-        """(step, elapsed seconds) of the last export this run's log records: what the committed file holds. An
-        export that was not kept is followed by a ``restored ... step N`` line, which names the step it went back to."""
-        text = self.log_path.read_text() if self.log_path.exists() else ""
-        exports = re.findall(rf"\[{self.name}\] (?:exported|restored)\D*step (\d+)", text)
-        if not exports:
-            raise FileNotFoundError(f"{self.log_path} records no export to start from")
-        step = int(exports[-1])
-        walls = re.findall(rf"\[{self.name}\] step {step} loss \S+ wall ([\d.]+) min", text)
-        return step, float(walls[-1]) * 60 if walls else 0.0
+        """(step, elapsed seconds) of the last export this run's log records: what the committed file holds."""
+        return logged_export(self.name)
 
     def wall(self) -> float:
         return self._base + time.perf_counter() - self._started
@@ -126,23 +120,57 @@ class Run:
         Path(str(self.path) + ".tmp").replace(self.path)
 
 
+def logged_export(name: str) -> tuple[int, float]:
+    """(step, elapsed seconds) of the last export the log of run ``name`` records. An export that was not kept is
+    followed by a ``restored ... step N`` line, which names the step it went back to."""
+    log_path = LOGS / f"{name}.log"
+    text = log_path.read_text() if log_path.exists() else ""
+    exports = re.findall(rf"\[{re.escape(name)}\] (?:exported|restored)\D*step (\d+)", text)
+    if not exports:
+        raise FileNotFoundError(f"{log_path} records no export to start from")
+    step = int(exports[-1])
+    walls = re.findall(rf"\[{re.escape(name)}\] step {step} loss \S+ wall ([\d.]+) min", text)
+    return step, float(walls[-1]) * 60 if walls else 0.0
+
+
+def denoiser_file_name(family: str, side: int = SIDE) -> str:
+    """The UNETLoader file name of ``family``'s denoiser trained on ``side`` px scenes: the committed name at 128 px,
+    a name of its own at another side, so that a run at one side never overwrites another side's file."""
+    suffix = "" if side == SIDE else f"_{side}"
+    return f"tokenmerge_shapes_{family}{suffix}.safetensors"
+
+
 # The committed demo model files, by the ComfyUI models sub-folder they belong in.
 DEMO_FILES = {
     "vae": ("tokenmerge_shapes_taesd.safetensors", "tokenmerge_shapes_taesd3.safetensors"),
     "diffusion_models": ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_sd3.safetensors"),
 }
+# Demo model files of runs still in progress: absent until their run exports them, linked for the server once it
+# has. Not in DEMO_FILES, which the tests and the size budget count as committed.
+IN_PROGRESS_FILES = {"diffusion_models": (denoiser_file_name("sd3", 256),)}
 
 
 def link_demo_models(models_dir: Path) -> list[Path]:
-    """Symlink the committed demo models into a ComfyUI models folder (``models_dir/vae``, ...)."""
+    """Symlink the committed demo models into a ComfyUI models folder (``models_dir/vae``, ...), and those of
+    IN_PROGRESS_FILES that exist."""
     linked = []
     for sub, names in DEMO_FILES.items():
         for name in names:
-            source, link = DEMO_MODELS / sub / name, Path(models_dir) / sub / name
+            source = DEMO_MODELS / sub / name
             if not source.exists():
                 raise FileNotFoundError(f"demo model {source} is missing (see devkit/shapes_training/README.md)")
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to(source)
-            linked.append(link)
+            linked.append(_link(source, Path(models_dir) / sub / name))
+    for sub, names in IN_PROGRESS_FILES.items():
+        for name in names:
+            source = DEMO_MODELS / sub / name
+            if source.exists():
+                linked.append(_link(source, Path(models_dir) / sub / name))
     return linked
+
+
+def _link(source: Path, link: Path) -> Path:
+    """``link``, made a symlink to ``source`` unless it is one already."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(source)
+    return link
