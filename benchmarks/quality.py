@@ -131,15 +131,6 @@ def decode(loaded: Loaded, latents: torch.Tensor) -> torch.Tensor:
     return loaded.vae.decode(latents).float().movedim(-1, 1).clamp(0, 1)  # [B, H, W, 3] -> [B, 3, H, W]
 
 
-def object_pixels(scenes_batch: list, widen: int = 3) -> torch.Tensor:
-    """Pixels of the prompted objects [B, SIDE, SIDE] (bool): the union of their masks, widened by ``widen``."""
-    from devkit.shapes_training import scenes
-
-    _, masks = scenes.render(scenes_batch, SIDE)
-    union = masks.amax(1, keepdim=True) > 0.5  # [B, 1, SIDE, SIDE]
-    return torch.nn.functional.max_pool2d(union.float(), 2 * widen + 1, stride=1, padding=widen).squeeze(1) > 0
-
-
 def object_masks(scenes_batch: list, side: int) -> torch.Tensor:
     """Union of the prompted objects' masks on a side x side grid [B, side, side] (bool)."""
     from devkit.shapes_training import scenes
@@ -147,6 +138,13 @@ def object_masks(scenes_batch: list, side: int) -> torch.Tensor:
     _, masks = scenes.render(scenes_batch)
     union = masks.amax(1, keepdim=True)
     return torch.nn.functional.adaptive_avg_pool2d(union, side).squeeze(1) > 0.5
+
+
+def object_pixels(scenes_batch: list, widen: int = 3) -> torch.Tensor:
+    """Pixels of the prompted objects [B, SIDE, SIDE] (bool): :func:`object_masks` at full size, widened by
+    ``widen`` pixels each way."""
+    union = object_masks(scenes_batch, SIDE).unsqueeze(1).float()  # [B, 1, SIDE, SIDE]
+    return torch.nn.functional.max_pool2d(union, 2 * widen + 1, stride=1, padding=widen).squeeze(1) > 0
 
 
 @dataclass
@@ -224,13 +222,14 @@ def run_family(
     real_accuracy, real_features = judged(real)
     no_cfg_accuracy, no_cfg_features = judged(torch.cat(no_cfg))
     reference = torch.cat(results["unmerged"].images)
-    _, reference_features = judged(reference)
+    verdicts = {cell.name: judged(torch.cat(results[cell.name].images)) for cell in cells}
+    reference_features = verdicts["unmerged"][1]
     inside = object_pixels(held_out)
     base_seconds = results["unmerged"].seconds
     rows = []
     for cell in cells:
         images = torch.cat(results[cell.name].images)
-        accuracy, features = judged(images)
+        accuracy, features = verdicts[cell.name]
         per_image = {  # a value per prompt, for the standard errors and the paired differences of the report
             "psnr_in": qm.psnr(images, reference, inside),
             "psnr_out": qm.psnr(images, reference, ~inside),

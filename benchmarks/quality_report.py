@@ -21,12 +21,13 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "inf" if math.isinf(value) else f"{value:.{digits}f}"
 
 
+def plain(r: dict) -> bool:
+    """Whether row ``r`` is one of the method x ratio cells (not a preset, a hybrid or a knob)."""
+    return r["cell"] == f"{r['method']} {r['ratio']}"
+
+
 def verdict(rows: list[dict], method: str) -> list[str]:
     """IBTM (or SDTM) against spatial ToMe, at equal ratio and at equal measured speed-up (ToMe interpolated)."""
-
-    def plain(r: dict) -> bool:  # the method x ratio cells (not the hybrids)
-        return r["cell"] == f"{r['method']} {r['ratio']}"
-
     tome = sorted((r for r in rows if r["method"] == "tome" and plain(r)), key=lambda r: r["speedup"])
     lines = []
     for row in (r for r in rows if r["method"] == method and plain(r)):
@@ -80,7 +81,7 @@ def paired_lines(rows: list[dict], method: str) -> list[str]:
     lines = []
     for row in rows:
         tome = by_cell.get(f"tome {row['ratio']}")
-        if row["method"] != method or row["cell"] != f"{method} {row['ratio']}" or tome is None:
+        if row["method"] != method or not plain(row) or tome is None:
             continue
         cells = []
         for key, digits in (("psnr_in", 2), ("psnr_out", 2), ("ssim_in", 3), ("ssim_out", 3), ("feature_distance", 3)):

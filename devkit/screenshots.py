@@ -329,7 +329,7 @@ COMPARISON_GROUPS = ["Token merging", "Unmerged", "Spatial ToMe", "IBTM", "Impor
 LIVE_STEPS = 30  # on the shapes UNet: long enough to catch the live map mid-run
 
 
-VIEWPORT = {"width": 1600, "height": 1400}  # the demo whole below the menus (it is 1176 px high)
+VIEWPORT = {"width": 1600, "height": 1300}
 
 
 def write_live_heatmap(server: ComfyServer) -> None:

@@ -52,7 +52,7 @@ ADVANCED_RATIO = SETTINGS["ratio"].with_(default=0.4)
 def simple_deviation(ratio: float) -> float:
     """The authors' deviation of 0.2, narrowed so the schedule stays within 0..0.75 (from ratio + deviation at the
     start of the run to ratio - deviation at its end)."""
-    return max(0.0, round(min(SETTINGS["deviation"].default, ratio, DEFAULT_WINDOW_RATIO_MAX - ratio), 6))
+    return round(min(SETTINGS["deviation"].default, ratio, DEFAULT_WINDOW_RATIO_MAX - ratio), 6)
 
 
 class TokenMergeSDTM(io.ComfyNode):

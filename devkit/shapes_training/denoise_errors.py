@@ -131,14 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from devkit.shapes_training import train_denoiser
 
-    error = train_denoiser.side_error("sd3", args.side)
+    error = train_denoiser.side_error("sd3", args.side, export_needed=True)  # the DiT it compares with
     if error is not None:
         parser.error(error)
-    if not train_denoiser.weights_file("sd3", args.side).exists():
-        parser.error(
-            f"{train_denoiser.weights_file('sd3', args.side).name} is not exported yet "
-            f"(train_denoiser.py sd3 --side {args.side} --export)"
-        )
     if args.checkpoint:
         step, weights = train_denoiser.checkpoint_weights("sd15")
         print(f"[denoise_errors] sd15 checkpoint at step {step}", flush=True)

@@ -163,18 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     comfy_env.bootstrap_comfyui()
     comfy_env.import_pack()  # the benchmark's conditioning reads the pack's prompt encoder
-    from devkit.shapes_training.train_denoiser import side_error, weights_file
+    from devkit.shapes_training.train_denoiser import side_error
 
     if args.seed is not None and args.seed < 1_000_000:
         parser.error(f"--seed must be at least 1000000 (training draws from the seeds below), got {args.seed}")
-    error = side_error(args.family, args.side)
+    # A run's checkpoint can be judged before it is exported.
+    error = side_error(args.family, args.side, export_needed=args.side != SIDE and not args.checkpoint)
     if error is not None:
         parser.error(error)
-    if args.side != SIDE and not args.checkpoint and not weights_file(args.family, args.side).exists():
-        parser.error(
-            f"{weights_file(args.family, args.side).name} is not exported yet: export the run "
-            f"(train_denoiser.py {args.family} --side {args.side} --export) or judge its checkpoint (--checkpoint)"
-        )
     result = sanity(
         args.family, args.checkpoint, args.samples, args.steps, args.batch, args.cfg, args.grid, args.seed, args.side
     )

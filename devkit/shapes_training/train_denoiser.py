@@ -413,17 +413,21 @@ def export(family: str, side: int = SIDE) -> None:
     run.log(f"exported the EMA weights of step {run.step} to {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def side_error(family: str, side: int) -> str | None:
+def side_error(family: str, side: int, export_needed: bool = False) -> str | None:
     """Why ``family`` has no run on ``side`` px scenes, or None if it has: the UNet is trained at 128 px only; the
-    DiT's side must be a whole number of tokens within its position table."""
-    if side == SIDE:
-        return None
-    if family != "sd3":
+    DiT's side must be a whole number of tokens within its position table; with ``export_needed``, the run's file
+    must exist."""
+    if side != SIDE and family != "sd3":
         return f"--side is for sd3 only ({family} is trained on {SIDE} px scenes), got --side {side} for {family}"
-    if side % PX_PER_TOKEN or not PX_PER_TOKEN <= side <= MAX_DIT_SIDE:
+    if side != SIDE and (side % PX_PER_TOKEN or not PX_PER_TOKEN <= side <= MAX_DIT_SIDE):
         return (
             f"--side for sd3 must be a multiple of {PX_PER_TOKEN} (px per token) up to {MAX_DIT_SIDE} (its "
             f"{POS_EMBED_SIDE}x{POS_EMBED_SIDE} position table), got {side}"
+        )
+    if export_needed and not weights_file(family, side).exists():
+        return (
+            f"{weights_file(family, side).name} is not exported yet: export the run (train_denoiser.py {family} "
+            f"--side {side} --export)"
         )
     return None
 
