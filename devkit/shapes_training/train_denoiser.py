@@ -299,7 +299,8 @@ def train(
     from devkit.shapes_training import latents as latent_cache
 
     model = build(family)
-    net = model.diffusion_model
+    # ComfyUI 0.33's model_base builds the diffusion model frozen (inference only); 0.3.75 left it trainable.
+    net = model.diffusion_model.requires_grad_(requires_grad=True)
     ema = copy.deepcopy(net).requires_grad_(requires_grad=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     run = Run(run_name(family, side), {"net": net, "ema": ema}, optimizer)
