@@ -25,9 +25,10 @@ next to it and a JSON of the numbers. Usage::
 
     .comfyui/venv/bin/python -m benchmarks.quality [--quick] [--samples 128 [sd3=512]] [--steps 20] [--models sd15 sd3]
 
-``--samples`` takes a count for every model and ``FAMILY=N`` for one: the DiT samples about 20x faster than the
-UNet, so it can afford the prompts that narrow its accuracy figures. The conditions are ``quality_cells.py``, the
-metrics ``quality_metrics.py``, the report ``quality_report.py``.
+``--samples`` takes a count for every model and ``MODEL=N`` for one: the DiT samples about 20x faster than the
+UNet, so it can afford the prompts that narrow its accuracy figures. ``sd3-256`` is the DiT fine-tuned on 256 px
+scenes (256 image tokens per block), sampled at 256 px; the classifier judges its images area-downscaled to 128
+px. The conditions are ``quality_cells.py``, the metrics ``quality_metrics.py``, the report ``quality_report.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks import quality_metrics as qm  # noqa: E402
-from benchmarks.quality_cells import CFG, SIDE, cells_for  # noqa: E402
+from benchmarks.quality_cells import CFG, MODELS, SIDE, cells_for  # noqa: E402
 from benchmarks.quality_report import report, write_figures  # noqa: E402
 from devkit import comfy_env  # noqa: E402
 
@@ -60,25 +61,25 @@ RESULTS = REPO / "benchmarks" / "results"
 
 @dataclass
 class Loaded:
+    name: str  # the benchmark's model: sd15, sd3 or sd3-256 (MODELS)
     family: str
+    side: int  # the scenes' side in px that it was trained on and is sampled at
     model: Any
     vae: Any
     scheduler: str
 
 
-def load_family(family: str) -> Loaded:
+def load_model(name: str) -> Loaded:
     import comfy.sd
     import comfy.utils
 
     from devkit.shapes_training import train_denoiser, train_vae
 
-    unet_file, vae_file, scheduler = {
-        "sd15": (train_denoiser.UNET_FILE, train_vae.VAE_FILE, "normal"),
-        "sd3": (train_denoiser.DIT_FILE, train_vae.VAE3_FILE, "simple"),
-    }[family]
-    model = comfy.sd.load_diffusion_model(str(unet_file))
+    family, side = MODELS[name]
+    vae_file, scheduler = (train_vae.VAE_FILE, "normal") if family == "sd15" else (train_vae.VAE3_FILE, "simple")
+    model = comfy.sd.load_diffusion_model(str(train_denoiser.weights_file(family, side)))
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_file)))
-    return Loaded(family, model, vae, scheduler)
+    return Loaded(name, family, side, model, vae, scheduler)
 
 
 def conditioning(prompts: list) -> tuple[list, list]:
@@ -131,20 +132,21 @@ def decode(loaded: Loaded, latents: torch.Tensor) -> torch.Tensor:
     return loaded.vae.decode(latents).float().movedim(-1, 1).clamp(0, 1)  # [B, H, W, 3] -> [B, 3, H, W]
 
 
-def object_masks(scenes_batch: list, side: int) -> torch.Tensor:
-    """Union of the prompted objects' masks on a side x side grid [B, side, side] (bool)."""
+def object_masks(scenes_batch: list, grid: int, side: int = SIDE) -> torch.Tensor:
+    """Union of the prompted objects' masks, rendered at ``side`` px, on a grid x grid [B, grid, grid] (bool)."""
     from devkit.shapes_training import scenes
 
-    _, masks = scenes.render(scenes_batch)
+    _, masks = scenes.render(scenes_batch, side)
     union = masks.amax(1, keepdim=True)
-    return torch.nn.functional.adaptive_avg_pool2d(union, side).squeeze(1) > 0.5
+    return torch.nn.functional.adaptive_avg_pool2d(union, grid).squeeze(1) > 0.5
 
 
-def object_pixels(scenes_batch: list, widen: int = 3) -> torch.Tensor:
-    """Pixels of the prompted objects [B, SIDE, SIDE] (bool): :func:`object_masks` at full size, widened by
-    ``widen`` pixels each way."""
-    union = object_masks(scenes_batch, SIDE).unsqueeze(1).float()  # [B, 1, SIDE, SIDE]
-    return torch.nn.functional.max_pool2d(union, 2 * widen + 1, stride=1, padding=widen).squeeze(1) > 0
+def object_pixels(scenes_batch: list, side: int = SIDE, widen: int = 3) -> torch.Tensor:
+    """Pixels of the prompted objects [B, side, side] (bool): :func:`object_masks` at full size, widened by
+    ``widen`` pixels of a 128 px scene each way (twice as many at 256 px)."""
+    union = object_masks(scenes_batch, side, side).unsqueeze(1).float()  # [B, 1, side, side]
+    reach = widen * side // SIDE
+    return torch.nn.functional.max_pool2d(union, 2 * reach + 1, stride=1, padding=reach).squeeze(1) > 0
 
 
 @dataclass
@@ -154,8 +156,8 @@ class CellResult:
 
 
 @torch.no_grad()
-def run_family(
-    family: str,
+def run_model(
+    name: str,
     samples: int,
     batch: int,
     steps: int,
@@ -166,10 +168,12 @@ def run_family(
 ) -> dict:
     from devkit.shapes_training import classifier as shapes_classifier
     from devkit.shapes_training import scenes
+    from devkit.shapes_training.sanity import judged_view
     from devkit.shapes_training.training import EVAL_SEED
 
-    loaded = load_family(family)
-    cells = cells_for(family, ratios, quick)
+    loaded = load_model(name)
+    side = loaded.side
+    cells = cells_for(loaded.family, ratios, quick)
     if only:  # the unmerged reference and the cells named
         cells = [cells[0], *(cell for cell in cells[1:] if any(fnmatch.fnmatchcase(cell.name, pat) for pat in only))]
     held_out = scenes.sample_scenes(EVAL_SEED, samples)
@@ -191,31 +195,32 @@ def run_family(
             model = patched[cell.name]
             # One untimed step first: ComfyUI swaps the loaded model and the first call of a patch warms up,
             # which would otherwise land on whichever cell comes first.
-            sample_batch(loaded, model, seeds, prompts, 1, CFG)
+            sample_batch(loaded, model, seeds, prompts, 1, CFG, side)
             probe.maps.clear()
             began = time.perf_counter()
-            latents = sample_batch(loaded, model, seeds, prompts, steps, CFG)
+            latents = sample_batch(loaded, model, seeds, prompts, steps, CFG, side)
             results[cell.name].seconds.append(time.perf_counter() - began)
             results[cell.name].images.append(decode(loaded, latents))
             if cell.name == "unmerged":
                 if start == 0:  # the examples' importance at 40 % of the run, where IBTM is fully at work
                     example_importance = probe.maps[int(0.4 * steps)][:4]
-                masks = object_masks(chunk, SIDE // 8)
+                masks = object_masks(chunk, side // 8, side)  # [B, h, w] of the latent, as the maps
                 for step, imp in enumerate(probe.maps[:steps]):
                     for i in range(len(chunk)):
                         auc_by_step[step].append(qm.roc_auc(imp[i], masks[i]))
                         iou_by_step[step].append(qm.top_k_iou(imp[i], masks[i]))
-        no_cfg.append(decode(loaded, sample_batch(loaded, loaded.model, seeds, prompts, steps, 1.0)))
-        log(f"{family}: {start + len(chunk)}/{samples} samples")
+        no_cfg.append(decode(loaded, sample_batch(loaded, loaded.model, seeds, prompts, steps, 1.0, side)))
+        log(f"{name}: {start + len(chunk)}/{samples} samples")
 
     judge = shapes_classifier.load()
     real, _ = scenes.render(held_out)
     labels = torch.stack([scene.slot_labels() for scene in held_out])
 
     def judged(images: torch.Tensor) -> tuple[float, torch.Tensor]:
+        view = judged_view(images)  # the classifier's 128 px
         with torch.no_grad():
-            predicted = judge(images).argmax(-1)
-            features = judge.embed(images)
+            predicted = judge(view).argmax(-1)
+            features = judge.embed(view)
         occupied = labels > 0
         return (predicted[occupied] == labels[occupied]).float().mean().item(), features
 
@@ -224,7 +229,7 @@ def run_family(
     reference = torch.cat(results["unmerged"].images)
     verdicts = {cell.name: judged(torch.cat(results[cell.name].images)) for cell in cells}
     reference_features = verdicts["unmerged"][1]
-    inside = object_pixels(held_out)
+    inside = object_pixels(held_out, side)
     base_seconds = results["unmerged"].seconds
     rows = []
     for cell in cells:
@@ -264,7 +269,8 @@ def run_family(
         )
     examples = {name: torch.cat(results[name].images)[:4] for name in results}
     return {
-        "family": family,
+        "family": name,
+        "side": side,
         "rows": rows,
         "real_accuracy": real_accuracy,
         "no_cfg_accuracy": no_cfg_accuracy,
@@ -272,7 +278,7 @@ def run_family(
         "auc_by_step": [_nanmean(v) for v in auc_by_step],
         "iou_by_step": [_nanmean(v) for v in iou_by_step],
         "examples": examples,
-        "real_examples": real[:4],
+        "real_examples": scenes.render(held_out[:4], side)[0],
         "prompts": [s.prompt.text() for s in held_out[:4]],
         "example_importance": example_importance,
     }
@@ -292,22 +298,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[l
     stem = Path(args.out) / f"quality{'-quick' if args.quick else ''}-{dt.datetime.now(dt.UTC).date().isoformat()}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     path = stem.with_suffix(".md")
-    for family in args.models:
-        result = run_family(
-            family, args.samples[family], args.batch, args.steps, tuple(args.ratios), args.quick, log, args.only
+    for name in args.models:
+        result = run_model(
+            name, args.samples[name], args.batch, args.steps, tuple(args.ratios), args.quick, log, args.only
         )
         result["figures"] = write_figures(result, stem) if not args.no_figures else []
         results.append(result)
         path.write_text(report(results, args, time.perf_counter() - began))  # each model's rows as soon as done
-    numbers = [
-        {
-            k: v
-            for k, v in r.items()
-            if k
-            in ("family", "rows", "real_accuracy", "no_cfg_accuracy", "no_cfg_frechet", "auc_by_step", "iou_by_step")
-        }
-        for r in results
-    ]
+    kept = ("family", "side", "rows", "real_accuracy", "no_cfg_accuracy", "no_cfg_frechet")
+    kept += ("auc_by_step", "iou_by_step")
+    numbers = [{k: v for k, v in r.items() if k in kept} for r in results]
     stem.with_suffix(".json").write_text(json.dumps(numbers, indent=1, default=str))
     log(f"wrote {path}")
     return results, path
@@ -323,13 +323,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--samples",
         nargs="+",
         default=[str(DEFAULT_SAMPLES)],
-        metavar="N|FAMILY=N",
-        help="held-out prompts per cell: N for every model, FAMILY=N for one (e.g. 24 sd3=192)",
+        metavar="N|MODEL=N",
+        help="held-out prompts per cell: N for every model, MODEL=N for one (e.g. 24 sd3=192)",
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--models", nargs="+", default=["sd15", "sd3"], choices=("sd15", "sd3"))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["sd15", "sd3"],
+        choices=tuple(MODELS),
+        help="sd15 (the UNet), sd3 (the 128 px DiT), sd3-256 (the DiT fine-tuned on 256 px scenes)",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument(
@@ -339,27 +345,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only the unmerged cell and the cells whose name matches one of these patterns",
     )
     args = parser.parse_args(argv)
-    args.samples = samples_by_family(args.samples, args.models, parser.error)
+    args.samples = samples_by_model(args.samples, args.models, parser.error)
     if args.quick:
         args.samples = {family: min(n, 8) for family, n in args.samples.items()}
         args.batch, args.steps, args.ratios = min(args.batch, 8), 6, [0.5]
     return args
 
 
-def samples_by_family(values: list[str], families: list[str], error: Callable[[str], None]) -> dict[str, int]:
-    """``--samples`` values (``N`` for every model, ``FAMILY=N`` for one) as {family: prompts} for ``families``."""
+def samples_by_model(values: list[str], models: list[str], error: Callable[[str], None]) -> dict[str, int]:
+    """``--samples`` values (``N`` for every model, ``MODEL=N`` for one) as {model: prompts} for ``models``."""
     default, counts = None, {}
     for value in values:
-        family, _, count = value.rpartition("=")
-        if family and family not in ("sd15", "sd3"):
-            error(f"--samples: unknown model {family!r} in {value!r} (models: sd15, sd3)")
+        model, _, count = value.rpartition("=")
+        if model and model not in MODELS:
+            error(f"--samples: unknown model {model!r} in {value!r} (models: {', '.join(MODELS)})")
         if not count.isdigit() or int(count) < 1:
-            error(f"--samples: {value!r} needs a whole count of at least 1 (N or FAMILY=N)")
-        if family:
-            counts[family] = int(count)
+            error(f"--samples: {value!r} needs a whole count of at least 1 (N or MODEL=N)")
+        if model:
+            counts[model] = int(count)
         else:
             default = int(count)
-    return {family: counts.get(family, DEFAULT_SAMPLES if default is None else default) for family in families}
+    return {model: counts.get(model, DEFAULT_SAMPLES if default is None else default) for model in models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ from typing import Any
 # saturates plain backgrounds), cfg 1 74 % (devkit/shapes_training/sanity.py, 2026-11-30).
 CFG = 3.0
 SIDE = 128
+# The benchmark's models: name -> (family, the side in px of the scenes it was trained on and is sampled at).
+MODELS = {"sd15": ("sd15", SIDE), "sd3": ("sd3", SIDE), "sd3-256": ("sd3", 256)}
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,21 @@ def cells_for(family: str, ratios: tuple[float, ...], quick: bool) -> list[Cell]
                 preset=True,
             )
         )
+        cells.append(
+            Cell(
+                "ibtm 0.5 proportional attention",
+                "ibtm",
+                0.5,
+                merged("importance", 0.5, proportional_attention=True, **extra),
+            )
+        )
+        # SDTM's options one at a time at 0.4, on either side of the authors' defaults (protect every 3rd step,
+        # cache weight 0.2), then its attention options.
         for options, label in (
+            ({"protect_every": 0}, "protect_every 0"),
+            ({"protect_every": 6}, "protect_every 6"),
+            ({"cache_weight": 0.0}, "cache_weight 0.0"),
+            ({"cache_weight": 0.5}, "cache_weight 0.5"),
             ({"proportional_attention": True}, "proportional attention"),
             ({"prompt_scale_structure": 1.5}, "prompt scale 1.5 structure"),
             ({"prompt_scale_structure": 1.5, "prompt_scale_detail": 1.2}, "prompt scale 1.5 / 1.2"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.quality_cells import CFG, SIDE
+from benchmarks.quality_cells import CFG
 from benchmarks.quality_metrics import mean_and_error
 
 
@@ -135,7 +135,7 @@ def write_figures(result: dict, stem: Path) -> list[str]:
     fig.savefig(stem.parent / names[-1], dpi=110)
     plt.close(fig)
 
-    columns = ["real render", "unmerged", "tome 0.5", "ibtm 0.5"] + (["sdtm 0.4"] if family == "sd3" else [])
+    columns = ["real render", "unmerged", "tome 0.5", "ibtm 0.5"] + (["sdtm 0.4"] if family.startswith("sd3") else [])
     columns = [c for c in columns if c == "real render" or c in result["examples"]]
     fig, axes = plt.subplots(
         len(result["prompts"]), len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 2.3 * len(result["prompts"]))
@@ -173,7 +173,7 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
         "",
         (
             f"Held-out prompts x 1 seed per cell ({', '.join(f'{f} {n}' for f, n in args.samples.items())}), "
-            f"{SIDE}x{SIDE} px, {args.steps} steps dpmpp_2m, cfg "
+            f"{args.steps} steps dpmpp_2m, cfg "
             f"{CFG}, batch {args.batch}. PSNR/SSIM against the unmerged image of the same seed; accuracy: the prompted "
             "objects our classifier names right (shape and colour at their slot); Frechet: classifier features vs "
             "renders of the same scenes (lower is better); speed-up: unmerged time / cell time per batch, median "
@@ -184,6 +184,8 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
     for result in results:
         lines += [
             f"## {result['family']}",
+            "",
+            f"Sampled at {result['side']}x{result['side']} px.",
             "",
             (
                 f"Reference points: real renders {result['real_accuracy']:.3f} accuracy; unmerged without CFG (cfg 1) "

@@ -282,6 +282,7 @@ def test_the_full_benchmark_cells_are_valid_configs_with_unique_names(pack):
         assert len(names) == len(set(names))
         assert {"ibtm 0.5 pool_factor 2.0", "ibtm 0.5 dst_fraction 0.1", "ibtm 0.5 prune_until 0.3"} <= set(names)
         assert ("ibtm 0.5 max_downsample 2" in names) is (family == "sd15")  # the DiT has one grid
+        assert ("sdtm 0.4 protect_every 6" in names) is (family == "sd3")  # SDTM's options on the DiT only
 
 
 def test_quality_benchmark_takes_a_sample_count_per_model_and_refuses_bad_ones(capsys):
@@ -291,6 +292,7 @@ def test_quality_benchmark_takes_a_sample_count_per_model_and_refuses_bad_ones(c
     assert quality.parse_args(["--samples", "sd3=5", "--models", "sd3"]).samples == {"sd3": 5}
     assert quality.parse_args([]).samples == {"sd15": 128, "sd3": 128}
     assert quality.parse_args(["--quick", "--samples", "sd3=192"]).samples == {"sd15": 8, "sd3": 8}
+    assert quality.parse_args(["--models", "sd3-256", "--samples", "sd3-256=48"]).samples == {"sd3-256": 48}
     for bad, named in (("sdxl=5", "unknown model 'sdxl'"), ("0", "at least 1"), ("sd3=many", "whole count")):
         with pytest.raises(SystemExit):
             quality.parse_args(["--samples", bad])
@@ -483,7 +485,8 @@ def test_weighted_timesteps_draw_more_of_the_batch_at_high_noise(pack, capsys):
     assert "add --v-weighting" in capsys.readouterr().err
 
 
-def test_the_unet_export_stores_its_matrices_in_fp8_and_the_rest_in_fp16():
+def test_the_unet_and_256_px_dit_exports_store_their_matrices_in_fp8_and_the_rest_in_fp16():
+    """The UNet's and the 256 px DiT's files hold fp8 kernels (the 60 MB budget); the 128 px DiT's stays fp16."""
     from devkit.shapes_training.train_denoiser import export_dtype
 
     kernel, bias = torch.tensor([[0.3, 1000.0, -1000.0]]), torch.tensor([0.3])
@@ -492,6 +495,9 @@ def test_the_unet_export_stores_its_matrices_in_fp8_and_the_rest_in_fp16():
     assert stored.float().tolist() == [[0.3125, 448.0, -448.0]]  # clamped to the largest finite value, never NaN
     assert export_dtype("sd15", bias).dtype == torch.float16
     assert export_dtype("sd3", kernel).dtype == torch.float16
+    assert export_dtype("sd3-256", kernel).dtype == torch.float8_e4m3fn
+    assert export_dtype("sd3-256", bias).dtype == torch.float16
+    assert export_dtype("sd3-256", kernel, buffer=True).dtype == torch.float16  # the position table
 
 
 class _ZeroVelocity(torch.nn.Module):
@@ -771,6 +777,9 @@ def test_the_256_px_run_fine_tunes_the_committed_128_px_dit_and_exports_under_it
     loaded = comfy.sd.load_diffusion_model(str(exported))
     assert type(loaded.model).__name__ == "SD3"
     assert tuple(loaded.model.diffusion_model.pos_embed.shape) == (1, 256, 192)
+    stored = safetensors.torch.load_file(str(exported))
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float8_e4m3fn, torch.float16}  # kernels in fp8
+    assert torch.equal(stored["pos_embed"], committed["pos_embed"])  # the sin-cos table stays as it was, in fp16
 
     (tmp_path / "checkpoints" / "sd3-256.pt").unlink()  # a fresh clone: checkpoints are not committed
     train_denoiser.train("sd3", steps=2, batch=2, lr=1e-4, object_weight=2.0, from_export=True, side=256)

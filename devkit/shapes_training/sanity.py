@@ -89,7 +89,7 @@ def sanity(
     from devkit.shapes_training import classifier, scenes
     from devkit.shapes_training.training import EVAL_SEED
 
-    loaded = quality.load_family(family)  # the committed files, as the benchmark samples them
+    loaded = quality.load_model(family)  # the committed 128 px files, as the benchmark samples them
     if checkpoint:
         loaded.model = checkpoint_model(family, side)
     elif side != SIDE:

@@ -3,7 +3,7 @@
 * ``sd15``: a UNet of ComfyUI's SD1.x family (``openaimodel.UNetModel``). ComfyUI recognises SD1.x by
   320 model channels and a 768-wide context, so the width is fixed; the depth is cut to two resolution
   levels (see :func:`unet_config`), and the file stores its kernels in fp8 to fit the budget
-  (``FP8_FAMILIES``; ``--fp8-aware`` trains with that rounding in the loop). eps prediction on SD1.x's
+  (``FP8_RUNS``; ``--fp8-aware`` trains with that rounding in the loop). eps prediction on SD1.x's
   discrete schedule; the residual branches start at zero, as SD's own init does. With ``--teacher`` and
   ``--v-weighting`` it learns from the trained DiT at high noise, weighted as v-prediction would be
   (:mod:`devkit.shapes_training.teacher`): 25 times dearer per sample than the DiT on this CPU, it cannot average the
@@ -54,10 +54,10 @@ PX_PER_TOKEN = 8 * 2
 MAX_DIT_SIDE = PX_PER_TOKEN * POS_EMBED_SIDE
 COND_DROPOUT = 0.1
 EMA_DECAY = 0.995
-# The families whose file stores its matrices and convolution kernels in fp8 (e4m3, unscaled; the biases and norms in
-# fp16). ComfyUI loads such a file like any other and computes in its usual dtype. The two-level UNet needs it to fit
-# the 60 MB budget: 31.9 M parameters are 64 MB in fp16.
-FP8_FAMILIES = ("sd15",)
+# The runs (run_name) whose file stores its matrices and convolution kernels in fp8 (e4m3, unscaled; the biases and
+# norms in fp16). ComfyUI loads such a file like any other and computes in its usual dtype. The two-level UNet needs it
+# to fit the 60 MB budget (31.9 M parameters are 64 MB in fp16); so does the 256 px DiT beside the 128 px one.
+FP8_RUNS = ("sd15", "sd3-256")
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn; anything larger would cast to NaN
 
 
@@ -385,11 +385,21 @@ def fp8_rounded_weights(net: torch.nn.Module) -> Iterator[None]:
                 param.copy_(value)
 
 
-def export_dtype(family: str, tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` as the file stores it: fp8 for the matrices of an ``FP8_FAMILIES`` model, fp16 otherwise."""
-    if family in FP8_FAMILIES and is_fp8_stored(tensor):
+def export_dtype(run: str, tensor: torch.Tensor, buffer: bool = False) -> torch.Tensor:
+    """``tensor`` as the file of ``run`` (:func:`run_name`) stores it: fp8 for the matrices of an ``FP8_RUNS`` model,
+    fp16 otherwise, and for a ``buffer`` (the DiT's sin-cos position table, never trained nor rounded in training)."""
+    if run in FP8_RUNS and not buffer and is_fp8_stored(tensor):
         return to_fp8(tensor).contiguous()
     return tensor.half().contiguous()
+
+
+def stored_state(run: str, weights: dict[str, torch.Tensor], buffers: set[str]) -> dict[str, torch.Tensor]:
+    """The state dict ``weights`` of ``run``'s model as its file stores it; ``buffers`` names the model's buffers."""
+    return {name: export_dtype(run, tensor, name in buffers) for name, tensor in weights.items()}
+
+
+def buffer_names(module: torch.nn.Module) -> set[str]:
+    return {name for name, _ in module.named_buffers()}
 
 
 def checkpoint_weights(family: str, side: int = SIDE) -> tuple[int, dict[str, torch.Tensor]]:
@@ -398,7 +408,8 @@ def checkpoint_weights(family: str, side: int = SIDE) -> tuple[int, dict[str, to
     from devkit.shapes_training.training import CHECKPOINTS
 
     state = torch.load(CHECKPOINTS / f"{run_name(family, side)}.pt", weights_only=True)
-    return state["step"], {k: export_dtype(family, v) for k, v in state["ema"].items()}
+    buffers = buffer_names(build(family).diffusion_model)
+    return state["step"], stored_state(run_name(family, side), state["ema"], buffers)
 
 
 def export(family: str, side: int = SIDE) -> None:
@@ -410,7 +421,7 @@ def export(family: str, side: int = SIDE) -> None:
     run = Run(run_name(family, side), {"net": model.diffusion_model, "ema": ema}, torch.optim.AdamW(model.parameters()))
     path = weights_file(family, side)
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: export_dtype(family, v) for k, v in ema.state_dict().items()}, path)
+    safetensors.torch.save_file(stored_state(run.name, ema.state_dict(), buffer_names(ema)), path)
     run.log(f"exported the EMA weights of step {run.step} to {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -464,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fp8-aware",
         action="store_true",
         help="forward and backward at the fp8-rounded weights the file will hold (for "
-        f"{', '.join(FP8_FAMILIES)}; quantisation-aware training)",
+        f"the runs {', '.join(FP8_RUNS)}; quantisation-aware training)",
     )
     parser.add_argument(
         "--teacher",
@@ -506,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not 0.0 <= args.ema_decay < 1.0:
             parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-        if args.fp8_aware and args.family not in FP8_FAMILIES:
-            parser.error(f"--fp8-aware is for the fp8-stored families ({', '.join(FP8_FAMILIES)}), not {args.family}")
+        run = run_name(args.family, args.side)
+        if args.fp8_aware and run not in FP8_RUNS:
+            parser.error(f"--fp8-aware is for the fp8-stored runs ({', '.join(FP8_RUNS)}), not {run}")
         if args.family != "sd15" and (args.teacher or args.v_weighting):
             parser.error("--teacher and --v-weighting are for sd15 (the DiT is its teacher; it already learns v)")
         if args.weighted_timesteps and not args.v_weighting:
