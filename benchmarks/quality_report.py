@@ -205,7 +205,8 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
             "",
             (
                 "Inside and outside the prompted objects (each image against the unmerged one of its seed; objects: "
-                "the scene's masks widened by 3 px), mean ± standard error over the prompts; feature distance: "
+                f"the scene's masks widened by {3 * result['side'] // 128} px), mean ± standard error over the "
+                "prompts; feature distance: "
                 "unit-length classifier features, 0 = the unmerged image's, lower is better:"
             ),
             "",
