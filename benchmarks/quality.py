@@ -20,8 +20,9 @@ Metrics per cell (see :mod:`.quality_metrics`):
 And once per model, from the unmerged run: importance localisation, the ROC AUC and top-k IoU of the CFG
 importance |cond - uncond| (what IBTM reads) against the prompted objects' masks, per step.
 
-Writes ``benchmarks/results/quality-<date>.md`` (``--quick``: ``quality-quick-<date>.md``), the figures
-next to it and a JSON of the numbers. Usage::
+Writes ``benchmarks/results/quality-<date>.md`` (``--quick``: ``quality-quick-<date>.md``; with other
+``--models`` than sd15 and sd3, their names before the date: ``quality-sd3-<date>.md``), the figures next to it
+and a JSON of the numbers. Usage::
 
     .comfyui/venv/bin/python -m benchmarks.quality [--quick] [--samples 128 [sd3=512]] [--steps 20] [--models sd15 sd3]
 
@@ -289,13 +290,21 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
+def report_stem(args: argparse.Namespace) -> Path:
+    """The report's path less its suffix: ``quality[-quick][-<models>]-<date>``, the models named unless they are the
+    two committed ones, so that a run of other models never overwrites their report of the same day."""
+    models = "" if sorted(args.models) == ["sd15", "sd3"] else "-" + "-".join(args.models)
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    return Path(args.out) / f"quality{'-quick' if args.quick else ''}{models}-{day}"
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[list[dict], Path]:
     """Run the benchmark as ``args`` says; returns the per-model results and the report path."""
     comfy_env.bootstrap_comfyui()
     comfy_env.import_pack()
     began = time.perf_counter()
     results = []
-    stem = Path(args.out) / f"quality{'-quick' if args.quick else ''}-{dt.datetime.now(dt.UTC).date().isoformat()}"
+    stem = report_stem(args)
     stem.parent.mkdir(parents=True, exist_ok=True)
     path = stem.with_suffix(".md")
     for name in args.models:

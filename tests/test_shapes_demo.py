@@ -4,6 +4,7 @@ of the quality benchmark."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
 import re
@@ -293,6 +294,9 @@ def test_quality_benchmark_takes_a_sample_count_per_model_and_refuses_bad_ones(c
     assert quality.parse_args([]).samples == {"sd15": 128, "sd3": 128}
     assert quality.parse_args(["--quick", "--samples", "sd3=192"]).samples == {"sd15": 8, "sd3": 8}
     assert quality.parse_args(["--models", "sd3-256", "--samples", "sd3-256=48"]).samples == {"sd3-256": 48}
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    assert quality.report_stem(quality.parse_args(["--models", "sd3", "sd15"])).name == f"quality-{day}"
+    assert quality.report_stem(quality.parse_args(["--models", "sd3-256"])).name == f"quality-sd3-256-{day}"
     for bad, named in (("sdxl=5", "unknown model 'sdxl'"), ("0", "at least 1"), ("sd3=many", "whole count")):
         with pytest.raises(SystemExit):
             quality.parse_args(["--samples", bad])
