@@ -58,11 +58,21 @@ from benchmarks.quality_report import report, write_figures  # noqa: E402
 from devkit import comfy_env  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+# What the JSON beside the report keeps of each model's result (not the images).
+JSON_KEYS = (
+    "family",
+    "side",
+    "rows",
+    "real_accuracy",
+    "no_cfg_accuracy",
+    "no_cfg_frechet",
+    "auc_by_step",
+    "iou_by_step",
+)
 
 
 @dataclass
 class Loaded:
-    name: str  # the benchmark's model: sd15, sd3 or sd3-256 (MODELS)
     family: str
     side: int  # the scenes' side in px that it was trained on and is sampled at
     model: Any
@@ -70,17 +80,18 @@ class Loaded:
     scheduler: str
 
 
-def load_model(name: str) -> Loaded:
+def load_model(family: str, side: int = SIDE) -> Loaded:
+    """``family``'s denoiser trained on ``side`` px scenes and its VAE, loaded as the stock UNETLoader and
+    VAELoader do."""
     import comfy.sd
     import comfy.utils
 
     from devkit.shapes_training import train_denoiser, train_vae
 
-    family, side = MODELS[name]
     vae_file, scheduler = (train_vae.VAE_FILE, "normal") if family == "sd15" else (train_vae.VAE3_FILE, "simple")
     model = comfy.sd.load_diffusion_model(str(train_denoiser.weights_file(family, side)))
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_file)))
-    return Loaded(name, family, side, model, vae, scheduler)
+    return Loaded(family, side, model, vae, scheduler)
 
 
 def conditioning(prompts: list) -> tuple[list, list]:
@@ -172,7 +183,7 @@ def run_model(
     from devkit.shapes_training.sanity import judged_view
     from devkit.shapes_training.training import EVAL_SEED
 
-    loaded = load_model(name)
+    loaded = load_model(*MODELS[name])
     side = loaded.side
     cells = cells_for(loaded.family, ratios, quick)
     if only:  # the unmerged reference and the cells named
@@ -314,9 +325,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[l
         result["figures"] = write_figures(result, stem) if not args.no_figures else []
         results.append(result)
         path.write_text(report(results, args, time.perf_counter() - began))  # each model's rows as soon as done
-    kept = ("family", "side", "rows", "real_accuracy", "no_cfg_accuracy", "no_cfg_frechet")
-    kept += ("auc_by_step", "iou_by_step")
-    numbers = [{k: v for k, v in r.items() if k in kept} for r in results]
+    numbers = [{k: v for k, v in r.items() if k in JSON_KEYS} for r in results]
     stem.with_suffix(".json").write_text(json.dumps(numbers, indent=1, default=str))
     log(f"wrote {path}")
     return results, path

@@ -41,17 +41,6 @@ def checkpoint_model(family: str, side: int = SIDE):
     return comfy.sd.load_diffusion_model_state_dict(weights)
 
 
-def exported_model(family: str, side: int):
-    """The ModelPatcher of ``family``'s exported file for ``side`` px scenes, loaded as the stock UNETLoader does."""
-    import comfy.sd
-
-    from devkit.shapes_training.train_denoiser import weights_file
-
-    path = weights_file(family, side)
-    print(f"[sanity] {family} at {side} px from {path.name}", flush=True)
-    return comfy.sd.load_diffusion_model(str(path))
-
-
 def judged_view(images: torch.Tensor) -> torch.Tensor:
     """Samples [B, 3, side, side] as the classifier knows scenes: area-downscaled (each pixel the mean of the square
     it covers, so antialiased) to the 128 px it was trained on [B, 3, 128, 128]; a 128 px sample is unchanged."""
@@ -89,11 +78,10 @@ def sanity(
     from devkit.shapes_training import classifier, scenes
     from devkit.shapes_training.training import EVAL_SEED
 
-    loaded = quality.load_model(family)  # the committed 128 px files, as the benchmark samples them
+    # The files as the benchmark loads them; a checkpoint (of any side) goes into the committed 128 px ones' place.
+    loaded = quality.load_model(family, SIDE if checkpoint else side)
     if checkpoint:
         loaded.model = checkpoint_model(family, side)
-    elif side != SIDE:
-        loaded.model = exported_model(family, side)
     model = loaded.model
     held_out = scenes.sample_scenes(EVAL_SEED if seed is None else seed, samples)
     labels = torch.stack([scene.slot_labels() for scene in held_out])
