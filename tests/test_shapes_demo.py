@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -400,15 +401,39 @@ def test_the_vae_decoder_goes_on_training_from_the_committed_file_with_the_encod
         "[vae] step 10 loss 0.3 wall 1.0 min\n[vae] exported at step 10: "
         "raw encoder mean 0.0 std 1.0; vae_scale 0.2 (4ch), 1.7 (16ch)\n"
     )
-    train_vae.train(steps=11, batch=2, lr=1e-3, decoder_only=True, from_export=True)
+    rendered, render = [], train_vae.scenes.render
+    monkeypatch.setattr(
+        train_vae.scenes, "render", lambda batch, side=128: rendered.append(side) or render(batch, side)
+    )
+    # Steps 10 and 11 take their scenes in turn from each side (step 10 at 128 px, 11 at 256 px).
+    train_vae.train(steps=12, batch=2, lr=1e-3, decoder_only=True, from_export=True, sides=(128, 256))
+    assert rendered == [128, 256]
     committed = safetensors.torch.load_file(str(train_vae.VAE_FILE))
     trained = torch.load(tmp_path / "checkpoints" / "vae.pt", weights_only=True)
-    assert trained["step"] == 11
+    assert trained["step"] == 12
     weights = trained["vae"]
     encoder = [k for k in weights if k.startswith("taesd_encoder.")]
     decoder = [k for k in weights if k.startswith("taesd_decoder.")]
     assert all(torch.equal(weights[k], committed[k].float()) for k in encoder)
     assert not all(torch.equal(weights[k], committed[k].float()) for k in decoder)
+    # The export of a decoder-only run keeps the committed scale and shift bit for bit (every cached latent and
+    # denoiser was made with them); it writes into copies here, not the committed files.
+    committed3 = safetensors.torch.load_file(str(train_vae.VAE3_FILE))
+    for name in ("VAE_FILE", "VAE3_FILE"):
+        copy = tmp_path / getattr(train_vae, name).name
+        shutil.copy(getattr(train_vae, name), copy)
+        monkeypatch.setattr(train_vae, name, copy)
+    train_vae.export()
+    exported = safetensors.torch.load_file(str(train_vae.VAE_FILE))
+    exported3 = safetensors.torch.load_file(str(train_vae.VAE3_FILE))
+    for key in train_vae.AFFINE:
+        assert torch.equal(exported[key], committed[key])
+        assert torch.equal(exported3[key], committed3[key])
+    assert not torch.equal(exported["taesd_decoder.1.weight"], committed["taesd_decoder.1.weight"])
+    # An encoder that moved does not keep them.
+    moved = {k: v.float() for k, v in exported.items()}
+    moved["taesd_encoder.0.weight"] = moved["taesd_encoder.0.weight"] + 0.01
+    assert train_vae.committed_affine(moved) is None
 
 
 def test_fp8_aware_training_takes_the_gradient_at_the_rounded_weights_and_steps_the_exact_ones():

@@ -1,11 +1,14 @@
 """Train the demo VAE: ComfyUI's TAESD architecture (``comfy.taesd.taesd.TAESD``), 4 latent channels at 1/8.
 
-The network is fully convolutional, so it trains on random 64x64 crops of 128x128 scenes (4x cheaper than
-whole scenes) and works on any size that is a multiple of 8. Loss: L1 + MSE of the reconstruction with the
+The network is fully convolutional, so it trains on random crops of half the scene's side (64x64 crops of
+128x128 scenes: 4x cheaper than whole scenes) and works on any size that is a multiple of 8. ``--sides 128 256``
+takes its steps in turn from 128 px scenes and from 256 px ones (128x128 crops): a decoder that saw only 64 px
+crops never met a flat area as wide as a large object at 256 px, and paints the interiors of large yellow ones
+red. Loss: L1 + MSE of the reconstruction with the
 object pixels weighted up and a chroma term (:func:`reconstruction_loss`), on latents with Gaussian noise
 added (so the decoder forgives a denoiser's small errors), plus a small L2 pull on the latents (so their
 scale stays bounded). ``--decoder-only`` freezes the encoder, so the decoder can go on improving after the
-denoisers' latents were made.
+denoisers' latents were made; the export then keeps the committed ``vae_scale``/``vae_shift`` bit for bit.
 
 ``--export`` writes the two VAELoader files into ``demo_models/vae/``:
 
@@ -66,11 +69,17 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, objects: torch.Tensor)
 
 
 def train(
-    steps: int, batch: int, lr: float, decoder_only: bool = False, from_export: bool = False, save_every: int = 100
+    steps: int,
+    batch: int,
+    lr: float,
+    decoder_only: bool = False,
+    from_export: bool = False,
+    save_every: int = 100,
+    sides: tuple[int, ...] = (scenes.SIDE,),
 ) -> None:
     """Train to ``steps`` in total; ``decoder_only`` keeps the encoder (and so the latent space the denoisers were
     trained in) fixed and goes on improving the decoder; ``from_export`` starts, without a checkpoint, from the
-    committed weights."""
+    committed weights; step ``i`` renders its scenes at ``sides[i % len(sides)]`` px and crops half of that."""
     vae = build()
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     run = Run("vae", {"vae": vae}, optimizer)
@@ -83,8 +92,9 @@ def train(
     gen = torch.Generator().manual_seed(TRAIN_SEED + run.step)
     while run.step < steps:
         run.warm_up_lr(lr)
-        images, masks = scenes.render(scenes.sample_scenes(TRAIN_SEED * 7919 + run.step, batch))
-        both = crops(torch.cat([images, masks.amax(1, keepdim=True)], 1), 64, gen)  # [B, 3 + 1, 64, 64]
+        side = sides[run.step % len(sides)]
+        images, masks = scenes.render(scenes.sample_scenes(TRAIN_SEED * 7919 + run.step, batch), side)
+        both = crops(torch.cat([images, masks.amax(1, keepdim=True)], 1), side // 2, gen)  # [B, 3 + 1, s/2, s/2]
         x, objects = both[:, :3] * 2 - 1, both[:, 3:]  # TAESD's encoder input is [-1, 1] (encode() maps it to [0, 1])
         with torch.set_grad_enabled(not decoder_only):
             z = vae.taesd_encoder(x * 0.5 + 0.5)
@@ -103,6 +113,24 @@ def latent_stats(vae: torch.nn.Module, count: int = 128) -> tuple[float, float]:
     return z.mean().item(), z.std().item()
 
 
+AFFINE = ("vae_scale", "vae_shift")
+
+
+def committed_affine(state: dict[str, torch.Tensor]) -> tuple[dict, dict] | None:
+    """The committed files' scale and shift (4-channel, 16-channel) when ``state``'s encoder, stored in fp16, is the
+    committed encoder (a decoder-only run from the export); None when the encoder changed or nothing is committed."""
+    import safetensors.torch
+
+    if not (VAE_FILE.exists() and VAE3_FILE.exists()):
+        return None
+    committed = safetensors.torch.load_file(str(VAE_FILE))
+    encoder = [k for k in state if k.startswith("taesd_encoder.")]
+    if any(not torch.equal(state[k].half(), committed[k]) for k in encoder):
+        return None
+    committed3 = safetensors.torch.load_file(str(VAE3_FILE))
+    return {k: committed[k] for k in AFFINE}, {k: committed3[k] for k in AFFINE}
+
+
 def export() -> None:
     import safetensors.torch
 
@@ -113,6 +141,10 @@ def export() -> None:
     scale = std * SD15_SCALE
     state = {k: v for k, v in vae.state_dict().items() if k.startswith("taesd_")}
     state |= {"vae_scale": torch.tensor(scale), "vae_shift": torch.tensor(-mean / scale)}
+    kept = committed_affine(state)
+    if kept is not None:  # a decoder-only run: every cached latent and denoiser keeps its scale exactly
+        state |= kept[0]
+        scale = kept[0]["vae_scale"].item()
     VAE_FILE.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.half().contiguous() if v.ndim else v.float() for k, v in state.items()}, VAE_FILE)
     # 16 channels: pad the encoder's last conv with zero rows and the decoder's first conv with zero columns.
@@ -124,6 +156,9 @@ def export() -> None:
     padded[dec_w] = torch.cat([state[dec_w], torch.zeros(state[dec_w].shape[0], 12, 3, 3)], dim=1)
     scale3 = std * SD3_SCALE
     padded |= {"vae_scale": torch.tensor(scale3), "vae_shift": torch.tensor(SD3_SHIFT - mean / scale3)}
+    if kept is not None:
+        padded |= kept[1]
+        scale3 = kept[1]["vae_scale"].item()
     safetensors.torch.save_file(
         {k: v.half().contiguous() if v.ndim else v.float() for k, v in padded.items()}, VAE3_FILE
     )
@@ -144,14 +179,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="without a checkpoint, continue from the committed weights (step from the log)",
     )
+    parser.add_argument(
+        "--sides",
+        type=int,
+        nargs="+",
+        default=[scenes.SIDE],
+        help="scene sides in px, one per step in turn (each step crops half its side)",
+    )
     parser.add_argument("--export", action="store_true", help="write the VAELoader files from the checkpoint")
     args = parser.parse_args(argv)
+    if any(side % 16 for side in args.sides):
+        parser.error(f"--sides must be multiples of 16 (their half-side crops are whole latents), got {args.sides}")
     comfy_env.bootstrap_comfyui()
     torch.manual_seed(0)
     if args.export:
         export()
     else:
-        train(args.steps, args.batch, args.lr, decoder_only=args.decoder_only, from_export=args.from_export)
+        train(
+            args.steps,
+            args.batch,
+            args.lr,
+            decoder_only=args.decoder_only,
+            from_export=args.from_export,
+            sides=tuple(args.sides),
+        )
     return 0
 
 
