@@ -173,18 +173,21 @@ def _png_to_tensor(data: bytes) -> torch.Tensor:
 
 
 MODELS = [
-    ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_taesd.safetensors", "EmptyLatentImage"),
-    ("tokenmerge_shapes_sd3.safetensors", "tokenmerge_shapes_taesd3.safetensors", "EmptySD3LatentImage"),
+    ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_taesd.safetensors", "EmptyLatentImage", 128),
+    ("tokenmerge_shapes_sd3.safetensors", "tokenmerge_shapes_taesd3.safetensors", "EmptySD3LatentImage", 128),
+    ("tokenmerge_shapes_sd3_256.safetensors", "tokenmerge_shapes_taesd3.safetensors", "EmptySD3LatentImage", 256),
 ]
 
 
-def sample_on_server(server, unet: str, vae: str, latent: str, text: str, *, seed: int = 3) -> torch.Tensor:
-    """Four 128x128 samples of ``text`` (cfg 3, 20 steps) through the stock loaders, as images [4, 3, H, W]."""
+def sample_on_server(
+    server, unet: str, vae: str, latent: str, text: str, *, side: int = 128, seed: int = 3
+) -> torch.Tensor:
+    """Four ``side`` px samples of ``text`` (cfg 3, 20 steps) through the stock loaders, as images [4, 3, H, W]."""
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
         "2": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": text}},
         "3": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
-        "4": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 4}},
+        "4": {"class_type": latent, "inputs": {"width": side, "height": side, "batch_size": 4}},
         "5": {
             "class_type": "KSampler",
             "inputs": {
@@ -209,27 +212,31 @@ def sample_on_server(server, unet: str, vae: str, latent: str, text: str, *, see
 
 
 def _yellowness(images: torch.Tensor) -> float:
-    """Mean of (R + G) / 2 - B over the centre slot (the middle 40 x 40 px): high for yellow, low for blue."""
-    centre = images[:, :, 44:84, 44:84]
+    """Mean of (R + G) / 2 - B over the centre slot (the middle 40 x 40 px of 128): high for yellow, low for blue."""
+    side = images.shape[-1]
+    low, high = side * 44 // 128, side * 84 // 128
+    centre = images[:, :, low:high, low:high]
     return ((centre[:, 0] + centre[:, 1]) / 2 - centre[:, 2]).mean().item()
 
 
 @pytest.mark.server
-@pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
-def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_server, unet, vae, latent):
-    yellow = sample_on_server(comfy_server, unet, vae, latent, "a large yellow square at center")
-    blue = sample_on_server(comfy_server, unet, vae, latent, "a large blue square at center")
-    assert yellow.shape == (4, 3, 128, 128)
+@pytest.mark.parametrize(("unet", "vae", "latent", "side"), MODELS)
+def test_trained_models_load_through_stock_loaders_and_follow_the_prompt(comfy_server, unet, vae, latent, side):
+    yellow = sample_on_server(comfy_server, unet, vae, latent, "a large yellow square at center", side=side)
+    blue = sample_on_server(comfy_server, unet, vae, latent, "a large blue square at center", side=side)
+    assert yellow.shape == (4, 3, side, side)
     # Same seeds, only the colour word differs: the prompted colour appears where the prompt puts the object.
     assert _yellowness(yellow) > _yellowness(blue) + 0.1
 
 
 @pytest.mark.server
-@pytest.mark.parametrize(("unet", "vae", "latent"), MODELS)
-def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet, vae, latent):
+@pytest.mark.parametrize(("unet", "vae", "latent", "side"), MODELS)
+def test_trained_models_draw_the_prompted_object_recognisably(comfy_server, unet, vae, latent, side):
     from devkit.shapes_training import classifier
+    from devkit.shapes_training.sanity import judged_view
 
-    images = sample_on_server(comfy_server, unet, vae, latent, "a large yellow square at center on a plain background")
+    text = "a large yellow square at center on a plain background"
+    images = judged_view(sample_on_server(comfy_server, unet, vae, latent, text, side=side))  # [4, 3, 128, 128]
     with torch.no_grad():
         predicted = classifier.load()(images).argmax(-1)  # [4, 5 slots]
     square_yellow = 1 + scenes.SHAPES.index("square") * len(scenes.COLOURS) + list(scenes.COLOURS).index("yellow")
@@ -655,7 +662,7 @@ def test_the_sanity_check_judges_256_px_samples_downscaled_to_what_the_classifie
 def test_side_128_keeps_every_file_name_and_256_gets_its_own():
     """The 128 px models' cache, run (checkpoint and log) and file keep their names; the 256 px DiT's differ, so
     neither side's run overwrites the other's."""
-    from devkit.shapes_training import latents, train_denoiser, training
+    from devkit.shapes_training import latents, train_denoiser
 
     assert train_denoiser.weights_file("sd3") == train_denoiser.DIT_FILE
     assert train_denoiser.weights_file("sd15") == train_denoiser.UNET_FILE
@@ -669,27 +676,7 @@ def test_side_128_keeps_every_file_name_and_256_gets_its_own():
     ]
     assert latents.cache_path().name == "latents.pt"
     assert latents.cache_path(256) == latents.cache_path().with_name("latents-256.pt")
-    assert training.IN_PROGRESS_FILES == {"diffusion_models": ("tokenmerge_shapes_sd3_256.safetensors",)}
-    assert not set(training.IN_PROGRESS_FILES["diffusion_models"]) & set(DEMO_FILES["diffusion_models"])
-
-
-def test_the_256_px_dit_is_linked_for_the_server_once_it_is_exported(tmp_path, monkeypatch):
-    """``link_demo_models`` links the committed files, and the 256 px DiT only once its file exists."""
-    from devkit.shapes_training import training
-
-    demo = tmp_path / "demo_models"
-    for sub, names in DEMO_FILES.items():
-        (demo / sub).mkdir(parents=True)
-        for name in names:
-            (demo / sub / name).write_bytes(b"")
-    monkeypatch.setattr(training, "DEMO_MODELS", demo)
-    committed = sum(len(names) for names in DEMO_FILES.values())
-    link = tmp_path / "models" / "diffusion_models" / "tokenmerge_shapes_sd3_256.safetensors"
-    assert len(training.link_demo_models(tmp_path / "models")) == committed
-    assert not link.is_symlink()
-    (demo / "diffusion_models" / link.name).write_bytes(b"")
-    assert len(training.link_demo_models(tmp_path / "models")) == committed + 1
-    assert link.resolve() == (demo / "diffusion_models" / link.name).resolve()
+    assert "tokenmerge_shapes_sd3_256.safetensors" in DEMO_FILES["diffusion_models"]
 
 
 @pytest.mark.parametrize(

@@ -47,10 +47,13 @@ $PY devkit/shapes_training/train_vae.py --export
 $PY devkit/shapes_training/train_denoiser.py sd15 --export
 # The judge learns the final VAE's softened shapes too: half of each batch is sent through it.
 $PY devkit/shapes_training/classifier.py --steps 1200 --through-vae
-# The 256x256 DiT (in progress: it does not pass the sanity bar yet, so its file is not committed; see the README): its
-# own latent cache, a fine-tune of the exported 128 px DiT on 256 image tokens per block at the fp8-rounded weights
-# its file will store, a check of its checkpoint on the second held-out set, and its own file.
-# $PY devkit/shapes_training/latents.py --count 2048 --side 256
-# $PY devkit/shapes_training/train_denoiser.py sd3 --side 256 --from-export --steps 3000 --batch 16 --lr 1e-4 --threads 2 --object-weight 2 --fp8-aware
-# $PY devkit/shapes_training/sanity.py sd3 --side 256 --checkpoint --seed 2000003 --samples 192 --threads 2
-# $PY devkit/shapes_training/train_denoiser.py sd3 --side 256 --export
+# The decoder meets 256 px scenes: every other step a 128 px crop of one (the encoder, and so every latent, is kept;
+# the export keeps the committed scale and shift).
+$PY devkit/shapes_training/train_vae.py --decoder-only --steps 2300 --batch 12 --lr 3e-4 --sides 128 256
+$PY devkit/shapes_training/train_vae.py --export
+# The 256x256 DiT: its own latent cache, a fine-tune of the exported 128 px DiT on 256 image tokens per block at the
+# fp8-rounded weights its file stores, a check of its checkpoint on the second held-out set, and its own file.
+$PY devkit/shapes_training/latents.py --count 2048 --side 256
+$PY devkit/shapes_training/train_denoiser.py sd3 --side 256 --from-export --steps 4000 --batch 32 --lr 2e-4 --threads 2 --object-weight 2 --fp8-aware --bf16
+$PY devkit/shapes_training/sanity.py sd3 --side 256 --checkpoint --seed 2000003 --samples 192 --threads 2
+$PY devkit/shapes_training/train_denoiser.py sd3 --side 256 --export

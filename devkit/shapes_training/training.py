@@ -143,16 +143,16 @@ def denoiser_file_name(family: str, side: int = SIDE) -> str:
 # The committed demo model files, by the ComfyUI models sub-folder they belong in.
 DEMO_FILES = {
     "vae": ("tokenmerge_shapes_taesd.safetensors", "tokenmerge_shapes_taesd3.safetensors"),
-    "diffusion_models": ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_sd3.safetensors"),
+    "diffusion_models": (
+        "tokenmerge_shapes_sd15.safetensors",
+        "tokenmerge_shapes_sd3.safetensors",
+        denoiser_file_name("sd3", 256),
+    ),
 }
-# Demo model files of runs still in progress: absent until their run exports them, linked for the server once it
-# has. Not in DEMO_FILES, which the tests and the size budget count as committed.
-IN_PROGRESS_FILES = {"diffusion_models": (denoiser_file_name("sd3", 256),)}
 
 
 def link_demo_models(models_dir: Path) -> list[Path]:
-    """Symlink the committed demo models into a ComfyUI models folder (``models_dir/vae``, ...), and those of
-    IN_PROGRESS_FILES that exist."""
+    """Symlink the committed demo models into a ComfyUI models folder (``models_dir/vae``, ...)."""
     linked = []
     for sub, names in DEMO_FILES.items():
         for name in names:
@@ -160,11 +160,6 @@ def link_demo_models(models_dir: Path) -> list[Path]:
             if not source.exists():
                 raise FileNotFoundError(f"demo model {source} is missing (see devkit/shapes_training/README.md)")
             linked.append(_link(source, Path(models_dir) / sub / name))
-    for sub, names in IN_PROGRESS_FILES.items():
-        for name in names:
-            source = DEMO_MODELS / sub / name
-            if source.exists():
-                linked.append(_link(source, Path(models_dir) / sub / name))
     return linked
 
 
