@@ -265,9 +265,9 @@ SHAPES_PROMPT = "a large red circle at top left and a small blue square at botto
 
 
 def shapes_demo() -> Graph:
-    """The demo (``make demo``): the trained shapes DiT (SD3 family) unmerged, with spatial ToMe and with IBTM, same
-    seed. The DiT, not the UNet: it is the shapes model that draws the prompted objects
-    (devkit/shapes_training/README.md)."""
+    """The demo (``make demo``): the trained 256x256 shapes DiT (SD3 family) unmerged, with spatial ToMe and with IBTM,
+    same seed. The DiT, not the UNet: it is the shapes model that draws the prompted objects; the 256 px one, not the
+    128 px one: with 256 image tokens a block merging saves time even on a CPU (devkit/shapes_training/README.md)."""
     g = Graph(COMPARISON_COLUMNS)
     g.note(
         0,
@@ -275,19 +275,20 @@ def shapes_demo() -> Graph:
         250,
         (
             "Runs as is on the pack's trained shapes models, in demo_models/ of its git repository (registry installs "
-            "leave them out): copy tokenmerge_shapes_sd3.safetensors to models/diffusion_models and "
+            "leave them out): copy tokenmerge_shapes_sd3_256.safetensors to models/diffusion_models and "
             "tokenmerge_shapes_taesd3.safetensors to models/vae. Same seed and prompt: unmerged, spatial ToMe and "
             "IBTM at ratio 0.5; the preview shows where guidance puts the importance.\n"
-            "This DiT has 8x8 = 64 image tokens: merging shows what it does to the image but cannot make so small a "
-            "model faster. The speed-up shows on real models (README, Speed)."
+            "This DiT has 16x16 = 256 image tokens in each of its 3 blocks; the nodes merge the blocks from a quarter "
+            "to three quarters of the depth (its 2nd and 3rd). Real models have 4096 tokens and more, where merging "
+            "saves more (README, Speed)."
         ),
     )
     g.group("Models and prompt")
-    unet = g.add("UNETLoader", 0, unet_name="tokenmerge_shapes_sd3.safetensors", weight_dtype="default")
+    unet = g.add("UNETLoader", 0, unet_name="tokenmerge_shapes_sd3_256.safetensors", weight_dtype="default")
     vae = g.add("VAELoader", 0, vae_name="tokenmerge_shapes_taesd3.safetensors")
     positive = g.add("TokenMergeDemoPrompt", 0, "Positive", 100, text=SHAPES_PROMPT)
     negative = g.add("TokenMergeDemoPrompt", 0, "Negative (empty)", 90, text="")
-    latent = g.add("EmptySD3LatentImage", 0, width=128, height=128, batch_size=4)
+    latent = g.add("EmptySD3LatentImage", 0, width=256, height=256, batch_size=4)
     _branches(
         g,
         unet,

@@ -2,8 +2,8 @@
 
 Run through ``make demo`` (which sets the environment up first). Steps:
 
-1. link the pack's small trained shapes models (``demo_models/``: the SD3-family DiT the workflow samples, its
-   TAESD-format VAE and the SD1.x-family UNet, see ``devkit/shapes_training``) into the server's models folder;
+1. link the pack's small trained shapes models (``demo_models/``: the 256x256 SD3-family DiT the workflow samples,
+   its TAESD-format VAE and the others, see ``devkit/shapes_training``) into the server's models folder;
 2. start a real ComfyUI server (``main.py --cpu``) with this pack installed;
 3. convert ``example_workflows/01 Demo on the shapes model.json`` to API format and queue it: the same prompt and
    seed sampled unmerged, with spatial ToMe and with IBTM (ratio 0.5), plus the IBTM importance preview;
@@ -11,8 +11,8 @@ Run through ``make demo`` (which sets the environment up first). Steps:
    ``ibtm.png`` (4 samples each), ``side_by_side.png`` (a row per method), ``heatmap.png`` (the importance
    of chosen steps over the first IBTM image) and ``timing.txt`` (each sampler's seconds, from the server's
    execution events);
-5. the shapes DiT has 64 image tokens, whose sub-second runs time mostly the sampler's overhead, so time the same
-   three conditions on a real-size model with random weights (``benchmarks/real_size.py``: SD3-medium's width at
+5. the shapes DiT has 256 image tokens a block, a sixteenth of a real model's at 1024², so time the same three
+   conditions on a real-size model with random weights too (``benchmarks/real_size.py``: SD3-medium's width at
    1024², 2 of its 24 blocks, one 2-step run each: 1-3 min on a 2-core CPU) and add its seconds per step to
    ``timing.txt``, each figure labelled with the model it comes from.
 """
@@ -40,6 +40,7 @@ from devkit.workflow_api import ui_to_api
 
 DEMO_WORKFLOW = EXAMPLES_DIR / f"{DEMO}.json"
 METHODS = ("unmerged", "spatial_tome", "ibtm")
+PX_PER_TOKEN = 16  # the shapes DiT: 8 px a latent pixel (the VAE), 2x2 latent pixels a token (its patch)
 LABELS = {"unmerged": "unmerged", "spatial_tome": "spatial ToMe 0.5", "ibtm": "IBTM 0.5"}
 
 
@@ -137,10 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = next(node for node in prompt.values() if node["class_type"] == "KSampler")["inputs"]
     model = next(node for node in prompt.values() if node["class_type"] == "UNETLoader")["inputs"]["unet_name"]
+    side = next(node for node in prompt.values() if node["class_type"] == "EmptySD3LatentImage")["inputs"]["width"]
+    grid = side // PX_PER_TOKEN
     lines = [
         (
-            f"tokenmerge demo: {model} (8x8 = 64 image tokens), 128x128, batch 4, {settings['steps']} steps "
-            f"{settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler (server events):"
+            f"tokenmerge demo: {model} ({grid}x{grid} = {grid * grid} image tokens), {side}x{side}, batch 4, "
+            f"{settings['steps']} steps {settings['sampler_name']}, cfg {settings['cfg']}, CPU; seconds per KSampler "
+            "(server events):"
         )
     ]
     base = None
@@ -150,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f", {base / took:.2f}x vs unmerged" if took and base else ""
         lines.append(f"  {LABELS[method]}: {took:.2f} s{ratio}" if took else f"  {LABELS[method]}: not measured")
     lines.append(
-        "  (64 image tokens: sub-second runs, mostly the sampler's own overhead and the machine's noise; what "
-        "merging saves shows on the real-size model below)"
+        f"  (one run each, on a trained model with {grid * grid} image tokens a block; the real-size model below has "
+        "4096)"
     )
     lines += real_size_lines(out, args.real_size_model, args.real_size_steps, args.real_size_rounds)
     (out / "timing.txt").write_text("\n".join(lines) + "\n")

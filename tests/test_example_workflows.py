@@ -76,7 +76,7 @@ def test_every_public_model_file_an_example_names_can_be_downloaded_from_the_edi
     assert not [n for n in demo["nodes"] if "models" in n["properties"]]
     note = next(n for n in demo["nodes"] if n["type"] == "Note")["widgets_values"][0]
     assert "demo_models/" in note
-    assert "tokenmerge_shapes_sd3.safetensors" in note
+    assert "tokenmerge_shapes_sd3_256.safetensors" in note
 
 
 def test_the_template_browser_gets_every_example_with_its_thumbnail(comfy_server):

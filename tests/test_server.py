@@ -78,22 +78,22 @@ def test_make_demo_produces_its_files(tmp_path, standin_models):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     for method in ("unmerged", "spatial_tome", "ibtm"):
-        assert png_size((out / f"{method}.png").read_bytes()) == (128, 128)
+        assert png_size((out / f"{method}.png").read_bytes()) == (256, 256)  # the 256x256 shapes DiT
     width, height = png_size((out / "side_by_side.png").read_bytes())
-    assert width > 4 * 128
-    assert height >= 3 * 128  # a row per method, 4 samples each
+    assert width > 4 * 256
+    assert height >= 3 * 256  # a row per method, 4 samples each
     timing = (out / "timing.txt").read_text()
     for label in ("unmerged", "spatial ToMe 0.5", "IBTM 0.5"):
         assert re.search(rf"{label}: \d+\.\d\d s", timing), timing
     assert re.search(r"IBTM 0.5: .*\d\.\d\dx vs unmerged", timing)
     # then the real-size timing (here the speed benchmark's smoke model), each figure under the model it is of
     shapes, real = timing.split("real-size model, random weights: ")
-    assert "tokenmerge_shapes_sd3" in shapes
+    assert "tokenmerge_shapes_sd3_256.safetensors (16x16 = 256 image tokens), 256x256" in shapes
     for label in ("unmerged", "spatial ToMe 0.5", "IBTM 0.5"):
         assert re.search(rf"  {label}: \d+\.\d\d s/step, \d\.\d\dx vs unmerged", real)
     heatmap = png_size((out / "heatmap.png").read_bytes())  # two labelled steps over the first IBTM image
-    assert heatmap[0] > 256
-    assert heatmap[1] > 128
+    assert heatmap[0] > 2 * 256
+    assert heatmap[1] > 256
     assert f"files in {out}" in done.stdout
 
 
