@@ -40,17 +40,25 @@ def _gaussian_kernel(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
+def _band(length: int, g: torch.Tensor) -> torch.Tensor:
+    """The valid 1-D filtering of a line of ``length`` by the window ``g`` as a matrix [length, length - size + 1]:
+    column j holds g at rows j .. j + size - 1 (``line @ band`` filters the line)."""
+    band = torch.zeros(length, length - len(g) + 1, dtype=g.dtype)
+    for offset, weight in enumerate(g.tolist()):
+        band.diagonal(-offset).fill_(weight)
+    return band
+
+
 def _blur(x: torch.Tensor) -> torch.Tensor:
     """Each channel of x [B, C, H, W] filtered with the 11x11 Gaussian window, valid windows only
-    [B, C, H - 10, W - 10]. The window is separable: a row pass then a column pass (22 multiplies a pixel
-    instead of 121)."""
+    [B, C, H - 10, W - 10]. The window is separable: a row pass then a column pass, each a product with a banded
+    matrix (in double precision a matrix product runs several times faster on a CPU than a convolution)."""
     g = _gaussian_kernel().to(x.dtype)
-    size = len(g)
     batch, channels, height, width = x.shape
-    planes = x.reshape(batch * channels, 1, height, width)  # [B*C, 1, H, W], each channel on its own
-    planes = torch.nn.functional.conv2d(planes, g.view(1, 1, 1, size))  # rows  [B*C, 1, H, W - 10]
-    planes = torch.nn.functional.conv2d(planes, g.view(1, 1, size, 1))  # columns [B*C, 1, H - 10, W - 10]
-    return planes.view(batch, channels, height - size + 1, width - size + 1)
+    planes = x.reshape(batch * channels, height, width)  # [B*C, H, W], each channel on its own
+    planes = planes @ _band(width, g)  # rows [B*C, H, W - 10]
+    planes = _band(height, g).T @ planes  # columns [B*C, H - 10, W - 10]
+    return planes.view(batch, channels, height - len(g) + 1, width - len(g) + 1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
