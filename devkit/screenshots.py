@@ -46,9 +46,15 @@ from devkit.workflow_api import ui_to_api
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 
 # The shapes models of each family: diffusion model, VAE, empty latent node.
-SHAPES_MODELS = {
-    "sd15": ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_taesd.safetensors", "EmptyLatentImage"),
-    "sd3": ("tokenmerge_shapes_sd3.safetensors", "tokenmerge_shapes_taesd3.safetensors", "EmptySD3LatentImage"),
+SHAPES_MODELS = {  # name -> (model file, VAE file, empty-latent node, the side in px it samples at)
+    "sd15": ("tokenmerge_shapes_sd15.safetensors", "tokenmerge_shapes_taesd.safetensors", "EmptyLatentImage", 128),
+    "sd3": ("tokenmerge_shapes_sd3.safetensors", "tokenmerge_shapes_taesd3.safetensors", "EmptySD3LatentImage", 128),
+    "sd3-256": (
+        "tokenmerge_shapes_sd3_256.safetensors",
+        "tokenmerge_shapes_taesd3.safetensors",
+        "EmptySD3LatentImage",
+        256,
+    ),
 }
 # The demo's sampler settings, the shapes models' own (what they were judged with).
 SAMPLER = {"steps": 20, "cfg": 3.0, "sampler_name": "dpmpp_2m", "scheduler": "simple", "denoise": 1.0}
@@ -67,7 +73,7 @@ class Thumbnail:
 
 
 THUMBNAILS = {
-    DEMO: Thumbnail("sd3", SHAPES_PROMPT, 7, "shapes demo DiT, as the demo runs it"),
+    DEMO: Thumbnail("sd3-256", SHAPES_PROMPT, 7, "256 px shapes demo DiT, as the demo runs it"),
     SD15_PREVIEW: Thumbnail(
         "sd15",
         "a large yellow circle at center on a gradient background",
@@ -149,13 +155,13 @@ def thumbnail_prompt(example: dict[str, Any], spec: Thumbnail) -> tuple[dict[str
     """An API prompt that samples ``spec.prompt`` on the shapes model unmerged and through each merging node of the
     API-format ``example`` (same type and settings), with the importance preview of the last merged branch; and the
     branches' labels, in the order of their SaveImage nodes ``"<i + 10>"``."""
-    unet, vae, latent = SHAPES_MODELS[spec.family]
+    unet, vae, latent, side = SHAPES_MODELS[spec.family]
     prompt: dict[str, Any] = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
         "3": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": spec.prompt}},
         "4": {"class_type": "TokenMergeDemoPrompt", "inputs": {"text": ""}},
-        "5": {"class_type": latent, "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "5": {"class_type": latent, "inputs": {"width": side, "height": side, "batch_size": 1}},
     }
     distinct: dict[str, dict[str, Any]] = {}  # one branch per merging setup (Wan 2.2: the same on both experts)
     for node in example.values():
@@ -251,7 +257,6 @@ def write_thumbnails(server: ComfyServer, names: list[str] | None = None) -> Non
 
     from merging.heatmap import tile_size
 
-    first_tile = tile_size((1, 1), (128, 128), 1)  # the preview grid's tile of one step, at its top left: (h, w)
     object_info = server.object_info()
     for name, spec in THUMBNAILS.items():
         if names is not None and name not in names:
@@ -263,6 +268,8 @@ def write_thumbnails(server: ComfyServer, names: list[str] | None = None) -> Non
             for i, label in enumerate(labels)
         ]
         preview = Image.open(io.BytesIO(server.view(outputs["9"]["images"][0])))
+        side = SHAPES_MODELS[spec.family][3]
+        first_tile = tile_size((1, 1), (side, side), 1)  # the preview grid's tile of one step, at its top left: (h, w)
         tiles.append((f"{spec.view}, step {PREVIEW_STEP}", preview.crop((0, 0, *reversed(first_tile)))))
         path = EXAMPLES_DIR / f"{name}.jpg"
         path.write_bytes(compose_thumbnail(tiles, name.split(" ", 1)[1].replace(",", ""), spec.caption))
@@ -272,7 +279,7 @@ def write_thumbnails(server: ComfyServer, names: list[str] | None = None) -> Non
 def on_shapes_unet(workflow: dict[str, Any], steps: int) -> dict[str, Any]:
     """The demo workflow (UI format) on the shapes UNet, one image at ``steps`` steps, only its IBTM column queued
     (the other save nodes muted): the layout is the demo's."""
-    unet, vae, latent = SHAPES_MODELS["sd15"]
+    unet, vae, latent, _ = SHAPES_MODELS["sd15"]
     for node in workflow["nodes"]:
         values = node.get("widgets_values")
         if node["type"] == "UNETLoader":
