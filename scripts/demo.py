@@ -35,12 +35,12 @@ from devkit import REPO_ROOT, comfy_env
 from devkit.comfy_server import STANDIN_MODELS_DIR, ComfyServer
 from devkit.example_workflows import DEMO, EXAMPLES_DIR
 from devkit.server_events import ServerEvents
+from devkit.shapes_training.train_denoiser import PX_PER_TOKEN
 from devkit.shapes_training.training import link_demo_models
 from devkit.workflow_api import ui_to_api
 
 DEMO_WORKFLOW = EXAMPLES_DIR / f"{DEMO}.json"
 METHODS = ("unmerged", "spatial_tome", "ibtm")
-PX_PER_TOKEN = 16  # the shapes DiT: 8 px a latent pixel (the VAE), 2x2 latent pixels a token (its patch)
 LABELS = {"unmerged": "unmerged", "spatial_tome": "spatial ToMe 0.5", "ibtm": "IBTM 0.5"}
 
 

@@ -75,11 +75,13 @@ def accuracy(
     """Fraction of held-out scene objects whose slot is named right (empty slots not counted); with ``vae``, of the
     scenes sent through it. Scenes rendered at another ``side`` are judged area-downscaled to the 128 px the
     classifier was trained on, as the sanity check judges samples of that side."""
+    from devkit.shapes_training.sanity import judged_view
+
     batch = scenes.sample_scenes(seed, count)
     images, _ = scenes.render(batch, side)
     if vae is not None:
         images = torch.cat([vae_round_trip(images[i : i + 32], vae) for i in range(0, count, 32)])
-    images = nn.functional.interpolate(images, size=(scenes.SIDE, scenes.SIDE), mode="area")  # [B, 3, 128, 128]
+    images = judged_view(images)  # [B, 3, 128, 128]
     labels = torch.stack([s.slot_labels() for s in batch])
     with torch.no_grad():
         predicted = model(images).argmax(-1)
